@@ -1,0 +1,5 @@
+"""``python -m aiml`` is the ``aiml`` command."""
+
+from aiml.cli import app
+
+app()

@@ -1,0 +1,76 @@
+"""``/inference/*``: the earlier system's inference API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+
+from aiml.inference.manager import InferenceRequest
+
+from ..deps import ERROR_RESPONSES, ServicesDep
+from ..responses import JSONResponse, error_response
+from ..schemas import InferRequest, InferResponse
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/inference", tags=["inference"])
+
+
+@router.post("/infer", response_model=InferResponse, responses=ERROR_RESPONSES)
+async def infer(body: InferRequest, services: ServicesDep) -> JSONResponse:
+    """Resolve ``model_name`` (registry reference or engine name) and run ``task`` on it."""
+    outcome = await services.manager.infer(
+        InferenceRequest(
+            task=body.task,
+            engine=body.engine,
+            model_name=body.model_name,
+            data=body.data,
+            options=body.options,
+        )
+    )
+    return JSONResponse(
+        {
+            "success": True,
+            "task": body.task,
+            "engine": body.engine,
+            "model_name": body.model_name,
+            "resolved": outcome.resolved.describe(),
+            "result": outcome.result,
+            "processing_time": round(outcome.processing_time, 6),
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+    )
+
+
+@router.post("/clear-cache")
+async def clear_cache(services: ServicesDep) -> JSONResponse:
+    """Drop every executor and cached reference mapping; the next request resolves anew."""
+    cleared = services.manager.clear_cache()
+    return JSONResponse({"success": True, "cleared": cleared})
+
+
+@router.get("/stats")
+async def stats(services: ServicesDep) -> JSONResponse:
+    """Requests, registry lookups, cache hits and misses, executors."""
+    return JSONResponse({"success": True, "stats": services.manager.stats()})
+
+
+@router.get("/supported-tasks")
+async def supported_tasks(services: ServicesDep) -> JSONResponse:
+    return JSONResponse({"success": True, "tasks": services.router.supported_tasks()})
+
+
+@router.get("/health")
+async def health(services: ServicesDep) -> JSONResponse:
+    """Registry and engine reachability (503 when any is down)."""
+    report = await services.manager.health()
+    checks = {
+        "registry": report.registry or "ok",
+        "engines": {name: error or "ok" for name, error in report.engines.items()},
+    }
+    if report.ok:
+        return JSONResponse({"success": True, "status": "healthy", **checks})
+    return error_response(
+        503, "unhealthy", "a dependency is unreachable", extra={"status": "degraded", **checks}
+    )

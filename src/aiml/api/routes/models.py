@@ -1,0 +1,98 @@
+"""``/models/*``: registering Ollama models and managing registry aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from aiml.registry.mlflow import RegisteredModelInfo
+from aiml.types import RegistryVersion
+
+from ..deps import ERROR_RESPONSES, ServicesDep
+from ..responses import JSONResponse
+from ..schemas import AliasBody, RegisterOllamaRequest
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
+
+
+@router.post("/register_ollama", status_code=201)
+async def register_ollama(body: RegisterOllamaRequest, services: ServicesDep) -> JSONResponse:
+    """Check the model exists on the Ollama server and record it as a new registry version."""
+    registration = await services.catalog.register_ollama(
+        local_model_name=body.local_model_name,
+        registered_name=body.registered_name,
+        task=body.task,
+        alias=body.alias,
+        description=body.description,
+    )
+    version = registration.version
+    return JSONResponse(
+        {
+            "success": True,
+            "registered_name": version.name,
+            "version": version.version,
+            "ollama_model_name": version.tags.get("ollama_model_name"),
+            "alias": registration.alias,
+            "tags": dict(version.tags),
+        },
+        status_code=201,
+    )
+
+
+@router.get("/registered_in_mlflow")
+async def list_registered(
+    services: ServicesDep,
+    max_results: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page_token: Annotated[str | None, Query(max_length=4096)] = None,
+) -> JSONResponse:
+    """One page of registered models with their tags and aliases."""
+    models, token = await services.catalog.list_models(
+        max_results=max_results, page_token=page_token
+    )
+    return JSONResponse(
+        {"success": True, "models": [_model(m) for m in models], "next_page_token": token}
+    )
+
+
+@router.get("/registered_in_mlflow/{name}")
+async def get_registered(name: str, services: ServicesDep) -> JSONResponse:
+    """A registered model with every version, its tags and aliases."""
+    info = await services.catalog.get_model(name)
+    return JSONResponse(
+        {"success": True, "model": _model(info), "versions": [_version(v) for v in info.versions]}
+    )
+
+
+@router.put("/registered_in_mlflow/{name}/aliases/{alias}")
+async def set_alias(name: str, alias: str, body: AliasBody, services: ServicesDep) -> JSONResponse:
+    """Point ``alias`` at a version; cached resolutions of ``name`` are dropped at once."""
+    await services.catalog.set_alias(name, alias, body.version)
+    return JSONResponse({"success": True, "name": name, "alias": alias, "version": body.version})
+
+
+@router.delete("/registered_in_mlflow/{name}/aliases/{alias}")
+async def delete_alias(name: str, alias: str, services: ServicesDep) -> JSONResponse:
+    await services.catalog.delete_alias(name, alias)
+    return JSONResponse({"success": True, "name": name, "alias": alias})
+
+
+def _model(info: RegisteredModelInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "description": info.description,
+        "tags": dict(info.tags),
+        "aliases": dict(info.aliases),
+        "latest_version": info.latest_version,
+    }
+
+
+def _version(version: RegistryVersion) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "tags": dict(version.tags),
+        "aliases": list(version.aliases),
+        "source": version.source,
+    }

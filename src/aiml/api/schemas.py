@@ -1,0 +1,74 @@
+"""Wire formats: pydantic at the edge, compatible with the earlier system's clients."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AliasBody",
+    "ErrorBody",
+    "ErrorResponse",
+    "InferRequest",
+    "InferResponse",
+    "RegisterOllamaRequest",
+    "Resolved",
+]
+
+
+class InferRequest(BaseModel):
+    """``POST /inference/infer``. ``data`` and ``options`` are checked by the task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(max_length=64, examples=["text-generation"])
+    engine: str = Field(max_length=64, examples=["ollama"])
+    model_name: str = Field(max_length=512, examples=["llama2-7b-chat@production"])
+    data: dict[str, Any]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Resolved(BaseModel):
+    engine_model: str
+    registry_name: str | None
+    registry_version: int | None
+    source: Literal["registry", "direct"]
+
+
+class InferResponse(BaseModel):
+    success: Literal[True]
+    task: str
+    engine: str
+    model_name: str
+    resolved: Resolved
+    result: dict[str, Any]
+    processing_time: float
+    timestamp: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    success: Literal[False]
+    error: ErrorBody
+
+
+class RegisterOllamaRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    local_model_name: str = Field(max_length=256, examples=["llama2:7b"])
+    registered_name: str = Field(max_length=256, examples=["llama2-7b-chat"])
+    task: str = Field(default="text-generation", max_length=64)
+    alias: str | None = Field(default=None, max_length=255)
+    description: str | None = Field(default=None, max_length=5000)
+
+
+class AliasBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)

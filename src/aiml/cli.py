@@ -1,0 +1,224 @@
+"""The ``aiml`` command line.
+
+``serve`` runs the HTTP service; ``infer`` talks to a running service; ``models``,
+``register-ollama`` and ``alias`` work on the registry directly (no service needed), with the
+same settings (``MLFLOW_TRACKING_URI``, ``OLLAMA_HOST``, ``AIML_*``) as the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiml.errors import AimlError
+from aiml.settings import Settings
+
+__all__ = ["app"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="aiml: serve MLflow-registered models through Ollama and local engines.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+alias_app = typer.Typer(help="Point registry aliases (e.g. @production) at versions.")
+app.add_typer(alias_app, name="alias")
+console = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [default: AIML_HOST or 127.0.0.1]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: AIML_PORT or 8000]")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the HTTP service (registry and engines from the environment)."""
+    import uvicorn
+
+    from aiml.api.app import create_app
+
+    settings = Settings()
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = settings.model_copy(update=overrides)
+    console.print(
+        f"aiml: registry [bold]{settings.registry_uri}[/], Ollama [bold]{settings.ollama_host}[/]"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+    )
+
+
+@app.command()
+def infer(
+    model: Annotated[
+        str, typer.Argument(help="Registry reference (name, name@alias, name/3) or engine name")
+    ],
+    prompt: Annotated[
+        str | None, typer.Argument(help="Prompt (text-generation) or user message (chat)")
+    ] = None,
+    task: Annotated[
+        str, typer.Option(help="text-generation, chat, embeddings or vlm")
+    ] = "text-generation",
+    engine: Annotated[str, typer.Option(help="Engine that serves the model")] = "ollama",
+    data: Annotated[
+        str | None, typer.Option(help="Raw `data` object as JSON (overrides PROMPT)")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Option as key=value (JSON value), repeatable"),
+    ] = None,
+    url: Annotated[
+        str, typer.Option(help="Base URL of a running aiml service")
+    ] = "http://127.0.0.1:8000",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer")] = 300.0,
+) -> None:
+    """Send one inference request to a running service and print the result."""
+    import httpx
+
+    payload = {
+        "task": task,
+        "engine": engine,
+        "model_name": model,
+        "data": _data(task, prompt, data),
+        "options": dict(_option(item) for item in option or []),
+    }
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/inference/infer", json=payload, timeout=timeout)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach {url}: {exc}[/]")
+        raise typer.Exit(1) from None
+    body = response.json()
+    if response.status_code != 200:
+        error = body.get("error", {})
+        err.print(f"[red]{response.status_code} {error.get('code')}: {error.get('message')}[/]")
+        raise typer.Exit(1)
+    result = body["result"]
+    if "response" in result:
+        console.print(result["response"])
+    elif "message" in result:
+        console.print(result["message"]["content"])
+    else:
+        console.print_json(json.dumps(result))
+
+
+@app.command()
+def models(
+    name: Annotated[str | None, typer.Argument(help="Show one registered model's versions")] = None,
+    max_results: Annotated[int, typer.Option(help="Models per page")] = 100,
+) -> None:
+    """List registered models, or one model's versions with their tags and aliases."""
+    if name is None:
+        found, _ = _run(lambda s: s.catalog.list_models(max_results=max_results))
+        table = Table("name", "aliases", "latest", "description")
+        for info in found:
+            aliases = ", ".join(f"@{a}->{v}" for a, v in sorted(info.aliases.items()))
+            table.add_row(info.name, aliases, str(info.latest_version or ""), info.description)
+        console.print(table)
+        return
+    info = _run(lambda s: s.catalog.get_model(name))
+    table = Table("version", "aliases", "tags", title=info.name)
+    for version in info.versions:
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(version.tags.items()))
+        table.add_row(str(version.version), ", ".join(version.aliases), tags)
+    console.print(table)
+
+
+@app.command("register-ollama")
+def register_ollama(
+    local_model_name: Annotated[
+        str, typer.Argument(help="The model's name on the Ollama server, e.g. llama2:7b")
+    ],
+    registered_name: Annotated[str, typer.Argument(help="The registry name, e.g. llama2-7b-chat")],
+    task: Annotated[str, typer.Option(help="inference_task tag")] = "text-generation",
+    alias: Annotated[str | None, typer.Option(help="Alias to point at the new version")] = None,
+    description: Annotated[str | None, typer.Option(help="Version description")] = None,
+) -> None:
+    """Check a model is on the Ollama server and register it as a new registry version."""
+    registration = _run(
+        lambda s: s.catalog.register_ollama(
+            local_model_name=local_model_name,
+            registered_name=registered_name,
+            task=task,
+            alias=alias,
+            description=description,
+        )
+    )
+    version = registration.version
+    suffix = f" (@{alias})" if alias else ""
+    target = version.tags["ollama_model_name"]
+    console.print(f"registered {version.name} version {version.version}{suffix} -> {target}")
+
+
+@alias_app.command("set")
+def alias_set(
+    name: Annotated[str, typer.Argument(help="Registered model")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. production")],
+    version: Annotated[int, typer.Argument(help="Version the alias points to")],
+) -> None:
+    """Point NAME@ALIAS at VERSION."""
+    _run(lambda s: s.catalog.set_alias(name, alias, version))
+    console.print(f"{name}@{alias} -> version {version}")
+
+
+@alias_app.command("delete")
+def alias_delete(
+    name: Annotated[str, typer.Argument(help="Registered model")],
+    alias: Annotated[str, typer.Argument(help="Alias to delete")],
+) -> None:
+    """Delete NAME@ALIAS."""
+    _run(lambda s: s.catalog.delete_alias(name, alias))
+    console.print(f"deleted {name}@{alias}")
+
+
+def _run(action: Callable[[Any], Awaitable[T]]) -> T:
+    """Build the services from the environment, run one action, report errors plainly."""
+    from aiml.services import build_services
+
+    async def main() -> T:
+        services = build_services(Settings())
+        try:
+            return await action(services)
+        finally:
+            await services.aclose()
+
+    try:
+        return asyncio.run(main())
+    except AimlError as exc:
+        err.print(f"[red]{exc.status_code} {exc.code}: {exc.message}[/]")
+        raise typer.Exit(1) from None
+
+
+def _data(task: str, prompt: str | None, raw: str | None) -> dict[str, Any]:
+    if raw is not None:
+        loaded = json.loads(raw)
+        if not isinstance(loaded, dict):
+            raise typer.BadParameter("--data must be a JSON object")
+        return loaded
+    if prompt is None:
+        raise typer.BadParameter("give a PROMPT or --data")
+    if task == "chat":
+        return {"messages": [{"role": "user", "content": prompt}]}
+    return {"inputs": prompt}
+
+
+def _option(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise typer.BadParameter(f"option {item!r} is not key=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

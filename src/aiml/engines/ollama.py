@@ -1,0 +1,264 @@
+"""The Ollama engine, on the official ``ollama`` AsyncClient.
+
+Ollama's client has no timeout by default and leaks httpx's exceptions on some paths
+(streams, timeouts); every call here goes through :func:`_translate` so the service sees
+only :mod:`aiml.errors`: model not found -> 404, connection refused -> 503, timeout -> 504,
+anything else the server says -> 502.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any, cast
+
+import httpx
+import ollama
+
+from aiml.errors import (
+    AimlError,
+    EngineError,
+    EngineTimeout,
+    EngineUnavailable,
+    ModelNotFound,
+)
+from aiml.types import (
+    ChatMessage,
+    Embeddings,
+    Generation,
+    GenerationChunk,
+    RegistryVersion,
+    SamplingParams,
+    Task,
+)
+
+from .base import Engine
+
+__all__ = ["OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]
+
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+_OLLAMA_NAME = re.compile(rf"{_PART}(?:/{_PART}){{0,2}}(?::[A-Za-z0-9_][A-Za-z0-9_.\-]{{0,127}})?")
+
+
+def normalize_ollama_name(name: str) -> str:
+    """Ollama's rule: a name without a tag means the tag ``latest``.
+
+    ``llama2`` is ``llama2:latest`` and never ``llama2:13b``; matching is exact after this.
+    """
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+def is_valid_ollama_name(name: str) -> bool:
+    """Ollama's ``[namespace/]model[:tag]`` (with an optional host part), nothing else."""
+    return bool(_OLLAMA_NAME.fullmatch(name)) and ".." not in name and len(name) <= 256
+
+
+class OllamaEngine(Engine):
+    """Models served by an Ollama server."""
+
+    name = "ollama"
+    tasks = frozenset(Task)
+    model_name_tag = "ollama_model_name"
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        timeout_s: float,
+        connect_timeout_s: float,
+        allow_pull: bool = False,
+    ) -> None:
+        self._host = host
+        self._allow_pull = allow_pull
+        # Ollama's default timeout is None: a stuck server would hold a request forever.
+        self._client = ollama.AsyncClient(
+            host=host, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        )
+
+    @property
+    def location(self) -> str:
+        return f"the Ollama server at {self._host}"
+
+    def engine_model_for(self, version: RegistryVersion) -> str | None:
+        name = super().engine_model_for(version)
+        if name is not None and not is_valid_ollama_name(name):
+            # Tag values come from users: never forward one that is not an Ollama name.
+            raise ModelNotFound(
+                f"registered model {version.name!r} version {version.version} has an invalid "
+                f"{self.model_name_tag} tag {name!r}"
+            )
+        return name
+
+    async def find_model(self, name: str) -> str | None:
+        wanted = normalize_ollama_name(name)
+        try:
+            listing = await self._client.list()
+        except Exception as exc:
+            raise self._translate(exc, name) from exc
+        for model in listing.models:
+            if model.model and normalize_ollama_name(model.model) == wanted:
+                return model.model
+        return None
+
+    async def pull(self, name: str) -> str | None:
+        if not self._allow_pull:
+            return None
+        try:
+            await self._client.pull(name, stream=False)
+        except Exception as exc:
+            raise self._translate(exc, name) from exc
+        return normalize_ollama_name(name)
+
+    async def generate(
+        self, model: str, prompt: str, params: SamplingParams, *, images: Sequence[bytes] = ()
+    ) -> Generation:
+        try:
+            response = await self._client.generate(
+                model=model,
+                prompt=prompt,
+                # Bytes, never str: the client reads a str that names a file from disk.
+                images=list(images) or None,
+                options=_options(params),
+                stream=False,
+            )
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        return _generation(response, response.response or "")
+
+    async def stream_generate(
+        self, model: str, prompt: str, params: SamplingParams, *, images: Sequence[bytes] = ()
+    ) -> AsyncIterator[GenerationChunk]:
+        try:
+            stream = cast(
+                AsyncGenerator[ollama.GenerateResponse, None],
+                await self._client.generate(
+                    model=model,
+                    prompt=prompt,
+                    images=list(images) or None,
+                    options=_options(params),
+                    stream=True,
+                ),
+            )
+            text: list[str] = []
+            try:
+                async for part in stream:
+                    piece = part.response or ""
+                    text.append(piece)
+                    final = _generation(part, "".join(text)) if part.done else None
+                    yield GenerationChunk(text=piece, done=bool(part.done), final=final)
+            finally:
+                await stream.aclose()  # closes the HTTP response: Ollama stops generating
+        except AimlError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+
+    async def chat(
+        self, model: str, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> Generation:
+        try:
+            response = await self._client.chat(
+                model=model, messages=_messages(messages), options=_options(params), stream=False
+            )
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        return _generation(response, response.message.content or "")
+
+    async def stream_chat(
+        self, model: str, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        try:
+            stream = cast(
+                AsyncGenerator[ollama.ChatResponse, None],
+                await self._client.chat(
+                    model=model, messages=_messages(messages), options=_options(params), stream=True
+                ),
+            )
+            text: list[str] = []
+            try:
+                async for part in stream:
+                    piece = part.message.content or ""
+                    text.append(piece)
+                    final = _generation(part, "".join(text)) if part.done else None
+                    yield GenerationChunk(text=piece, done=bool(part.done), final=final)
+            finally:
+                await stream.aclose()
+        except AimlError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> Embeddings:
+        try:
+            response = await self._client.embed(model=model, input=list(inputs))
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        vectors = [list(map(float, vector)) for vector in response.embeddings]
+        return Embeddings(vectors=vectors, prompt_tokens=response.prompt_eval_count)
+
+    async def health(self) -> None:
+        try:
+            await self._client.ps()
+        except Exception as exc:
+            raise self._translate(exc, None) from exc
+
+    async def aclose(self) -> None:
+        await self._client.close()  # type: ignore[no-untyped-call]
+
+    def _translate(self, exc: BaseException, model: str | None) -> AimlError:
+        """Map the ollama client's and httpx's exceptions onto ours."""
+        if isinstance(exc, AimlError):
+            return exc
+        if isinstance(exc, ollama.ResponseError):
+            if exc.status_code == 404:
+                return ModelNotFound(f"{self.location} does not have model {model!r}: {exc.error}")
+            status = f" {exc.status_code}" if exc.status_code > 0 else ""
+            return EngineError(f"{self.location} answered{status}: {exc.error}")
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | ConnectionError):
+            return EngineUnavailable(f"{self.location} is unreachable")
+        if isinstance(exc, httpx.TimeoutException):
+            return EngineTimeout(f"{self.location} did not answer in time")
+        if isinstance(exc, httpx.TransportError):
+            return EngineUnavailable(
+                f"{self.location} dropped the connection: {type(exc).__name__}"
+            )
+        return EngineError(f"{self.location} failed: {type(exc).__name__}: {exc}")
+
+
+def _options(params: SamplingParams) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "num_predict": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "seed": params.seed,
+        "repeat_penalty": params.repeat_penalty,
+        "stop": list(params.stop) or None,
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.images:
+            item["images"] = [ollama.Image(value=image) for image in message.images]
+        out.append(item)
+    return out
+
+
+def _generation(response: Any, text: str) -> Generation:
+    metadata = {
+        key: getattr(response, key)
+        for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+        if getattr(response, key, None) is not None
+    }
+    return Generation(
+        text=text,
+        finish_reason=response.done_reason,
+        prompt_tokens=response.prompt_eval_count,
+        completion_tokens=response.eval_count,
+        engine_metadata=metadata,
+    )

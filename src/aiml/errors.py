@@ -1,0 +1,105 @@
+"""One error hierarchy for the whole service.
+
+Every error that can reach a client is an :class:`AimlError`: it carries the HTTP status
+that says what happened and a stable machine-readable ``code``. Third-party failures
+(MLflow, Ollama, httpx) are wrapped into these at the boundary where they occur, so the
+API layer never has to guess a status from an arbitrary exception.
+
+    AimlError
+    ├── InvalidRequest          422 invalid_request      (names the offending field)
+    ├── ModelNotServable        422 model_not_servable   (exists, not for this task/engine)
+    ├── ModelNotFound           404 model_not_found
+    ├── RegistryUnavailable     503 registry_unavailable
+    ├── RegistryError           502 registry_error
+    ├── EngineUnavailable       503 engine_unavailable
+    ├── EngineTimeout           504 engine_timeout
+    └── EngineError             502 engine_error
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AimlError",
+    "EngineError",
+    "EngineTimeout",
+    "EngineUnavailable",
+    "InvalidRequest",
+    "ModelNotFound",
+    "ModelNotServable",
+    "RegistryError",
+    "RegistryUnavailable",
+]
+
+
+class AimlError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            body["param"] = self.param
+        return body
+
+
+class InvalidRequest(AimlError):
+    """The request is malformed; ``param`` names the field (e.g. ``data.inputs``)."""
+
+    status_code = 422
+    code = "invalid_request"
+
+
+class ModelNotServable(AimlError):
+    """The model exists but cannot serve this task on this engine (tags say otherwise)."""
+
+    status_code = 422
+    code = "model_not_servable"
+
+
+class ModelNotFound(AimlError):
+    """Neither the registry nor the engine knows the model; the message says where we looked."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class RegistryUnavailable(AimlError):
+    """The model registry cannot be reached (connection refused, timeout, database locked)."""
+
+    status_code = 503
+    code = "registry_unavailable"
+
+
+class RegistryError(AimlError):
+    """The registry answered with an error that is not "not found"."""
+
+    status_code = 502
+    code = "registry_error"
+
+
+class EngineUnavailable(AimlError):
+    """The engine cannot be reached."""
+
+    status_code = 503
+    code = "engine_unavailable"
+
+
+class EngineTimeout(AimlError):
+    """The engine did not answer within its configured timeout."""
+
+    status_code = 504
+    code = "engine_timeout"
+
+
+class EngineError(AimlError):
+    """The engine answered with an error we have no more specific mapping for."""
+
+    status_code = 502
+    code = "engine_error"

@@ -1,0 +1,92 @@
+"""``TaskRouter``: the task -> engines table, engines built once, executors per (task, engine)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiml.engines.base import Engine
+from aiml.errors import InvalidRequest
+from aiml.registry.mlflow import MlflowRegistry
+from aiml.types import Task
+
+from .executor import ModelExecutor
+from .resolver import ModelResolver
+from .stats import Stats
+from .tasks import TASK_SPECS, TaskSpec
+
+__all__ = ["TaskRouter"]
+
+
+class TaskRouter:
+    """Chooses the executor for a (task, engine) pair; the choice is a table, not a chain."""
+
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        registry: MlflowRegistry,
+        *,
+        ttl_s: float,
+        stats: Stats,
+    ) -> None:
+        self._engines = dict(engines)
+        self._resolvers = {
+            name: ModelResolver(engine, registry, ttl_s=ttl_s, stats=stats)
+            for name, engine in self._engines.items()
+        }
+        self._table: dict[Task, tuple[str, ...]] = {
+            task: tuple(name for name, engine in self._engines.items() if task in engine.tasks)
+            for task in TASK_SPECS
+        }
+        self._executors: dict[tuple[Task, str], ModelExecutor] = {}
+
+    @property
+    def engines(self) -> Mapping[str, Engine]:
+        return self._engines
+
+    def supported_tasks(self) -> dict[str, list[str]]:
+        """Task name -> the engines that serve it."""
+        return {task.value: list(engines) for task, engines in self._table.items() if engines}
+
+    def executors(self) -> list[str]:
+        return [f"{task.value}/{engine}" for task, engine in self._executors]
+
+    def cached_models(self) -> int:
+        return sum(len(resolver) for resolver in self._resolvers.values())
+
+    def spec(self, task: str) -> TaskSpec[Any]:
+        return TASK_SPECS[self._task(task)]
+
+    def route(self, task: str, engine: str) -> ModelExecutor:
+        """The executor for (task, engine), built on first use and kept."""
+        key = (self._task(task), engine)
+        executor = self._executors.get(key)
+        if executor is not None:
+            return executor
+        if engine not in self._engines:
+            known = ", ".join(sorted(self._engines)) or "none"
+            raise InvalidRequest(f"unknown engine {engine!r} (known: {known})", param="engine")
+        if engine not in self._table[key[0]]:
+            raise InvalidRequest(f"engine {engine!r} does not serve task {task!r}", param="engine")
+        executor = ModelExecutor(TASK_SPECS[key[0]], self._engines[engine], self._resolvers[engine])
+        self._executors[key] = executor
+        return executor
+
+    def invalidate_name(self, name: str) -> None:
+        """Forget cached resolutions of a registered model, on every engine."""
+        for resolver in self._resolvers.values():
+            resolver.invalidate_name(name)
+
+    def clear(self) -> dict[str, int]:
+        """Drop every executor and every cached mapping; the next request starts cold."""
+        executors = len(self._executors)
+        self._executors.clear()
+        mappings = sum(resolver.clear() for resolver in self._resolvers.values())
+        return {"executors": executors, "mappings": mappings}
+
+    def _task(self, task: str) -> Task:
+        try:
+            return Task(task)
+        except ValueError:
+            known = ", ".join(t.value for t in TASK_SPECS)
+            raise InvalidRequest(f"unknown task {task!r} (known: {known})", param="task") from None

@@ -1,0 +1,132 @@
+"""What every task module provides: input validation, option mapping, a handler per model.
+
+A :class:`TaskSpec` parses a request's ``data`` and ``options`` into a typed input (a 422
+that names the field on any mistake) and picks a :class:`Handler` for each resolved model:
+the handler depends on what the model is (its registry ``inference_task`` tag), so it is
+chosen per model on every request and never frozen by the first model an executor saw.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aiml.engines.base import Engine
+from aiml.errors import InvalidRequest, ModelNotServable
+from aiml.types import Generation, ResolvedModel, SamplingParams, Task
+
+__all__ = [
+    "GENERATIVE_TASKS",
+    "GenerationOptions",
+    "Handler",
+    "NoOptions",
+    "StrictModel",
+    "TaskSpec",
+    "generation_metadata",
+    "parse_model",
+]
+
+InputT = TypeVar("InputT")
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+#: Registry ``inference_task`` values of models that generate text.
+GENERATIVE_TASKS = frozenset({"text-generation", "chat", "vlm", "text2text-generation"})
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors; ``"5"`` is not a number and ``true`` is not 1."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoOptions(StrictModel):
+    """For tasks that take no options: any option given is unknown."""
+
+
+class GenerationOptions(StrictModel):
+    """The earlier system's options, mapped to each engine's own names by the engine."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_length: int | None = Field(default=None, ge=1, description="Alias of max_tokens.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    repeat_penalty: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> GenerationOptions:
+        both = self.max_tokens is not None and self.max_length is not None
+        if both and self.max_tokens != self.max_length:
+            raise ValueError("max_tokens and max_length are the same option; give one")
+        return self
+
+    def to_params(self) -> SamplingParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=self.max_tokens if self.max_tokens is not None else self.max_length,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=stop,
+            seed=self.seed,
+            repeat_penalty=self.repeat_penalty,
+        )
+
+
+def parse_model(model: type[ModelT], payload: Mapping[str, Any], prefix: str) -> ModelT:
+    """Validate ``payload``; the first error becomes a 422 naming ``prefix.field``."""
+    try:
+        return model.model_validate(dict(payload))
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        location = ".".join(str(part) for part in (prefix, *error["loc"]))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = f"unknown field {location!r}"
+        raise InvalidRequest(f"{location}: {message}", param=location) from None
+
+
+def generation_metadata(model: ResolvedModel, generation: Generation) -> dict[str, Any]:
+    return {
+        "model": model.engine_model,
+        "finish_reason": generation.finish_reason,
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        **dict(generation.engine_metadata),
+    }
+
+
+class Handler(ABC, Generic[InputT]):
+    """Runs one task's input on one engine model and shapes the ``result`` object."""
+
+    @abstractmethod
+    async def run(self, engine: Engine, model: ResolvedModel, request: InputT) -> dict[str, Any]:
+        """The ``result`` object of the response."""
+
+
+class TaskSpec(ABC, Generic[InputT]):
+    """One task: how its input is validated and which handler serves a given model."""
+
+    task: ClassVar[Task]
+
+    @abstractmethod
+    def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> InputT:
+        """Typed input from the request's ``data`` and ``options``; 422 on any mistake."""
+
+    @abstractmethod
+    def handler_for(self, model: ResolvedModel) -> Handler[InputT]:
+        """The handler for this model (decided per model, per request)."""
+
+    def require_generative(self, model: ResolvedModel) -> None:
+        declared = model.declared_task
+        if declared is not None and declared not in GENERATIVE_TASKS:
+            raise ModelNotServable(
+                f"registered model {model.registry_name!r} version {model.registry_version} "
+                f"is a {declared!r} model; it cannot serve {self.task.value!r}",
+                param="task",
+            )

@@ -1,0 +1,62 @@
+"""``chat``: ``data: {messages: [{role, content}]}`` -> ``{message: {role, content}, metadata}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from aiml.engines.base import Engine
+from aiml.types import ChatMessage, ResolvedModel, SamplingParams, Task
+
+from .base import (
+    GenerationOptions,
+    Handler,
+    StrictModel,
+    TaskSpec,
+    generation_metadata,
+    parse_model,
+)
+
+__all__ = ["ChatSpec"]
+
+
+class _Message(StrictModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class _Data(StrictModel):
+    messages: list[_Message] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams
+
+
+class _Chat(Handler[ChatInput]):
+    async def run(self, engine: Engine, model: ResolvedModel, request: ChatInput) -> dict[str, Any]:
+        generation = await engine.chat(model.engine_model, request.messages, request.params)
+        return {
+            "message": {"role": "assistant", "content": generation.text},
+            "metadata": generation_metadata(model, generation),
+        }
+
+
+class ChatSpec(TaskSpec[ChatInput]):
+    task = Task.CHAT
+    _chat = _Chat()
+
+    def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> ChatInput:
+        parsed = parse_model(_Data, data, "data")
+        params = parse_model(GenerationOptions, options, "options").to_params()
+        messages = tuple(ChatMessage(role=m.role, content=m.content) for m in parsed.messages)
+        return ChatInput(messages=messages, params=params)
+
+    def handler_for(self, model: ResolvedModel) -> Handler[ChatInput]:
+        self.require_generative(model)
+        return self._chat

@@ -1,0 +1,77 @@
+"""``vlm``: ``data: {image: base64, prompt}`` -> ``{response, metadata}``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
+
+from aiml.engines.base import Engine
+from aiml.errors import InvalidRequest, ModelNotServable
+from aiml.types import ResolvedModel, SamplingParams, Task
+
+from .base import (
+    GenerationOptions,
+    Handler,
+    StrictModel,
+    TaskSpec,
+    generation_metadata,
+    parse_model,
+)
+
+__all__ = ["VlmSpec"]
+
+
+class _Data(StrictModel):
+    image: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class VlmInput:
+    image: bytes
+    prompt: str
+    params: SamplingParams
+
+
+class _Describe(Handler[VlmInput]):
+    async def run(self, engine: Engine, model: ResolvedModel, request: VlmInput) -> dict[str, Any]:
+        generation = await engine.generate(
+            model.engine_model, request.prompt, request.params, images=(request.image,)
+        )
+        return {"response": generation.text, "metadata": generation_metadata(model, generation)}
+
+
+class VlmSpec(TaskSpec[VlmInput]):
+    task = Task.VLM
+    _describe = _Describe()
+
+    def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> VlmInput:
+        parsed = parse_model(_Data, data, "data")
+        params = parse_model(GenerationOptions, options, "options").to_params()
+        return VlmInput(image=decode_image(parsed.image), prompt=parsed.prompt, params=params)
+
+    def handler_for(self, model: ResolvedModel) -> Handler[VlmInput]:
+        if model.declared_task is not None and model.declared_task != Task.VLM:
+            raise ModelNotServable(
+                f"registered model {model.registry_name!r} version {model.registry_version} "
+                f"is a {model.declared_task!r} model, not a vision model",
+                param="task",
+            )
+        return self._describe
+
+
+def decode_image(text: str) -> bytes:
+    """Strict base64 (a ``data:`` URL prefix allowed); the bytes, never a path, go on."""
+    payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
+    try:
+        image = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("data.image: not valid base64", param="data.image") from None
+    if not image:
+        raise InvalidRequest("data.image: empty image", param="data.image")
+    return image

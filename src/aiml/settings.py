@@ -1,0 +1,95 @@
+"""Service settings, read from the environment.
+
+The ecosystem's own variables are used where they exist (``MLFLOW_TRACKING_URI``,
+``MLFLOW_REGISTRY_URI``, ``OLLAMA_HOST``); everything of ours is ``AIML_*``. With nothing
+set, the service runs on an embedded sqlite registry under ``AIML_HOME`` and needs no
+external server but the engines it is asked to use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """All knobs of the service. Field names map to ``AIML_<NAME>`` unless an alias says so."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIML_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    home: Path = Field(
+        default=Path(".aiml"),
+        description="Folder for the embedded registry, its artifacts and caches.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `aiml serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `aiml serve` binds.")
+
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "AIML_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server or database; default: sqlite under AIML_HOME.",
+    )
+    mlflow_registry_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_REGISTRY_URI", "AIML_MLFLOW_REGISTRY_URI"),
+        description="Model registry URI when it differs from the tracking URI.",
+    )
+    registry_timeout_s: PositiveInt = Field(
+        default=5, description="Per-request timeout for a remote MLflow registry (seconds)."
+    )
+    registry_max_retries: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Retries of a failed registry request (MLflow's default waits minutes).",
+    )
+    resolve_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a resolution of an alias or of 'latest' is trusted (seconds).",
+    )
+
+    ollama_host: str = Field(
+        default="http://127.0.0.1:11434",
+        validation_alias=AliasChoices("OLLAMA_HOST", "AIML_OLLAMA_HOST"),
+    )
+    ollama_timeout_s: PositiveFloat = Field(
+        default=300.0, description="Read timeout for one Ollama call (seconds)."
+    )
+    ollama_connect_timeout_s: PositiveFloat = Field(
+        default=5.0, description="Connect timeout for Ollama (seconds)."
+    )
+    ollama_allow_pull: bool = Field(
+        default=False,
+        description="Pull a model the Ollama server lacks instead of answering 404.",
+    )
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in effect (embedded sqlite when none is configured)."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home_dir / 'mlflow.db').as_posix()}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow_registry_uri or self.tracking_uri
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def embedded_registry(self) -> bool:
+        """True when the registry is the sqlite file we own (so artifacts live beside it)."""
+        return not self.mlflow_tracking_uri and not self.mlflow_registry_uri
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.home_dir / "artifacts"

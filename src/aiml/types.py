@@ -1,0 +1,153 @@
+"""Typed domain objects passed between the layers.
+
+Wire formats (pydantic) stay in ``api/``; inside the service everything is one of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ChatMessage",
+    "Embeddings",
+    "Generation",
+    "GenerationChunk",
+    "ModelRef",
+    "RegistryVersion",
+    "ResolvedModel",
+    "SamplingParams",
+    "Source",
+    "Task",
+]
+
+
+class Task(StrEnum):
+    """The inference tasks the service knows."""
+
+    TEXT_GENERATION = "text-generation"
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+    VLM = "vlm"
+
+
+class Source(StrEnum):
+    """Where a model reference was resolved: the registry, or passed through to the engine."""
+
+    REGISTRY = "registry"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A parsed model reference: ``name``, ``name@alias``, ``name/3`` or a ``models:/`` URI.
+
+    ``version`` and ``alias`` are mutually exclusive; with neither, the reference means the
+    latest registry version (or, when the registry does not know the name, the engine's own
+    model of that name).
+    """
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """A pinned version's resolution never changes, so it never expires."""
+        return self.version is not None
+
+    @property
+    def registry_eligible(self) -> bool:
+        """MLflow model names cannot contain ``/`` or ``:``; such names are engine names."""
+        return "/" not in self.name and ":" not in self.name
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}/{self.version}"
+        if self.alias is not None:
+            return f"{self.name}@{self.alias}"
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryVersion:
+    """One model version as the registry holds it."""
+
+    name: str
+    version: int
+    tags: Mapping[str, str]
+    model_tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    source: str | None = None
+
+    def tag(self, key: str) -> str | None:
+        """A version tag, falling back to the registered model's tag of the same key."""
+        return self.tags.get(key) or self.model_tags.get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """What a reference resolved to: the engine's model name and where it came from."""
+
+    engine: str
+    engine_model: str
+    source: Source
+    registry_name: str | None = None
+    registry_version: int | None = None
+    declared_task: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine_model": self.engine_model,
+            "registry_name": self.registry_name,
+            "registry_version": self.registry_version,
+            "source": self.source.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Engine-neutral generation options; each engine maps them to its own names."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    repeat_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+    images: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A finished generation with the counts engines report."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    engine_metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """One piece of a streamed generation; the last one has ``done`` and the final counts."""
+
+    text: str
+    done: bool = False
+    final: Generation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int | None = None

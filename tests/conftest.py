@@ -1,0 +1,200 @@
+"""Shared fixtures: a real sqlite MLflow registry, a stand-in Ollama server, a running aiml."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from aiml.api.app import create_app
+from aiml.registry.mlflow import MlflowRegistry
+from aiml.services import Services, build_services
+from aiml.settings import Settings
+from tests.fakes.ollama_server import OllamaStandIn
+from tests.fakes.servers import ServerThread
+
+
+class CountingClient:
+    """Wraps an ``MlflowClient`` and counts every method call that reaches it."""
+
+    def __init__(self, inner: MlflowClient) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+@dataclass
+class Registry:
+    """A real MLflow registry in a temp folder, and helpers to fill it as users do."""
+
+    uri: str
+    client: MlflowClient
+    artifacts: Path
+
+    def register(
+        self,
+        name: str,
+        ollama_model: str | None = None,
+        *,
+        task: str | None = "text-generation",
+        engine: str | None = "ollama",
+        alias: str | None = None,
+        model_tags: dict[str, str] | None = None,
+    ) -> int:
+        """Register a version the way the earlier system did (tags on the version)."""
+        try:
+            self.client.create_registered_model(name, tags=model_tags)
+        except Exception as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")):
+                raise
+        tags = {
+            key: value
+            for key, value in {
+                "ollama_model_name": ollama_model,
+                "inference_task": task,
+                "inference_engine": engine,
+            }.items()
+            if value is not None
+        }
+        mv = self.client.create_model_version(
+            name, source=str(self.artifacts / name), tags=tags, await_creation_for=0
+        )
+        if alias is not None:
+            self.client.set_registered_model_alias(name, alias, mv.version)
+        return int(mv.version)
+
+
+@dataclass
+class RunningOllama:
+    state: OllamaStandIn
+    server: ServerThread
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@dataclass
+class RunningAiml:
+    """aiml under a real uvicorn server, with the spy that counts registry calls."""
+
+    server: ServerThread
+    spy: CountingClient
+    holder: list[Services] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def services(self) -> Services:
+        return self.holder[0]
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def infer(
+        self, model_name: str, *, task: str = "text-generation", **extra: Any
+    ) -> httpx.Response:
+        data = extra.pop("data", None)
+        if data is None:
+            data = (
+                {"messages": [{"role": "user", "content": "hi there"}]}
+                if task == "chat"
+                else {"inputs": "hello world"}
+            )
+        body = {"task": task, "engine": "ollama", "model_name": model_name, "data": data, **extra}
+        with self.client() as client:
+            return client.post("/inference/infer", json=body)
+
+
+def standard_stand_in() -> OllamaStandIn:
+    state = OllamaStandIn()
+    state.add("llama2:7b")
+    state.add("llama2:13b")
+    state.add("qwen2:0.5b", family="qwen2")
+    state.add("nomic-embed-text:latest", family="nomic-bert", embedding_only=True)
+    return state
+
+
+@pytest.fixture
+def ollama() -> Iterator[RunningOllama]:
+    state = standard_stand_in()
+    server = ServerThread(state.app(), lifespan="off").start()
+    yield RunningOllama(state, server)
+    server.stop()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    return Registry(
+        uri=uri,
+        client=MlflowClient(tracking_uri=uri, registry_uri=uri),
+        artifacts=tmp_path / "artifacts",
+    )
+
+
+def make_settings(tmp_path: Path, registry_uri: str, ollama_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "home": tmp_path / "home",
+        "mlflow_tracking_uri": registry_uri,
+        "ollama_host": ollama_url,
+        "ollama_timeout_s": 2.0,
+        "ollama_connect_timeout_s": 1.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture
+def start_aiml(
+    tmp_path: Path, registry: Registry, ollama: RunningOllama
+) -> Iterator[Callable[..., RunningAiml]]:
+    """Start aiml against the registry and stand-in; keyword arguments override settings."""
+    started: list[RunningAiml] = []
+
+    def start(**overrides: Any) -> RunningAiml:
+        settings = make_settings(tmp_path, registry.uri, ollama.url, **overrides)
+        spy = CountingClient(
+            MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+        )
+        holder: list[Services] = []
+
+        def factory(s: Settings) -> Services:
+            instrumented = MlflowRegistry(spy, uri=s.registry_uri, artifact_location=None)  # type: ignore[arg-type]
+            services = build_services(s, registry=instrumented)
+            holder.append(services)
+            return services
+
+        server = ServerThread(create_app(settings, services_factory=factory)).start()
+        running = RunningAiml(server=server, spy=spy, holder=holder)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.server.stop()

@@ -1,0 +1,145 @@
+"""The Ollama engine through the official client against the stand-in server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aiml.engines.ollama import OllamaEngine, is_valid_ollama_name, normalize_ollama_name
+from aiml.errors import EngineError, EngineTimeout, EngineUnavailable, ModelNotFound
+from aiml.types import ChatMessage, RegistryVersion, SamplingParams
+from tests.conftest import RunningOllama
+from tests.fakes.servers import free_port
+
+
+@pytest.fixture
+async def engine(ollama: RunningOllama) -> AsyncIterator[OllamaEngine]:
+    engine = OllamaEngine(ollama.url, timeout_s=1.0, connect_timeout_s=1.0)
+    yield engine
+    await engine.aclose()
+
+
+def test_latest_rule() -> None:
+    assert normalize_ollama_name("llama2") == "llama2:latest"
+    assert normalize_ollama_name("llama2:13b") == "llama2:13b"
+    assert normalize_ollama_name("user/model") == "user/model:latest"
+    assert normalize_ollama_name("host:5000/model") == "host:5000/model:latest"
+    assert is_valid_ollama_name("library/llama2:7b")
+    assert not is_valid_ollama_name("../../etc/passwd")
+    assert not is_valid_ollama_name("http://evil/x")
+
+
+async def test_find_model_is_exact(engine: OllamaEngine, ollama: RunningOllama) -> None:
+    assert await engine.find_model("llama2:7b") == "llama2:7b"
+    assert await engine.find_model("llama2") is None  # only :7b and :13b exist
+    assert await engine.find_model("llama") is None
+    assert await engine.find_model("nomic-embed-text") == "nomic-embed-text:latest"
+    ollama.state.add("llama2")
+    assert await engine.find_model("llama2") == "llama2:latest"
+
+
+async def test_generate_chat_embed_and_options(engine: OllamaEngine, ollama: RunningOllama) -> None:
+    params = SamplingParams(
+        max_tokens=3, temperature=0.2, top_p=0.9, top_k=20, stop=("x",), seed=7, repeat_penalty=1.1
+    )
+    generation = await engine.generate("llama2:7b", "one two three four", params)
+    assert generation.text == "llama2:7b heard: one"
+    assert generation.finish_reason == "length"
+    assert generation.completion_tokens == 3
+    sent = ollama.state.received[-1][1]
+    assert sent["options"] == {
+        "num_predict": 3,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "top_k": 20,
+        "stop": ["x"],
+        "seed": 7,
+        "repeat_penalty": 1.1,
+    }
+    assert sent["stream"] is False
+
+    reply = await engine.chat("llama2:7b", [ChatMessage("user", "hi")], SamplingParams())
+    assert reply.text == "llama2:7b heard: hi"
+    vectors = await engine.embed("nomic-embed-text", ["a", "b"])
+    assert len(vectors.vectors) == 2 and len(vectors.vectors[0]) == 8
+
+
+async def test_streaming_yields_pieces_then_final_counts(engine: OllamaEngine) -> None:
+    chunks = [c async for c in engine.stream_generate("llama2:7b", "a b", SamplingParams())]
+    assert "".join(c.text for c in chunks) == "llama2:7b heard: a b"
+    assert chunks[-1].done and chunks[-1].final is not None
+    assert chunks[-1].final.completion_tokens == 4
+    chat = [
+        c
+        async for c in engine.stream_chat(
+            "llama2:7b", [ChatMessage("user", "yo")], SamplingParams()
+        )
+    ]
+    assert "".join(c.text for c in chat) == "llama2:7b heard: yo"
+
+
+async def test_closing_a_stream_closes_the_request(
+    engine: OllamaEngine, ollama: RunningOllama
+) -> None:
+    ollama.state.token_delay_s = 0.2
+    stream = engine.stream_generate("llama2:7b", "many words here to stream out", SamplingParams())
+    first = await anext(stream)
+    assert first.text
+    await stream.aclose()
+    deadline = asyncio.get_running_loop().time() + 5
+    while not ollama.state.streams_closed_early:  # noticed at the stand-in's next write
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert ollama.state.streams_closed_early == 1
+
+
+async def test_error_mapping(engine: OllamaEngine, ollama: RunningOllama) -> None:
+    with pytest.raises(ModelNotFound):
+        await engine.generate("absent:1b", "x", SamplingParams())
+    with pytest.raises(EngineError, match="does not support generate"):
+        await engine.generate("nomic-embed-text", "x", SamplingParams())
+    ollama.state.fail_mid_stream = "model runner crashed"
+    with pytest.raises(EngineError, match="model runner crashed"):
+        async for _ in engine.stream_generate("llama2:7b", "a b", SamplingParams()):
+            pass
+    ollama.state.fail_mid_stream = None
+    ollama.state.delay_s = 1.5
+    with pytest.raises(EngineTimeout):
+        await engine.generate("llama2:7b", "x", SamplingParams())
+
+
+async def test_connection_refused_is_unavailable() -> None:
+    engine = OllamaEngine(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, connect_timeout_s=1.0)
+    with pytest.raises(EngineUnavailable):
+        await engine.find_model("llama2")
+    with pytest.raises(EngineUnavailable):
+        await engine.health()
+    with pytest.raises(EngineUnavailable):
+        async for _ in engine.stream_chat("m", [ChatMessage("user", "x")], SamplingParams()):
+            pass
+    await engine.aclose()
+
+
+async def test_pull_only_when_allowed(ollama: RunningOllama) -> None:
+    ollama.state.pullable.add("tinyllama")
+    forbidden = OllamaEngine(ollama.url, timeout_s=2.0, connect_timeout_s=1.0)
+    assert await forbidden.pull("tinyllama") is None
+    assert ollama.state.counts["POST /api/pull"] == 0
+    allowed = OllamaEngine(ollama.url, timeout_s=2.0, connect_timeout_s=1.0, allow_pull=True)
+    assert await allowed.pull("tinyllama") == "tinyllama:latest"
+    assert await allowed.find_model("tinyllama") == "tinyllama:latest"
+    await forbidden.aclose()
+    await allowed.aclose()
+
+
+def test_tag_values_that_are_not_ollama_names_are_refused() -> None:
+    engine = OllamaEngine("http://127.0.0.1:1", timeout_s=1.0, connect_timeout_s=1.0)
+    bad = RegistryVersion(name="m", version=1, tags={"ollama_model_name": "../../secrets"})
+    with pytest.raises(ModelNotFound, match="invalid"):
+        engine.engine_model_for(bad)
+    good = RegistryVersion(
+        name="m", version=1, tags={}, model_tags={"ollama_model_name": "llama2:7b"}
+    )
+    assert engine.engine_model_for(good) == "llama2:7b"

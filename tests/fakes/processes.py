@@ -1,0 +1,94 @@
+"""Real processes on loopback: an ``mlflow server`` and ``aiml serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.fakes.servers import free_port
+
+
+class Process:
+    """A child process in its own process group, stopped with the whole group."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], log: Path, health_url: str) -> None:
+        self.argv = argv
+        self.env = env
+        self.log = log
+        self.health_url = health_url
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[:3]} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.health_url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.argv[:3]} not healthy: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # children may outlive the leader
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+        return code
+
+
+def mlflow_server(folder: Path, port: int | None = None) -> Process:
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", str(folder / "artifacts"),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return Process(
+        argv, env=env, log=folder / "server.log", health_url=f"http://127.0.0.1:{port}/health"
+    )
+
+
+def aiml_serve(folder: Path, env: dict[str, str], port: int | None = None) -> Process:
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "aiml", "serve", "--port", str(port), "--log-level", "warning"]
+    full_env = {**os.environ, "AIML_HOME": str(folder / "home"), **env}
+    return Process(
+        argv,
+        env=full_env,
+        log=folder / "aiml.log",
+        health_url=f"http://127.0.0.1:{port}/health/live",
+    )

@@ -1,0 +1,160 @@
+"""The resolver: TTL by a controlled clock, single-flight, outages, clear during a lookup."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aiml.engines.ollama import OllamaEngine
+from aiml.errors import ModelNotFound, ModelNotServable, RegistryUnavailable
+from aiml.inference.resolver import ModelResolver
+from aiml.inference.stats import Stats
+from aiml.registry.mlflow import MlflowRegistry
+from aiml.types import ModelRef, Source
+from tests.conftest import CountingClient, Registry, RunningOllama
+from tests.fakes.mlflow_client import UnreachableMlflowClient
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, registry: Registry, ollama: RunningOllama, ttl_s: float = 30.0) -> None:
+        self.spy = CountingClient(registry.client)
+        self.registry = MlflowRegistry(self.spy, uri=registry.uri, artifact_location=None)  # type: ignore[arg-type]
+        self.engine = OllamaEngine(ollama.url, timeout_s=5, connect_timeout_s=1)
+        self.clock = Clock()
+        self.stats = Stats()
+        self.resolver = ModelResolver(
+            self.engine, self.registry, ttl_s=ttl_s, stats=self.stats, clock=self.clock
+        )
+
+
+@pytest.fixture
+async def harness(registry: Registry, ollama: RunningOllama) -> AsyncIterator[Harness]:
+    h = Harness(registry, ollama)
+    yield h
+    await h.engine.aclose()
+
+
+async def test_alias_expires_after_ttl_and_pinned_never(
+    harness: Harness, registry: Registry
+) -> None:
+    registry.register("m", "llama2:7b", alias="prod")
+    registry.register("m", "llama2:13b")
+    resolve = harness.resolver.resolve
+    assert (await resolve(ModelRef("m", alias="prod"))).engine_model == "llama2:7b"
+    assert (await resolve(ModelRef("m", version=1))).engine_model == "llama2:7b"
+    registry.client.set_registered_model_alias("m", "prod", "2")
+
+    harness.clock.now += 29.9  # within the TTL the cached answer stands, at no registry cost
+    calls = harness.spy.total
+    assert (await resolve(ModelRef("m", alias="prod"))).engine_model == "llama2:7b"
+    assert harness.spy.total == calls
+
+    harness.clock.now += 0.2  # past it: the move is seen
+    assert (await resolve(ModelRef("m", alias="prod"))).engine_model == "llama2:13b"
+    harness.clock.now += 10_000
+    calls = harness.spy.total
+    assert (await resolve(ModelRef("m", version=1))).engine_model == "llama2:7b"
+    assert harness.spy.total == calls  # a pinned version is never looked up again
+
+
+async def test_fifty_concurrent_first_requests_cost_one_lookup(
+    harness: Harness, registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("m", "llama2:7b", alias="prod")
+    results = await asyncio.gather(
+        *(harness.resolver.resolve(ModelRef("m", alias="prod")) for _ in range(50))
+    )
+    assert {r.engine_model for r in results} == {"llama2:7b"}
+    assert harness.spy.total == 1
+    assert ollama.state.counts["GET /api/tags"] == 1
+    assert harness.stats.resolutions == 1
+
+
+async def test_failed_lookup_is_shared_and_not_cached(
+    harness: Harness, ollama: RunningOllama
+) -> None:
+    outcomes = await asyncio.gather(
+        *(harness.resolver.resolve(ModelRef("ghost")) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(o, ModelNotFound) for o in outcomes)
+    assert harness.stats.resolutions == 1
+    ollama.state.add("ghost")
+    assert (await harness.resolver.resolve(ModelRef("ghost"))).source is Source.DIRECT
+
+
+async def test_cancelled_caller_does_not_cancel_the_others(
+    harness: Harness, registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("m", "llama2:7b")
+    ollama.state.delay_s = 0.0
+    first = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m")))
+    second = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m")))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert (await second).engine_model == "llama2:7b"
+    assert harness.stats.resolutions == 1
+
+
+async def test_outage_serves_known_references_and_refuses_new_ones(
+    harness: Harness, registry: Registry
+) -> None:
+    registry.register("known", "llama2:7b", alias="prod")
+    registry.register("new", "llama2:7b")
+    assert (
+        await harness.resolver.resolve(ModelRef("known", alias="prod"))
+    ).engine_model == "llama2:7b"
+
+    real = harness.registry._client
+    harness.registry._client = UnreachableMlflowClient()  # type: ignore[assignment]
+    harness.clock.now += 31  # expired: a refresh is attempted and fails
+    assert (
+        await harness.resolver.resolve(ModelRef("known", alias="prod"))
+    ).engine_model == "llama2:7b"
+    assert harness.stats.stale_served == 1
+    with pytest.raises(RegistryUnavailable):
+        await harness.resolver.resolve(ModelRef("new"))
+
+    harness.registry._client = real  # back: the next refresh after the retry interval succeeds
+    registry.client.set_registered_model_alias("known", "prod", "1")
+    harness.clock.now += 1.1
+    await harness.resolver.resolve(ModelRef("known", alias="prod"))
+    assert harness.stats.stale_served == 1
+
+
+async def test_clear_during_a_lookup_does_not_repopulate(
+    harness: Harness, registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("m", "llama2:7b")
+    ollama.state.delay_s = 0  # the engine check goes through /api/tags, which has no delay
+    pending = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m")))
+    await asyncio.sleep(0)
+    harness.resolver.clear()
+    assert (await pending).engine_model == "llama2:7b"
+    assert len(harness.resolver) == 0
+
+
+async def test_registry_tags_are_honoured(
+    harness: Harness, registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("for-hf", "llama2:7b", engine="transformers")
+    with pytest.raises(ModelNotServable, match="registered for engine 'transformers'"):
+        await harness.resolver.resolve(ModelRef("for-hf"))
+    registry.register("untagged", None)
+    with pytest.raises(ModelNotServable, match="ollama_model_name"):
+        await harness.resolver.resolve(ModelRef("untagged"))
+    registry.register("dangling", "mistral:7b")
+    with pytest.raises(ModelNotFound, match="maps to ollama model 'mistral:7b'"):
+        await harness.resolver.resolve(ModelRef("dangling"))
+    resolved = await harness.resolver.resolve(ModelRef("llama2:13b"))
+    assert resolved.source is Source.DIRECT and resolved.registry_name is None
+    assert harness.spy.calls["search_model_versions"] == 3  # engine names skip the registry
