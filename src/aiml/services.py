@@ -6,19 +6,28 @@ singleton, so tests can build as many independent services as they like.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiml.engines.base import Engine
 from aiml.engines.ollama import OllamaEngine
+from aiml.engines.pool import ModelPool
 from aiml.inference.catalog import ModelCatalog
 from aiml.inference.manager import InferenceManager
 from aiml.inference.router import TaskRouter
 from aiml.inference.stats import Stats
+from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.settings import Settings
 
 __all__ = ["Services", "build_engines", "build_services"]
+
+log = logging.getLogger("aiml")
+
+#: Engines that run in this process and the packages they need.
+_LOCAL_REQUIREMENTS = {"llamacpp": ("llama_cpp",), "transformers": ("transformers", "torch")}
 
 
 @dataclass
@@ -30,22 +39,66 @@ class Services:
     manager: InferenceManager
     catalog: ModelCatalog
     stats: Stats
+    pool: ModelPool
+    artifacts: ArtifactCache
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Start background work (the idle-model reaper); needs a running event loop."""
+        self.pool.start()
 
     async def aclose(self) -> None:
+        await self.pool.aclose()
         for engine in self.engines.values():
             await engine.aclose()
 
 
-def build_engines(settings: Settings) -> dict[str, Engine]:
-    """One instance per engine for the whole process."""
-    return {
-        OllamaEngine.name: OllamaEngine(
-            settings.ollama_host,
-            timeout_s=settings.ollama_timeout_s,
-            connect_timeout_s=settings.ollama_connect_timeout_s,
-            allow_pull=settings.ollama_allow_pull,
-        )
-    }
+def build_engines(
+    settings: Settings, artifacts: ArtifactCache, pool: ModelPool
+) -> tuple[dict[str, Engine], dict[str, str]]:
+    """One instance per configured engine, and why any configured engine is missing."""
+    engines: dict[str, Engine] = {}
+    unavailable: dict[str, str] = {}
+    for name in settings.engine_names:
+        missing = [m for m in _LOCAL_REQUIREMENTS.get(name, ()) if not _importable(m)]
+        if missing:
+            unavailable[name] = (
+                f"engine {name!r} needs {', '.join(missing)}: "
+                "pip install 'ai-model-lifecycle[local]'"
+            )
+            continue
+        if name == OllamaEngine.name:
+            engines[name] = OllamaEngine(
+                settings.ollama_host,
+                timeout_s=settings.ollama_timeout_s,
+                connect_timeout_s=settings.ollama_connect_timeout_s,
+                allow_pull=settings.ollama_allow_pull,
+            )
+        elif name == "llamacpp":
+            from aiml.engines.llamacpp import LlamaCppEngine
+
+            engines[name] = LlamaCppEngine(
+                artifacts,
+                pool,
+                n_ctx=settings.llamacpp_n_ctx,
+                n_threads=settings.llamacpp_threads,
+                default_max_tokens=settings.default_max_tokens,
+            )
+        elif name == "transformers":
+            from aiml.engines.transformers import TransformersEngine
+
+            engines[name] = TransformersEngine(
+                artifacts,
+                pool,
+                embed_max_batch=settings.embed_max_batch,
+                embed_max_wait_ms=settings.embed_max_wait_ms,
+                default_max_tokens=settings.default_max_tokens,
+            )
+        else:
+            unavailable[name] = f"unknown engine {name!r} in AIML_ENGINES"
+    for reason in unavailable.values():
+        log.warning("%s", reason)
+    return engines, unavailable
 
 
 def build_services(
@@ -55,15 +108,33 @@ def build_services(
     engines: Mapping[str, Engine] | None = None,
 ) -> Services:
     registry = registry or MlflowRegistry.from_settings(settings)
-    engines = engines if engines is not None else build_engines(settings)
+    pool = ModelPool(
+        max_models=settings.max_loaded_models,
+        max_bytes=settings.max_model_memory_bytes,
+        idle_ttl_s=settings.model_idle_ttl_s,
+        wait_s=settings.model_load_wait_s,
+    )
+    artifacts = ArtifactCache(settings.model_cache_dir, registry)
+    unavailable: dict[str, str] = {}
+    if engines is None:
+        engines, unavailable = build_engines(settings, artifacts, pool)
     stats = Stats()
-    router = TaskRouter(engines, registry, ttl_s=settings.resolve_ttl_s, stats=stats)
+    router = TaskRouter(
+        engines, registry, ttl_s=settings.resolve_ttl_s, stats=stats, unavailable=unavailable
+    )
     return Services(
         settings=settings,
         registry=registry,
         engines=engines,
         router=router,
         manager=InferenceManager(router, registry, stats),
-        catalog=ModelCatalog(registry, router),
+        catalog=ModelCatalog(registry, engines, on_change=router.invalidate_name),
         stats=stats,
+        pool=pool,
+        artifacts=artifacts,
+        unavailable=unavailable,
     )
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

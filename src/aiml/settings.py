@@ -8,6 +8,7 @@ external server but the engines it is asked to use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt
@@ -70,6 +71,50 @@ class Settings(BaseSettings):
         description="Pull a model the Ollama server lacks instead of answering 404.",
     )
 
+    engines: str = Field(
+        default="ollama,llamacpp,transformers",
+        description="Engines to run, comma-separated; local ones need the [local] extra.",
+    )
+    max_loaded_models: PositiveInt = Field(
+        default=3, description="Models the local engines keep loaded at once."
+    )
+    max_model_memory_bytes: PositiveInt = Field(
+        default_factory=lambda: _half_of_ram(),
+        description="Memory budget of loaded local models in bytes (default: half of RAM).",
+    )
+    model_idle_ttl_s: float = Field(
+        default=300.0, ge=0, description="Unload a local model idle this long (0: never)."
+    )
+    model_load_wait_s: float = Field(
+        default=30.0, ge=0, description="How long a load waits for a busy pool to free room."
+    )
+    default_max_tokens: PositiveInt = Field(
+        default=512, description="Local engines' generation limit when a request sets none."
+    )
+    llamacpp_n_ctx: PositiveInt = Field(default=2048, description="llama.cpp context length.")
+    llamacpp_threads: int | None = Field(
+        default=None, ge=1, description="llama.cpp threads (default: CPU count)."
+    )
+    embed_max_batch: PositiveInt = Field(
+        default=32, description="Most texts in one batched embeddings forward pass."
+    )
+    embed_max_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long a batch waits for more requests (ms)."
+    )
+    admin_keys: str = Field(
+        default="",
+        description="Comma-separated keys for admin routes (register, load, unload).",
+    )
+
+    @property
+    def engine_names(self) -> list[str]:
+        return [name.strip() for name in self.engines.split(",") if name.strip()]
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where local engines keep the verified files of registry versions."""
+        return self.home_dir / "models"
+
     @property
     def tracking_uri(self) -> str:
         """The MLflow tracking URI in effect (embedded sqlite when none is configured)."""
@@ -93,3 +138,10 @@ class Settings(BaseSettings):
     @property
     def artifact_dir(self) -> Path:
         return self.home_dir / "artifacts"
+
+
+def _half_of_ram() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4 << 30

@@ -15,6 +15,7 @@ __all__ = [
     "Embeddings",
     "Generation",
     "GenerationChunk",
+    "Label",
     "ModelRef",
     "RegistryVersion",
     "ResolvedModel",
@@ -31,6 +32,7 @@ class Task(StrEnum):
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
     VLM = "vlm"
+    TEXT_CLASSIFICATION = "text-classification"
 
 
 class Source(StrEnum):
@@ -86,6 +88,10 @@ class RegistryVersion:
         """A version tag, falling back to the registered model's tag of the same key."""
         return self.tags.get(key) or self.model_tags.get(key)
 
+    def merged_tags(self) -> dict[str, str]:
+        """The registered model's tags overlaid by the version's."""
+        return {**self.model_tags, **self.tags}
+
 
 @dataclass(frozen=True, slots=True)
 class ResolvedModel:
@@ -97,6 +103,8 @@ class ResolvedModel:
     registry_name: str | None = None
     registry_version: int | None = None
     declared_task: str | None = None
+    #: The registry version's tags (the registered model's as fallback); empty when direct.
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -151,3 +159,9 @@ class GenerationChunk:
 class Embeddings:
     vectors: list[list[float]]
     prompt_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    label: str
+    score: float

@@ -184,7 +184,13 @@ def test_supported_tasks_stats_and_health(aiml: RunningAiml, ollama: RunningOlla
     aiml.infer("absent-model")
     with aiml.client() as client:
         tasks = client.get("/inference/supported-tasks").json()["tasks"]
-        assert tasks == {t: ["ollama"] for t in ("text-generation", "chat", "embeddings", "vlm")}
+        assert tasks == {
+            "text-generation": ["ollama", "llamacpp", "transformers"],
+            "chat": ["ollama", "llamacpp", "transformers"],
+            "embeddings": ["ollama", "llamacpp", "transformers"],
+            "vlm": ["ollama"],
+            "text-classification": ["transformers"],
+        }
         stats = client.get("/inference/stats").json()["stats"]
         assert stats["requests"] == 3 and stats["succeeded"] == 2 and stats["failed"] == 1
         assert stats["errors"] == {"model_not_found": 1}

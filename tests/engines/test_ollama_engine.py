@@ -8,10 +8,20 @@ from collections.abc import AsyncIterator
 import pytest
 
 from aiml.engines.ollama import OllamaEngine, is_valid_ollama_name, normalize_ollama_name
-from aiml.errors import EngineError, EngineTimeout, EngineUnavailable, ModelNotFound
-from aiml.types import ChatMessage, RegistryVersion, SamplingParams
+from aiml.errors import (
+    EngineError,
+    EngineTimeout,
+    EngineUnavailable,
+    ModelNotFound,
+    ModelNotServable,
+)
+from aiml.types import ChatMessage, RegistryVersion, ResolvedModel, SamplingParams, Source
 from tests.conftest import RunningOllama
 from tests.fakes.servers import free_port
+
+
+def model(name: str) -> ResolvedModel:
+    return ResolvedModel(engine="ollama", engine_model=name, source=Source.DIRECT)
 
 
 @pytest.fixture
@@ -44,7 +54,7 @@ async def test_generate_chat_embed_and_options(engine: OllamaEngine, ollama: Run
     params = SamplingParams(
         max_tokens=3, temperature=0.2, top_p=0.9, top_k=20, stop=("x",), seed=7, repeat_penalty=1.1
     )
-    generation = await engine.generate("llama2:7b", "one two three four", params)
+    generation = await engine.generate(model("llama2:7b"), "one two three four", params)
     assert generation.text == "llama2:7b heard: one"
     assert generation.finish_reason == "length"
     assert generation.completion_tokens == 3
@@ -60,21 +70,21 @@ async def test_generate_chat_embed_and_options(engine: OllamaEngine, ollama: Run
     }
     assert sent["stream"] is False
 
-    reply = await engine.chat("llama2:7b", [ChatMessage("user", "hi")], SamplingParams())
+    reply = await engine.chat(model("llama2:7b"), [ChatMessage("user", "hi")], SamplingParams())
     assert reply.text == "llama2:7b heard: hi"
-    vectors = await engine.embed("nomic-embed-text", ["a", "b"])
+    vectors = await engine.embed(model("nomic-embed-text"), ["a", "b"])
     assert len(vectors.vectors) == 2 and len(vectors.vectors[0]) == 8
 
 
 async def test_streaming_yields_pieces_then_final_counts(engine: OllamaEngine) -> None:
-    chunks = [c async for c in engine.stream_generate("llama2:7b", "a b", SamplingParams())]
+    chunks = [c async for c in engine.stream_generate(model("llama2:7b"), "a b", SamplingParams())]
     assert "".join(c.text for c in chunks) == "llama2:7b heard: a b"
     assert chunks[-1].done and chunks[-1].final is not None
     assert chunks[-1].final.completion_tokens == 4
     chat = [
         c
         async for c in engine.stream_chat(
-            "llama2:7b", [ChatMessage("user", "yo")], SamplingParams()
+            model("llama2:7b"), [ChatMessage("user", "yo")], SamplingParams()
         )
     ]
     assert "".join(c.text for c in chat) == "llama2:7b heard: yo"
@@ -84,7 +94,9 @@ async def test_closing_a_stream_closes_the_request(
     engine: OllamaEngine, ollama: RunningOllama
 ) -> None:
     ollama.state.token_delay_s = 0.2
-    stream = engine.stream_generate("llama2:7b", "many words here to stream out", SamplingParams())
+    stream = engine.stream_generate(
+        model("llama2:7b"), "many words here to stream out", SamplingParams()
+    )
     first = await anext(stream)
     assert first.text
     await stream.aclose()
@@ -97,17 +109,17 @@ async def test_closing_a_stream_closes_the_request(
 
 async def test_error_mapping(engine: OllamaEngine, ollama: RunningOllama) -> None:
     with pytest.raises(ModelNotFound):
-        await engine.generate("absent:1b", "x", SamplingParams())
+        await engine.generate(model("absent:1b"), "x", SamplingParams())
     with pytest.raises(EngineError, match="does not support generate"):
-        await engine.generate("nomic-embed-text", "x", SamplingParams())
+        await engine.generate(model("nomic-embed-text"), "x", SamplingParams())
     ollama.state.fail_mid_stream = "model runner crashed"
     with pytest.raises(EngineError, match="model runner crashed"):
-        async for _ in engine.stream_generate("llama2:7b", "a b", SamplingParams()):
+        async for _ in engine.stream_generate(model("llama2:7b"), "a b", SamplingParams()):
             pass
     ollama.state.fail_mid_stream = None
     ollama.state.delay_s = 1.5
     with pytest.raises(EngineTimeout):
-        await engine.generate("llama2:7b", "x", SamplingParams())
+        await engine.generate(model("llama2:7b"), "x", SamplingParams())
 
 
 async def test_connection_refused_is_unavailable() -> None:
@@ -117,7 +129,7 @@ async def test_connection_refused_is_unavailable() -> None:
     with pytest.raises(EngineUnavailable):
         await engine.health()
     with pytest.raises(EngineUnavailable):
-        async for _ in engine.stream_chat("m", [ChatMessage("user", "x")], SamplingParams()):
+        async for _ in engine.stream_chat(model("m"), [ChatMessage("user", "x")], SamplingParams()):
             pass
     await engine.aclose()
 
@@ -125,21 +137,22 @@ async def test_connection_refused_is_unavailable() -> None:
 async def test_pull_only_when_allowed(ollama: RunningOllama) -> None:
     ollama.state.pullable.add("tinyllama")
     forbidden = OllamaEngine(ollama.url, timeout_s=2.0, connect_timeout_s=1.0)
-    assert await forbidden.pull("tinyllama") is None
+    version = RegistryVersion(name="tiny", version=1, tags={"ollama_model_name": "tinyllama"})
+    with pytest.raises(ModelNotFound, match="maps to ollama model 'tinyllama'"):
+        await forbidden.model_for_version(version)
     assert ollama.state.counts["POST /api/pull"] == 0
     allowed = OllamaEngine(ollama.url, timeout_s=2.0, connect_timeout_s=1.0, allow_pull=True)
-    assert await allowed.pull("tinyllama") == "tinyllama:latest"
-    assert await allowed.find_model("tinyllama") == "tinyllama:latest"
+    assert await allowed.model_for_version(version) == "tinyllama:latest"
+    assert ollama.state.counts["POST /api/pull"] == 1
     await forbidden.aclose()
     await allowed.aclose()
 
 
-def test_tag_values_that_are_not_ollama_names_are_refused() -> None:
-    engine = OllamaEngine("http://127.0.0.1:1", timeout_s=1.0, connect_timeout_s=1.0)
+async def test_tag_values_that_are_not_ollama_names_are_refused(engine: OllamaEngine) -> None:
     bad = RegistryVersion(name="m", version=1, tags={"ollama_model_name": "../../secrets"})
-    with pytest.raises(ModelNotFound, match="invalid"):
-        engine.engine_model_for(bad)
+    with pytest.raises(ModelNotServable, match="invalid"):
+        await engine.model_for_version(bad)
     good = RegistryVersion(
         name="m", version=1, tags={}, model_tags={"ollama_model_name": "llama2:7b"}
     )
-    assert engine.engine_model_for(good) == "llama2:7b"
+    assert await engine.model_for_version(good) == "llama2:7b"

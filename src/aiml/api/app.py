@@ -13,9 +13,10 @@ from aiml import __version__
 from aiml.services import Services, build_services
 from aiml.settings import Settings
 
+from .auth import KeyRing
 from .errors import install_error_handlers
 from .responses import JSONResponse
-from .routes import health, inference, models
+from .routes import admin, health, inference, models
 
 __all__ = ["create_app"]
 
@@ -37,6 +38,8 @@ def create_app(
         if settings.embedded_registry:
             await services.registry.ping()  # creates the sqlite schema before the first request
         app.state.services = services
+        app.state.admin_keys = KeyRing.from_setting(settings.admin_keys)
+        services.start()
         log.info(
             "aiml %s ready: registry %s, engines %s",
             __version__,
@@ -58,5 +61,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(models.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     return app

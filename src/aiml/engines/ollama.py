@@ -21,6 +21,7 @@ from aiml.errors import (
     EngineTimeout,
     EngineUnavailable,
     ModelNotFound,
+    ModelNotServable,
 )
 from aiml.types import (
     ChatMessage,
@@ -28,13 +29,17 @@ from aiml.types import (
     Generation,
     GenerationChunk,
     RegistryVersion,
+    ResolvedModel,
     SamplingParams,
     Task,
 )
 
 from .base import Engine
 
-__all__ = ["OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]
+__all__ = ["MODEL_NAME_TAG", "OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]
+
+#: The version tag (or registered-model tag) holding the Ollama model's name.
+MODEL_NAME_TAG = "ollama_model_name"
 
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 _OLLAMA_NAME = re.compile(rf"{_PART}(?:/{_PART}){{0,2}}(?::[A-Za-z0-9_][A-Za-z0-9_.\-]{{0,127}})?")
@@ -58,8 +63,8 @@ class OllamaEngine(Engine):
     """Models served by an Ollama server."""
 
     name = "ollama"
-    tasks = frozenset(Task)
-    model_name_tag = "ollama_model_name"
+    tasks = frozenset(Task) - {Task.TEXT_CLASSIFICATION}
+    model_tag_keys = (MODEL_NAME_TAG,)
 
     def __init__(
         self,
@@ -80,15 +85,27 @@ class OllamaEngine(Engine):
     def location(self) -> str:
         return f"the Ollama server at {self._host}"
 
-    def engine_model_for(self, version: RegistryVersion) -> str | None:
-        name = super().engine_model_for(version)
-        if name is not None and not is_valid_ollama_name(name):
-            # Tag values come from users: never forward one that is not an Ollama name.
-            raise ModelNotFound(
-                f"registered model {version.name!r} version {version.version} has an invalid "
-                f"{self.model_name_tag} tag {name!r}"
+    async def model_for_version(self, version: RegistryVersion) -> str:
+        label = f"registered model {version.name!r} version {version.version}"
+        name = version.tag(MODEL_NAME_TAG)
+        if name is None:
+            raise ModelNotServable(
+                f"{label} has no {MODEL_NAME_TAG!r} tag on the version or the registered "
+                "model, so the ollama engine cannot serve it",
+                param="model_name",
             )
-        return name
+        if not is_valid_ollama_name(name):
+            # Tag values come from users: never forward one that is not an Ollama name.
+            raise ModelNotServable(
+                f"{label} has an invalid {MODEL_NAME_TAG} tag {name!r}", param="model_name"
+            )
+        found = await self.find_model(name) or await self._pull(name)
+        if found is None:
+            raise ModelNotFound(
+                f"{label} maps to ollama model {name!r}, which {self.location} does not have",
+                param="model_name",
+            )
+        return found
 
     async def find_model(self, name: str) -> str | None:
         wanted = normalize_ollama_name(name)
@@ -101,21 +118,27 @@ class OllamaEngine(Engine):
                 return model.model
         return None
 
-    async def pull(self, name: str) -> str | None:
+    async def _pull(self, name: str) -> str | None:
+        """Pull ``name`` when configured to; ``None`` when pulling is off."""
         if not self._allow_pull:
             return None
         try:
             await self._client.pull(name, stream=False)
         except Exception as exc:
             raise self._translate(exc, name) from exc
-        return normalize_ollama_name(name)
+        return await self.find_model(name)
 
     async def generate(
-        self, model: str, prompt: str, params: SamplingParams, *, images: Sequence[bytes] = ()
+        self,
+        model: ResolvedModel,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        images: Sequence[bytes] = (),
     ) -> Generation:
         try:
             response = await self._client.generate(
-                model=model,
+                model=model.engine_model,
                 prompt=prompt,
                 # Bytes, never str: the client reads a str that names a file from disk.
                 images=list(images) or None,
@@ -123,17 +146,22 @@ class OllamaEngine(Engine):
                 stream=False,
             )
         except Exception as exc:
-            raise self._translate(exc, model) from exc
+            raise self._translate(exc, model.engine_model) from exc
         return _generation(response, response.response or "")
 
     async def stream_generate(
-        self, model: str, prompt: str, params: SamplingParams, *, images: Sequence[bytes] = ()
+        self,
+        model: ResolvedModel,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        images: Sequence[bytes] = (),
     ) -> AsyncIterator[GenerationChunk]:
         try:
             stream = cast(
                 AsyncGenerator[ollama.GenerateResponse, None],
                 await self._client.generate(
-                    model=model,
+                    model=model.engine_model,
                     prompt=prompt,
                     images=list(images) or None,
                     options=_options(params),
@@ -152,27 +180,33 @@ class OllamaEngine(Engine):
         except AimlError:
             raise
         except Exception as exc:
-            raise self._translate(exc, model) from exc
+            raise self._translate(exc, model.engine_model) from exc
 
     async def chat(
-        self, model: str, messages: Sequence[ChatMessage], params: SamplingParams
+        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> Generation:
         try:
             response = await self._client.chat(
-                model=model, messages=_messages(messages), options=_options(params), stream=False
+                model=model.engine_model,
+                messages=_messages(messages),
+                options=_options(params),
+                stream=False,
             )
         except Exception as exc:
-            raise self._translate(exc, model) from exc
+            raise self._translate(exc, model.engine_model) from exc
         return _generation(response, response.message.content or "")
 
     async def stream_chat(
-        self, model: str, messages: Sequence[ChatMessage], params: SamplingParams
+        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
         try:
             stream = cast(
                 AsyncGenerator[ollama.ChatResponse, None],
                 await self._client.chat(
-                    model=model, messages=_messages(messages), options=_options(params), stream=True
+                    model=model.engine_model,
+                    messages=_messages(messages),
+                    options=_options(params),
+                    stream=True,
                 ),
             )
             text: list[str] = []
@@ -187,13 +221,13 @@ class OllamaEngine(Engine):
         except AimlError:
             raise
         except Exception as exc:
-            raise self._translate(exc, model) from exc
+            raise self._translate(exc, model.engine_model) from exc
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> Embeddings:
+    async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
         try:
-            response = await self._client.embed(model=model, input=list(inputs))
+            response = await self._client.embed(model=model.engine_model, input=list(inputs))
         except Exception as exc:
-            raise self._translate(exc, model) from exc
+            raise self._translate(exc, model.engine_model) from exc
         vectors = [list(map(float, vector)) for vector in response.embeddings]
         return Embeddings(vectors=vectors, prompt_tokens=response.prompt_eval_count)
 

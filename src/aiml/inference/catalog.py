@@ -6,15 +6,21 @@ moves an alias through aiml sees the move on its next request, not after the TTL
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import anyio.to_thread
+
+from aiml.engines.base import Engine
+from aiml.engines.llamacpp import GGUF_TAG
 from aiml.engines.ollama import OllamaEngine, is_valid_ollama_name
 from aiml.errors import InvalidRequest, ModelNotFound
+from aiml.registry.artifacts import CONTENT_TAG, Progress, build_manifest, tags_for
 from aiml.registry.mlflow import MlflowRegistry, RegisteredModelInfo
 from aiml.registry.references import validate_alias, validate_registry_name
 from aiml.types import RegistryVersion, Task
-
-from .router import TaskRouter
 
 __all__ = ["ModelCatalog", "Registration"]
 
@@ -23,14 +29,26 @@ __all__ = ["ModelCatalog", "Registration"]
 class Registration:
     version: RegistryVersion
     alias: str | None
+    #: False when the same content was registered before and that version is returned.
+    created: bool = True
+    #: Files left out (pickled weights are never registered).
+    skipped: tuple[str, ...] = ()
 
 
 class ModelCatalog:
     """Registry operations on behalf of the API and the CLI."""
 
-    def __init__(self, registry: MlflowRegistry, router: TaskRouter) -> None:
+    def __init__(
+        self,
+        registry: MlflowRegistry,
+        engines: Mapping[str, Engine],
+        *,
+        on_change: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        """``on_change(name)`` runs after a model's versions or aliases change."""
         self._registry = registry
-        self._router = router
+        self._engines = engines
+        self._on_change = on_change
 
     async def register_ollama(
         self,
@@ -42,7 +60,7 @@ class ModelCatalog:
         description: str | None = None,
     ) -> Registration:
         """Check the model is on the Ollama server, then record it as a new registry version."""
-        engine = self._router.engines.get(OllamaEngine.name)
+        engine = self._engines.get(OllamaEngine.name)
         if engine is None:
             raise InvalidRequest("the ollama engine is not configured", param="engine")
         if not is_valid_ollama_name(local_model_name):
@@ -69,8 +87,66 @@ class ModelCatalog:
         )
         if alias is not None:
             await self._registry.set_alias(registered_name, alias, version.version)
-        self._router.invalidate_name(registered_name)
+        self._on_change(registered_name)
         return Registration(version=version, alias=alias)
+
+    async def register_files(
+        self,
+        source: Path,
+        registered_name: str,
+        *,
+        engine: str | None = None,
+        task: str | None = None,
+        alias: str | None = None,
+        description: str | None = None,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> Registration:
+        """Log a GGUF file or a Hugging Face folder as a new version (or find it registered).
+
+        The same content under the same name is found by its content hash and returned
+        instead of making another version, unless ``force``.
+        """
+        validate_registry_name(registered_name)
+        if alias is not None:
+            validate_alias(alias)
+        manifest, files, skipped = await anyio.to_thread.run_sync(
+            build_manifest, source, progress or _quiet
+        )
+        engine = engine or ("llamacpp" if manifest.format == "gguf" else "transformers")
+        expected = {"gguf": "llamacpp", "hf": "transformers"}[manifest.format]
+        if engine != expected:
+            raise InvalidRequest(
+                f"a {manifest.format} model is served by {expected!r}, not {engine!r}",
+                param="engine",
+            )
+        task = task or await anyio.to_thread.run_sync(_default_task, source, manifest.format)
+        if task not in {t.value for t in Task}:
+            raise InvalidRequest(f"unknown task {task!r}", param="task")
+        existing = None
+        if not force:
+            existing = await self._registry.find_version_with_tag(
+                registered_name, CONTENT_TAG, manifest.content_sha256
+            )
+        if existing is not None:
+            version, created = existing, False
+        else:
+            extra = {"inference_engine": engine, "inference_task": task}
+            if manifest.format == "gguf":
+                extra[GGUF_TAG] = source.name
+            version = await self._registry.create_files_version(
+                registered_name,
+                files=files,
+                manifest_json=manifest.to_json(),
+                tags=tags_for(manifest, extra),
+                description=description,
+                progress=progress,
+            )
+            created = True
+        if alias is not None:
+            await self._registry.set_alias(registered_name, alias, version.version)
+        self._on_change(registered_name)
+        return Registration(version, alias, created=created, skipped=tuple(skipped))
 
     async def list_models(
         self, *, max_results: int = 100, page_token: str | None = None
@@ -85,10 +161,31 @@ class ModelCatalog:
         validate_registry_name(name, param="name")
         validate_alias(alias)
         await self._registry.set_alias(name, alias, version)
-        self._router.invalidate_name(name)
+        self._on_change(name)
 
     async def delete_alias(self, name: str, alias: str) -> None:
         validate_registry_name(name, param="name")
         validate_alias(alias)
         await self._registry.delete_alias(name, alias)
-        self._router.invalidate_name(name)
+        self._on_change(name)
+
+
+def _quiet(phase: str, done: int, total: int) -> None:
+    return None
+
+
+def _default_task(source: Path, fmt: str) -> str:
+    """What a model folder is, from its own config; GGUF files default to text-generation."""
+    if fmt == "gguf":
+        return Task.TEXT_GENERATION.value
+    if (source / "modules.json").is_file():
+        return Task.EMBEDDINGS.value
+    config = json.loads((source / "config.json").read_text())
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return Task.TEXT_CLASSIFICATION.value
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return Task.TEXT_GENERATION.value
+    raise InvalidRequest(
+        f"cannot tell the task of {source.name} from its config; pass one", param="task"
+    )

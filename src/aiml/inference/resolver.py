@@ -58,7 +58,6 @@ class ModelResolver:
         self._entries: dict[ModelRef, _Entry] = {}
         self._inflight: dict[ModelRef, asyncio.Future[ResolvedModel]] = {}
         self._epoch = 0
-        self._tag_keys = (engine.model_name_tag,) if engine.model_name_tag else ()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -119,7 +118,9 @@ class ModelResolver:
         self._stats.resolutions += 1
         version = None
         if ref.registry_eligible:
-            version = await self._registry.find_version(ref, model_tag_keys=self._tag_keys)
+            version = await self._registry.find_version(
+                ref, model_tag_keys=self._engine.model_tag_keys
+            )
         if version is None:
             return await self._direct(ref)
         return await self._from_registry(version)
@@ -141,34 +142,23 @@ class ModelResolver:
         return ResolvedModel(engine=self._engine.name, engine_model=found, source=Source.DIRECT)
 
     async def _from_registry(self, version: RegistryVersion) -> ResolvedModel:
-        label = f"registered model {version.name!r} version {version.version}"
         declared_engine = version.tag("inference_engine")
         if declared_engine and declared_engine != self._engine.name:
             raise ModelNotServable(
-                f"{label} is registered for engine {declared_engine!r}, not {self._engine.name!r}",
+                f"registered model {version.name!r} version {version.version} is registered "
+                f"for engine {declared_engine!r}, not {self._engine.name!r}",
                 param="engine",
             )
-        engine_model = self._engine.engine_model_for(version)
-        if engine_model is None:
-            raise ModelNotServable(
-                f"{label} has no {self._engine.model_name_tag!r} tag on the version or the "
-                f"registered model, so {self._engine.name} cannot serve it",
-                param="model_name",
-            )
-        found = await self._check(engine_model) or await self._engine.pull(engine_model)
-        if found is None:
-            raise ModelNotFound(
-                f"{label} maps to {self._engine.name} model {engine_model!r}, "
-                f"which {self._engine.location} does not have",
-                param="model_name",
-            )
+        self._stats.engine_checks += 1
+        engine_model = await self._engine.model_for_version(version)
         return ResolvedModel(
             engine=self._engine.name,
-            engine_model=found,
+            engine_model=engine_model,
             source=Source.REGISTRY,
             registry_name=version.name,
             registry_version=version.version,
             declared_task=version.tag("inference_task"),
+            tags=version.merged_tags(),
         )
 
     async def _check(self, name: str) -> str | None:

@@ -28,8 +28,10 @@ class TaskRouter:
         *,
         ttl_s: float,
         stats: Stats,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self._engines = dict(engines)
+        self._unavailable = dict(unavailable or {})
         self._resolvers = {
             name: ModelResolver(engine, registry, ttl_s=ttl_s, stats=stats)
             for name, engine in self._engines.items()
@@ -63,14 +65,21 @@ class TaskRouter:
         executor = self._executors.get(key)
         if executor is not None:
             return executor
-        if engine not in self._engines:
-            known = ", ".join(sorted(self._engines)) or "none"
-            raise InvalidRequest(f"unknown engine {engine!r} (known: {known})", param="engine")
+        self.engine_and_resolver(engine)
         if engine not in self._table[key[0]]:
             raise InvalidRequest(f"engine {engine!r} does not serve task {task!r}", param="engine")
         executor = ModelExecutor(TASK_SPECS[key[0]], self._engines[engine], self._resolvers[engine])
         self._executors[key] = executor
         return executor
+
+    def engine_and_resolver(self, engine: str) -> tuple[Engine, ModelResolver]:
+        """An engine by name with its resolver (422 naming ``engine`` when unknown)."""
+        if engine in self._unavailable:
+            raise InvalidRequest(self._unavailable[engine], param="engine")
+        if engine not in self._engines:
+            known = ", ".join(sorted(self._engines)) or "none"
+            raise InvalidRequest(f"unknown engine {engine!r} (known: {known})", param="engine")
+        return self._engines[engine], self._resolvers[engine]
 
     def invalidate_name(self, name: str) -> None:
         """Forget cached resolutions of a registered model, on every engine."""

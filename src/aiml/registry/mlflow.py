@@ -13,9 +13,11 @@ only when the version lacks a tag that may live on the registered model instead.
 from __future__ import annotations
 
 import os
+import posixpath
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -62,6 +64,8 @@ def apply_http_bounds(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.registry_timeout_s))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    # A download bar per model in the server log helps nobody; the CLI shows its own.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class MlflowRegistry:
@@ -174,11 +178,7 @@ class MlflowRegistry:
             run_id = run.info.run_id
             self._call(self._client.log_dict, run_id, dict(pointer), "model/aiml_pointer.json")
             self._call(self._client.set_terminated, run_id)
-            try:
-                self._call(self._client.create_registered_model, name)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
+            self._ensure_registered_model(name)
             mv = self._call(
                 self._client.create_model_version,
                 name,
@@ -191,6 +191,84 @@ class MlflowRegistry:
             return _version(mv, {})
 
         return await self._run(work)
+
+    async def create_files_version(
+        self,
+        name: str,
+        *,
+        files: Mapping[str, Path],
+        manifest_json: str,
+        tags: Mapping[str, str],
+        description: str | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> RegistryVersion:
+        """Log model files (relpath -> local file) and their manifest as a new version."""
+
+        def work() -> RegistryVersion:
+            experiment_id = self._registration_experiment()
+            run = self._call(self._client.create_run, experiment_id, run_name=f"register-{name}")
+            run_id = run.info.run_id
+            total = sum(path.stat().st_size for path in files.values())
+            done = 0
+            for rel, path in sorted(files.items()):
+                folder = posixpath.dirname(rel)
+                target = f"model/{folder}" if folder else "model"
+                if path.name != posixpath.basename(rel):
+                    raise ValueError(f"{path} must be logged under its own name, not {rel}")
+                self._call(self._client.log_artifact, run_id, str(path), target)
+                done += path.stat().st_size
+                if progress is not None:
+                    progress("uploading", done, total)
+            self._call(self._client.log_text, run_id, manifest_json, "model/aiml_manifest.json")
+            self._call(self._client.set_terminated, run_id)
+            self._ensure_registered_model(name)
+            mv = self._call(
+                self._client.create_model_version,
+                name,
+                f"runs:/{run_id}/model",
+                run_id=run_id,
+                tags=dict(tags),
+                description=description,
+                await_creation_for=0,
+            )
+            return _version(mv, {})
+
+        return await self._run(work)
+
+    async def find_version_with_tag(
+        self, name: str, key: str, value: str
+    ) -> RegistryVersion | None:
+        """The newest version of ``name`` whose tag ``key`` equals ``value`` (one call)."""
+
+        def work() -> RegistryVersion | None:
+            found = self._call(
+                self._client.search_model_versions,
+                f"name='{name}' and tags.`{key}` = '{value}'",
+                max_results=1,
+                order_by=["version_number DESC"],
+            )
+            return _version(found[0], {}) if found else None
+
+        return await self._run(work)
+
+    async def download_version(self, name: str, version: int, destination: Path) -> Path:
+        """Download a version's artifacts under ``destination``; returns the local folder."""
+
+        def work() -> Path:
+            import mlflow.artifacts
+
+            uri = self._call(self._client.get_model_version_download_uri, name, str(version))
+            local = self._call(
+                mlflow.artifacts.download_artifacts,
+                artifact_uri=uri,
+                dst_path=str(destination),
+                tracking_uri=self._client.tracking_uri,
+            )
+            return Path(local)
+
+        return await self._run(
+            work, not_found=f"registered model {name!r} has no version {version}"
+        )
 
     async def set_alias(self, name: str, alias: str, version: int) -> None:
         await self._run(
@@ -244,6 +322,13 @@ class MlflowRegistry:
         if any(key not in mv.tags for key in model_tag_keys):
             model_tags = dict(self._call(self._client.get_registered_model, ref.name).tags)
         return _version(mv, model_tags)
+
+    def _ensure_registered_model(self, name: str) -> None:
+        try:
+            self._call(self._client.create_registered_model, name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
     def _registration_experiment(self) -> str:
         experiment = self._call(self._client.get_experiment_by_name, REGISTRATION_EXPERIMENT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
@@ -59,6 +60,32 @@ async def stats(services: ServicesDep) -> JSONResponse:
 @router.get("/supported-tasks")
 async def supported_tasks(services: ServicesDep) -> JSONResponse:
     return JSONResponse({"success": True, "tasks": services.router.supported_tasks()})
+
+
+@router.get("/loaded")
+async def loaded(services: ServicesDep) -> JSONResponse:
+    """Models the local engines hold in memory: size, last use, whether in use now."""
+    pool = services.pool
+    now = time.monotonic()
+    models = [
+        {
+            "engine": entry.key[0],
+            "registry_name": entry.key[1],
+            "registry_version": entry.key[2],
+            "size_bytes": entry.size_bytes,
+            "loaded_s_ago": round(now - entry.loaded_at, 3),
+            "last_used_s_ago": round(now - entry.last_used, 3),
+            "in_use": entry.users,
+        }
+        for entry in pool.entries()
+    ]
+    budget = {
+        "max_models": pool.max_models,
+        "max_bytes": pool.max_bytes,
+        "used_bytes": pool.used_bytes,
+        "idle_ttl_s": pool.idle_ttl_s,
+    }
+    return JSONResponse({"success": True, "models": models, "budget": budget})
 
 
 @router.get("/health")

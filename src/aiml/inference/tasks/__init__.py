@@ -9,11 +9,19 @@ from aiml.types import Task
 from .base import Handler, TaskSpec
 from .chat import ChatSpec
 from .embeddings import EmbeddingsSpec
+from .text_classification import TextClassificationSpec
 from .text_generation import TextGenerationSpec
 from .vlm import VlmSpec
 
 __all__ = ["TASK_SPECS", "Handler", "TaskSpec"]
 
 TASK_SPECS: dict[Task, TaskSpec[Any]] = {
-    spec.task: spec for spec in (TextGenerationSpec(), ChatSpec(), EmbeddingsSpec(), VlmSpec())
+    spec.task: spec
+    for spec in (
+        TextGenerationSpec(),
+        ChatSpec(),
+        EmbeddingsSpec(),
+        VlmSpec(),
+        TextClassificationSpec(),
+    )
 }

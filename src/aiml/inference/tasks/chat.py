@@ -40,7 +40,7 @@ class ChatInput:
 
 class _Chat(Handler[ChatInput]):
     async def run(self, engine: Engine, model: ResolvedModel, request: ChatInput) -> dict[str, Any]:
-        generation = await engine.chat(model.engine_model, request.messages, request.params)
+        generation = await engine.chat(model, request.messages, request.params)
         return {
             "message": {"role": "assistant", "content": generation.text},
             "metadata": generation_metadata(model, generation),

@@ -29,7 +29,7 @@ class _Embed(Handler[EmbeddingsInput]):
     async def run(
         self, engine: Engine, model: ResolvedModel, request: EmbeddingsInput
     ) -> dict[str, Any]:
-        embeddings = await engine.embed(model.engine_model, request.texts)
+        embeddings = await engine.embed(model, request.texts)
         dimensions = len(embeddings.vectors[0]) if embeddings.vectors else 0
         return {
             "embeddings": embeddings.vectors,

@@ -39,7 +39,7 @@ class _Completion(Handler[TextGenerationInput]):
     async def run(
         self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
     ) -> dict[str, Any]:
-        generation = await engine.generate(model.engine_model, request.prompt, request.params)
+        generation = await engine.generate(model, request.prompt, request.params)
         return {"response": generation.text, "metadata": generation_metadata(model, generation)}
 
 
@@ -50,7 +50,7 @@ class _ChatPrompt(Handler[TextGenerationInput]):
         self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
     ) -> dict[str, Any]:
         messages = [ChatMessage(role="user", content=request.prompt)]
-        generation = await engine.chat(model.engine_model, messages, request.params)
+        generation = await engine.chat(model, messages, request.params)
         return {"response": generation.text, "metadata": generation_metadata(model, generation)}
 
 

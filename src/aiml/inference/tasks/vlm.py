@@ -41,7 +41,7 @@ class VlmInput:
 class _Describe(Handler[VlmInput]):
     async def run(self, engine: Engine, model: ResolvedModel, request: VlmInput) -> dict[str, Any]:
         generation = await engine.generate(
-            model.engine_model, request.prompt, request.params, images=(request.image,)
+            model, request.prompt, request.params, images=(request.image,)
         )
         return {"response": generation.text, "metadata": generation_metadata(model, generation)}
 

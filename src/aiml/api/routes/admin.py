@@ -1,0 +1,106 @@
+"""``/admin/*``: registering model files, loading and unloading models (admin keys)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from aiml.errors import InvalidRequest
+from aiml.registry.artifacts import safe_relpath
+
+from ..auth import require_admin
+from ..deps import ERROR_RESPONSES, ServicesDep
+from ..responses import JSONResponse
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_admin)],
+)
+
+
+class ModelTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str = Field(max_length=64, examples=["llamacpp"])
+    model_name: str = Field(max_length=512, examples=["smollm2-135m-instruct@production"])
+
+
+@router.post("/models/load")
+async def load(body: ModelTarget, services: ServicesDep) -> JSONResponse:
+    """Resolve a model and load it into memory before its first request."""
+    resolved = await services.manager.load(body.engine, body.model_name)
+    return JSONResponse({"success": True, "resolved": resolved.describe()})
+
+
+@router.post("/models/unload")
+async def unload(body: ModelTarget, services: ServicesDep) -> JSONResponse:
+    """Free a loaded model now (409 while it serves requests)."""
+    resolved, was_loaded = await services.manager.unload(body.engine, body.model_name)
+    return JSONResponse({"success": True, "resolved": resolved.describe(), "unloaded": was_loaded})
+
+
+@router.post("/models/register", status_code=201)
+async def register(request: Request, services: ServicesDep) -> JSONResponse:
+    """Register uploaded model files as a new registry version (multipart form).
+
+    Fields: ``registered_name``, optional ``engine``, ``task``, ``alias``, ``description``,
+    ``force``; one or more ``files`` whose file names are their paths inside the model (one
+    ``.gguf``, or a Hugging Face folder's files such as ``config.json``,
+    ``1_Pooling/config.json``). Nothing is read from the server's own disk.
+    """
+    form = await request.form()
+    uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+    if not uploads:
+        raise InvalidRequest("upload the model's files in 'files'", param="files")
+    fields = {key: str(form[key]) for key in form if key != "files"}
+    unknown = set(fields) - {"registered_name", "engine", "task", "alias", "description", "force"}
+    if unknown:
+        raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}", param=sorted(unknown)[0])
+    if "registered_name" not in fields:
+        raise InvalidRequest("registered_name is required", param="registered_name")
+    staging = Path(tempfile.mkdtemp(prefix="aiml-upload-"))
+    try:
+        for upload in uploads:
+            relpath = safe_relpath(upload.filename or "")
+            target = staging / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                while chunk := await upload.read(1 << 20):
+                    await anyio.to_thread.run_sync(out.write, chunk)
+        names = [safe_relpath(u.filename or "") for u in uploads]
+        single_gguf = len(names) == 1 and names[0].endswith(".gguf")
+        source = staging / names[0] if single_gguf else staging
+        registration = await services.catalog.register_files(
+            source,
+            fields["registered_name"],
+            engine=fields.get("engine") or None,
+            task=fields.get("task") or None,
+            alias=fields.get("alias") or None,
+            description=fields.get("description") or None,
+            force=fields.get("force", "").lower() in {"1", "true", "yes"},
+        )
+    finally:
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(staging, ignore_errors=True))
+    version = registration.version
+    return JSONResponse(
+        {
+            "success": True,
+            "registered_name": version.name,
+            "version": version.version,
+            "created": registration.created,
+            "alias": registration.alias,
+            "tags": dict(version.tags),
+            "skipped": list(registration.skipped),
+        },
+        status_code=201 if registration.created else 200,
+    )

@@ -1,0 +1,126 @@
+"""What the in-process engines share: registry artifacts in, loaded models from the pool."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiml.errors import EngineError, ModelNotFound, ModelNotServable
+from aiml.registry.artifacts import CONTENT_TAG, ArtifactCache
+from aiml.types import Generation, GenerationChunk, RegistryVersion, ResolvedModel
+
+from .base import Engine
+from .pool import Loaded, ModelPool, PoolEntry, PoolKey
+from .threads import iterate_in_thread
+
+__all__ = ["LocalEngine", "collect"]
+
+T = TypeVar("T")
+
+
+class LocalEngine(Engine):
+    """An engine that runs models in this process from files registered in the registry.
+
+    Its models come only from the registry (a request never names a file); resolving a
+    version downloads and verifies its files once, and the first inference loads them into
+    the shared :class:`ModelPool`.
+    """
+
+    def __init__(self, artifacts: ArtifactCache, pool: ModelPool) -> None:
+        self._artifacts = artifacts
+        self._pool = pool
+
+    @property
+    def location(self) -> str:
+        return f"the {self.name} engine in this process"
+
+    async def find_model(self, name: str) -> str | None:
+        return None  # only registered models: a bare name is never a file to open
+
+    async def model_for_version(self, version: RegistryVersion) -> str:
+        self.check_version(version)
+        await self._artifacts.fetch(
+            version.name, version.version, content_sha256=version.tag(CONTENT_TAG)
+        )
+        return f"{version.name}/{version.version}"
+
+    def check_version(self, version: RegistryVersion) -> None:
+        """Refuse versions whose tags this engine cannot use (before any download)."""
+
+    def key(self, model: ResolvedModel) -> PoolKey:
+        if model.registry_name is None or model.registry_version is None:
+            raise ModelNotFound(f"{self.location} serves registered models only")
+        return (self.name, model.registry_name, model.registry_version)
+
+    def folder(self, model: ResolvedModel) -> Path:
+        _, name, version = self.key(model)
+        return self._artifacts.folder(name, version)
+
+    async def acquire(self, model: ResolvedModel) -> PoolEntry:
+        """The loaded model (loading it if needed); release it with ``self._pool.release``."""
+        key = self.key(model)
+        return await self._pool.acquire(
+            key, lambda: self.load(model), estimate_bytes=self.estimate_bytes(model)
+        )
+
+    async def preload(self, model: ResolvedModel) -> None:
+        self._pool.release(await self.acquire(model))
+
+    async def unload(self, model: ResolvedModel) -> bool:
+        return await self._pool.unload(self.key(model))
+
+    @abstractmethod
+    def load(self, model: ResolvedModel) -> Loaded:
+        """Load the model's files (blocking; runs in a worker thread)."""
+
+    @abstractmethod
+    def estimate_bytes(self, model: ResolvedModel) -> int:
+        """Memory the model will take once loaded, before loading it."""
+
+    def tagged_file(self, model: ResolvedModel, tag: str) -> Path:
+        value = model.tags.get(tag)
+        if not value:
+            raise ModelNotServable(f"{self.name} needs the {tag!r} tag", param="model_name")
+        _, name, version = self.key(model)
+        return self._artifacts.file(name, version, value)
+
+    async def exclusive(
+        self, entry: PoolEntry, run: Callable[[Any], Iterator[T]]
+    ) -> AsyncIterator[T]:
+        """Run ``run(model)`` alone on a loaded model, in a worker thread, item by item.
+
+        Calls queue on a FIFO lock per model (first come, first served). The lock and the
+        pool slot are released when the worker thread has left the model, not when the
+        caller stops listening, so a cancelled request can never overlap the next one.
+        """
+        lock: asyncio.Lock = entry.extras.setdefault("lock", asyncio.Lock())
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._pool.release(entry)
+            raise
+
+        def finished() -> None:
+            lock.release()
+            self._pool.release(entry)
+
+        inner = iterate_in_thread(lambda: run(entry.handle), on_finished=finished)
+        try:
+            async for item in inner:
+                yield item
+        finally:
+            await inner.aclose()
+
+
+async def collect(stream: AsyncIterator[GenerationChunk]) -> Generation:
+    """The final :class:`Generation` of a chunk stream."""
+    final: Generation | None = None
+    async for chunk in stream:
+        if chunk.final is not None:
+            final = chunk.final
+    if final is None:
+        raise EngineError("the generation ended without a result")
+    return final

@@ -1,0 +1,384 @@
+"""Hugging Face models in this process, on ``transformers`` (CPU).
+
+What a registered folder is loaded as depends on its ``inference_task`` tag: a causal LM
+(text-generation, chat), an encoder with the pooling the model declares (embeddings), or a
+sequence classifier (text-classification). Loading never runs code from the folder
+(``trust_remote_code`` off) and never unpickles (safetensors only). Generation runs one
+request at a time per model in a worker thread and stops at the next token when the client
+goes away; embeddings of concurrent requests are batched into one forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiml.errors import ModelLoadFailed, ModelNotServable
+from aiml.types import (
+    ChatMessage,
+    Embeddings,
+    Generation,
+    GenerationChunk,
+    Label,
+    RegistryVersion,
+    ResolvedModel,
+    SamplingParams,
+    Task,
+)
+
+from .batching import MicroBatcher
+from .local import LocalEngine, collect
+from .pool import Loaded, ModelPool
+
+__all__ = ["Pooling", "TransformersEngine"]
+
+_LOAD = {"trust_remote_code": False, "local_files_only": True}
+_CAUSAL = frozenset({Task.TEXT_GENERATION, Task.CHAT, None})
+_MAX_EMBED_TOKENS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Pooling:
+    """How token vectors become one sentence vector (sentence-transformers' config)."""
+
+    mode: str = "mean"  # mean, cls, max, lasttoken
+    normalize: bool = False
+
+    @classmethod
+    def declared_by(cls, folder: Path) -> Pooling:
+        modules_file = folder / "modules.json"
+        if not modules_file.is_file():
+            return cls()  # no declaration: mean pooling, the common default
+        modules = json.loads(modules_file.read_text())
+        mode, normalize = "mean", False
+        for module in modules:
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            if kind == "Transformer":
+                continue
+            if kind == "Normalize":
+                normalize = True
+            elif kind == "Pooling":
+                path = folder / str(module.get("path", "")) / "config.json"
+                config = json.loads(path.read_text()) if path.is_file() else {}
+                mode = _pooling_mode(config)
+            else:
+                raise ModelNotServable(
+                    f"sentence-transformers module {kind!r} is not supported (only "
+                    "Transformer, Pooling and Normalize)",
+                    param="model_name",
+                )
+        return cls(mode=mode, normalize=normalize)
+
+
+def _pooling_mode(config: dict[str, Any]) -> str:
+    for key, mode in (
+        ("pooling_mode_cls_token", "cls"),
+        ("pooling_mode_max_tokens", "max"),
+        ("pooling_mode_lasttoken", "lasttoken"),
+        ("pooling_mode_mean_tokens", "mean"),
+    ):
+        if config.get(key):
+            return mode
+    return "mean"
+
+
+@dataclass
+class _Model:
+    """A loaded model and what serving it needs."""
+
+    kind: str  # causal, encoder, classifier
+    model: Any
+    tokenizer: Any
+    pooling: Pooling | None = None
+
+
+class TransformersEngine(LocalEngine):
+    """Registered Hugging Face folders, run with transformers on the CPU."""
+
+    name = "transformers"
+    tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.TEXT_CLASSIFICATION})
+
+    def __init__(
+        self,
+        artifacts: Any,
+        pool: ModelPool,
+        *,
+        embed_max_batch: int = 32,
+        embed_max_wait_ms: float = 5.0,
+        default_max_tokens: int = 512,
+    ) -> None:
+        super().__init__(artifacts, pool)
+        self._embed_max_batch = embed_max_batch
+        self._embed_max_wait_s = embed_max_wait_ms / 1000
+        self._default_max_tokens = default_max_tokens
+
+    def check_version(self, version: RegistryVersion) -> None:
+        task = version.tag("inference_task")
+        if task is not None and task not in self.tasks:
+            raise ModelNotServable(
+                f"registered model {version.name!r} version {version.version} has task "
+                f"{task!r}; transformers serves text-generation, chat, embeddings and "
+                "text-classification",
+                param="model_name",
+            )
+
+    def estimate_bytes(self, model: ResolvedModel) -> int:
+        weights = sum(p.stat().st_size for p in self.folder(model).rglob("*.safetensors"))
+        return int(weights * 1.2) + (64 << 20)
+
+    def load(self, model: ResolvedModel) -> Loaded:
+        import torch
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        folder = self.folder(model)
+        kind = _kind(model.declared_task)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **_LOAD)
+            classes = {
+                "causal": transformers.AutoModelForCausalLM,
+                "encoder": transformers.AutoModel,
+                "classifier": transformers.AutoModelForSequenceClassification,
+            }
+            loaded = classes[kind].from_pretrained(
+                folder, use_safetensors=True, dtype=torch.float32, **_LOAD
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadFailed(f"{model.engine_model}: {exc}") from exc
+        loaded.eval()
+        pooling = Pooling.declared_by(folder) if kind == "encoder" else None
+        size = sum(t.numel() * t.element_size() for t in (*loaded.parameters(), *loaded.buffers()))
+        return Loaded(handle=_Model(kind, loaded, tokenizer, pooling), size_bytes=size)
+
+    async def generate(
+        self,
+        model: ResolvedModel,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        images: Sequence[bytes] = (),
+    ) -> Generation:
+        return await collect(self.stream_generate(model, prompt, params, images=images))
+
+    async def stream_generate(
+        self,
+        model: ResolvedModel,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        images: Sequence[bytes] = (),
+    ) -> AsyncIterator[GenerationChunk]:
+        if images:
+            raise ModelNotServable("transformers models here take no images", param="task")
+
+        def encode(m: _Model) -> Any:
+            return m.tokenizer(prompt, return_tensors="pt")
+
+        async for chunk in self._generation(model, encode, params):
+            yield chunk
+
+    async def chat(
+        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> Generation:
+        return await collect(self.stream_chat(model, messages, params))
+
+    async def stream_chat(
+        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        payload = [{"role": m.role, "content": m.content} for m in messages]
+
+        def encode(m: _Model) -> Any:
+            if not getattr(m.tokenizer, "chat_template", None):
+                raise ModelNotServable(
+                    f"{model.engine_model} has no chat template; use text-generation",
+                    param="task",
+                )
+            return m.tokenizer.apply_chat_template(
+                payload, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+
+        async for chunk in self._generation(model, encode, params):
+            yield chunk
+
+    async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
+        entry = await self.acquire(model)
+        try:
+            handle: _Model = entry.handle
+            if handle.kind != "encoder":
+                raise ModelNotServable(
+                    f"{model.engine_model} is registered for {model.declared_task!r}, "
+                    "not embeddings",
+                    param="task",
+                )
+            batcher = entry.extras.get("batcher")
+            if batcher is None:
+                batcher = MicroBatcher(
+                    lambda texts: _embed_batch(handle, texts),
+                    max_batch=self._embed_max_batch,
+                    max_wait_s=self._embed_max_wait_s,
+                )
+                entry.extras["batcher"] = batcher
+            vectors: list[list[float]] = await batcher.submit(list(inputs))
+        finally:
+            self._pool.release(entry)
+        return Embeddings(vectors=vectors)
+
+    async def classify(self, model: ResolvedModel, inputs: Sequence[str]) -> list[list[Label]]:
+        entry = await self.acquire(model)
+        texts = list(inputs)
+
+        def run(m: _Model) -> Iterator[list[list[Label]]]:
+            if m.kind != "classifier":
+                raise ModelNotServable(f"{model.engine_model} is not a classifier", param="task")
+            yield _classify(m, texts)
+
+        result: list[list[Label]] = []
+        async for labels in self.exclusive(entry, run):
+            result = labels
+        return result
+
+    async def health(self) -> None:
+        return None
+
+    async def _generation(
+        self, model: ResolvedModel, encode: Any, params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        entry = await self.acquire(model)
+        max_new = params.max_tokens or self._default_max_tokens
+        counts = {"prompt": 0, "completion": 0}
+
+        def run(m: _Model) -> Iterator[str]:
+            if m.kind != "causal":
+                raise ModelNotServable(f"{model.engine_model} does not generate", param="task")
+            inputs = encode(m)
+            counts["prompt"] = int(inputs["input_ids"].shape[-1])
+            yield from _generate(m, inputs, params, max_new, counts)
+
+        text: list[str] = []
+        async for piece in self.exclusive(entry, run):
+            text.append(piece)
+            yield GenerationChunk(text=piece)
+        finish = "length" if counts["completion"] >= max_new else "stop"
+        final = Generation(
+            text="".join(text),
+            finish_reason=finish,
+            prompt_tokens=counts["prompt"],
+            completion_tokens=counts["completion"],
+        )
+        yield GenerationChunk(text="", done=True, final=final)
+
+
+def _kind(task: str | None) -> str:
+    if task in _CAUSAL:
+        return "causal"
+    if task == Task.EMBEDDINGS:
+        return "encoder"
+    if task == Task.TEXT_CLASSIFICATION:
+        return "classifier"
+    raise ModelNotServable(f"transformers cannot serve task {task!r}", param="model_name")
+
+
+def _generate(
+    m: _Model, inputs: Any, params: SamplingParams, max_new: int, counts: dict[str, int]
+) -> Iterator[str]:
+    """Generate in a helper thread, yielding decoded text as tokens arrive; stoppable."""
+    import torch
+    import transformers
+
+    stop = threading.Event()
+
+    class _Stop(transformers.StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            counts["completion"] += 1
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+    streamer = transformers.TextIteratorStreamer(
+        m.tokenizer, skip_prompt=True, skip_special_tokens=True
+    )
+    sampling = params.temperature is not None and params.temperature > 0
+    kwargs: dict[str, Any] = {
+        **inputs,
+        "max_new_tokens": max_new,
+        "do_sample": sampling,
+        "streamer": streamer,
+        "stopping_criteria": transformers.StoppingCriteriaList([_Stop()]),
+        "pad_token_id": m.tokenizer.pad_token_id or m.tokenizer.eos_token_id,
+    }
+    if sampling:
+        kwargs.update(temperature=params.temperature)
+        if params.top_p is not None:
+            kwargs["top_p"] = params.top_p
+        if params.top_k is not None:
+            kwargs["top_k"] = params.top_k
+    if params.repeat_penalty is not None:
+        kwargs["repetition_penalty"] = params.repeat_penalty
+    if params.stop:
+        kwargs.update(stop_strings=list(params.stop), tokenizer=m.tokenizer)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)  # under the model's lock: no other generation runs
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                m.model.generate(**kwargs)
+        except BaseException as exc:
+            errors.append(exc)
+            streamer.end()  # type: ignore[no-untyped-call]
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        for piece in streamer:
+            if piece:
+                yield piece
+    finally:
+        stop.set()
+        for _ in streamer:  # drain, so generate() is not blocked on a full queue
+            pass
+        worker.join()
+    if errors:
+        raise errors[0]
+
+
+def _embed_batch(m: _Model, texts: list[str]) -> list[list[float]]:
+    import torch
+
+    assert m.pooling is not None
+    limit = min(int(getattr(m.tokenizer, "model_max_length", _MAX_EMBED_TOKENS)), _MAX_EMBED_TOKENS)
+    batch = m.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = m.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    mode = m.pooling.mode
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = hidden.masked_fill(mask == 0, float("-inf")).max(dim=1).values
+    elif mode == "lasttoken":
+        last = batch["attention_mask"].sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0]), last]
+    else:
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    if m.pooling.normalize:
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    vectors: list[list[float]] = pooled.tolist()
+    return vectors
+
+
+def _classify(m: _Model, texts: list[str]) -> list[list[Label]]:
+    import torch
+
+    batch = m.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        probabilities = m.model(**batch).logits.softmax(dim=-1)
+    names = m.model.config.id2label
+    out = []
+    for row in probabilities.tolist():
+        labels = [Label(label=str(names.get(i, i)), score=float(p)) for i, p in enumerate(row)]
+        out.append(sorted(labels, key=lambda label: label.score, reverse=True))
+    return out
