@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,16 @@ import pytest
 from mlflow import MlflowClient
 
 from aiml.api.app import create_app
+from aiml.bundled import BUNDLED
+from aiml.inference.catalog import ModelCatalog, Registration
 from aiml.registry.mlflow import MlflowRegistry
+from aiml.registry.references import parse_reference
 from aiml.services import Services, build_services
 from aiml.settings import Settings
+from aiml.types import ResolvedModel
 from tests.fakes.ollama_server import OllamaStandIn
 from tests.fakes.servers import ServerThread
+from tests.fakes.tiny_models import tiny_causal_lm, tiny_classifier, tiny_encoder
 
 
 class CountingClient:
@@ -86,6 +93,16 @@ class Registry:
             self.client.set_registered_model_alias(name, alias, mv.version)
         return int(mv.version)
 
+    def register_files(self, path: Path, name: str, **options: Any) -> Registration:
+        """Register a GGUF file or model folder as `aiml register` does."""
+        catalog = ModelCatalog(self.adapter(), {})
+        # Callable from sync and async tests alike: its own loop, on its own thread.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, catalog.register_files(path, name, **options)).result()
+
+    def adapter(self) -> MlflowRegistry:
+        return MlflowRegistry(self.client, uri=self.uri, artifact_location=self.artifacts.as_uri())
+
 
 @dataclass
 class RunningOllama:
@@ -113,8 +130,8 @@ class RunningAiml:
     def services(self) -> Services:
         return self.holder[0]
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+    def client(self, timeout: float = 30, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout, **kwargs)
 
     def infer(
         self, model_name: str, *, task: str = "text-generation", **extra: Any
@@ -198,3 +215,61 @@ def start_aiml(
     yield start
     for running in started:
         running.server.stop()
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Model files on disk: real ones shipped by PyPI packages, and random tiny ones."""
+
+    smollm2: Path
+    gemma3: Path
+    minilm: Path
+    tiny_lm_a: Path
+    tiny_lm_b: Path
+    tiny_classifier: Path
+    tiny_encoder: Path
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    root = tmp_path_factory.mktemp("model-files")
+    located = {model.registered_name: model.locate(root) for model in BUNDLED}
+    return ModelFiles(
+        smollm2=located["smollm2-135m-instruct"],
+        gemma3=located["gemma3-270m"],
+        minilm=located["all-minilm-l6-v2"],
+        tiny_lm_a=tiny_causal_lm(root / "tiny-lm-a", seed=0),
+        tiny_lm_b=tiny_causal_lm(root / "tiny-lm-b", seed=1),
+        tiny_classifier=tiny_classifier(root / "tiny-classifier"),
+        tiny_encoder=tiny_encoder(root / "tiny-encoder"),
+    )
+
+
+@pytest.fixture
+async def local_services(
+    tmp_path: Path, registry: Registry
+) -> AsyncIterator[Callable[..., Services]]:
+    """Services built in the test's own event loop (engine-level tests, no HTTP)."""
+    built: list[Services] = []
+
+    def build(**overrides: Any) -> Services:
+        settings = make_settings(
+            tmp_path,
+            registry.uri,
+            "http://127.0.0.1:9",
+            engines="llamacpp,transformers",
+            **overrides,
+        )
+        services = build_services(settings, registry=registry.adapter())
+        services.start()
+        built.append(services)
+        return services
+
+    yield build
+    for services in built:
+        await services.aclose()
+
+
+async def resolve(services: Services, engine: str, reference: str) -> ResolvedModel:
+    _, resolver = services.router.engine_and_resolver(engine)
+    return await resolver.resolve(parse_reference(reference))

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aiml.cli import app
-from tests.conftest import Registry, RunningAiml, RunningOllama
+from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
 
 runner = CliRunner()
 
@@ -73,3 +73,26 @@ def test_infer_against_a_running_service(
     failed = runner.invoke(app, ["infer", "nope", "hi", "--url", aiml.url])
     assert failed.exit_code == 1
     assert "404" in failed.output
+
+
+def test_register_files_with_progress_and_idempotence(model_files: ModelFiles) -> None:
+    first = runner.invoke(app, ["register", str(model_files.tiny_lm_a), "lm", "--alias", "prod"])
+    assert first.exit_code == 0, first.output
+    assert "hashing" in first.output
+    assert "uploading" in first.output
+    assert "registered lm version 1 (@prod)" in first.output
+    again = runner.invoke(app, ["register", str(model_files.tiny_lm_a), "lm"])
+    assert "already registered as lm version 1" in again.output
+    forced = runner.invoke(app, ["register", str(model_files.tiny_lm_a), "lm", "--force"])
+    assert "registered lm version 2" in forced.output
+
+
+def test_quickstart_registers_the_bundled_models_once(registry: Registry) -> None:
+    first = runner.invoke(app, ["quickstart", "--no-serve"])
+    assert first.exit_code == 0, first.output
+    for name in ("smollm2-135m-instruct", "gemma3-270m", "all-minilm-l6-v2"):
+        assert f"registered {name} version 1 (@default)" in first.output
+    assert "curl -s http://127.0.0.1:8000/inference/infer" in first.output
+    second = runner.invoke(app, ["quickstart", "--no-serve"])
+    assert second.output.count("already registered as") == 3
+    assert len(registry.client.search_model_versions("name='gemma3-270m'")) == 1

@@ -68,7 +68,7 @@ def tiny_causal_lm(folder: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=300, n_positions=256, n_embd=64, n_layer=2, n_head=2,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=1.0,
     )  # fmt: skip
     GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
     return folder

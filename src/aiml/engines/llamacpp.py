@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiml.errors import ModelNotServable
+from aiml.errors import InvalidRequest, ModelNotServable
 from aiml.registry.artifacts import safe_relpath
 from aiml.types import (
     ChatMessage,
@@ -200,6 +200,13 @@ class LlamaCppEngine(LocalEngine):
             nonlocal prompt_tokens
             prompt = render(handle)
             prompt_tokens = len(prompt.tokens)
+            window = handle.llm.n_ctx()  # llama.cpp may round the configured size up
+            if prompt_tokens >= window:
+                raise InvalidRequest(
+                    f"the prompt is {prompt_tokens} tokens; {model.engine_model}'s context "
+                    f"holds {window} (AIML_LLAMACPP_N_CTX)",
+                    param="data",
+                )
             options = dict(sampling)
             options["stop"] = [*options.get("stop", []), *prompt.stop] or None
             stream = handle.llm.create_completion(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiml.errors import ModelLoadFailed, ModelNotServable
+from aiml.errors import InvalidRequest, ModelLoadFailed, ModelNotServable
 from aiml.types import (
     ChatMessage,
     Embeddings,
@@ -250,19 +250,27 @@ class TransformersEngine(LocalEngine):
         entry = await self.acquire(model)
         max_new = params.max_tokens or self._default_max_tokens
         counts = {"prompt": 0, "completion": 0}
+        limits = {"max_new": max_new}
 
         def run(m: _Model) -> Iterator[str]:
             if m.kind != "causal":
                 raise ModelNotServable(f"{model.engine_model} does not generate", param="task")
             inputs = encode(m)
-            counts["prompt"] = int(inputs["input_ids"].shape[-1])
-            yield from _generate(m, inputs, params, max_new, counts)
+            counts["prompt"] = prompt = int(inputs["input_ids"].shape[-1])
+            window = _context_window(m)
+            if prompt >= window:
+                raise InvalidRequest(
+                    f"the prompt is {prompt} tokens; {model.engine_model}'s context holds {window}",
+                    param="data",
+                )
+            limits["max_new"] = min(max_new, window - prompt)
+            yield from _generate(m, inputs, params, limits["max_new"], counts)
 
         text: list[str] = []
         async for piece in self.exclusive(entry, run):
             text.append(piece)
             yield GenerationChunk(text=piece)
-        finish = "length" if counts["completion"] >= max_new else "stop"
+        finish = "length" if counts["completion"] >= limits["max_new"] else "stop"
         final = Generation(
             text="".join(text),
             finish_reason=finish,
@@ -270,6 +278,16 @@ class TransformersEngine(LocalEngine):
             completion_tokens=counts["completion"],
         )
         yield GenerationChunk(text="", done=True, final=final)
+
+
+def _context_window(m: _Model) -> int:
+    """Positions the model can attend to (prompt plus generated tokens)."""
+    config = m.model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 30  # no declared limit
 
 
 def _kind(task: str | None) -> str:
@@ -332,14 +350,17 @@ def _generate(
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
+    exhausted = False
     try:
         for piece in streamer:
             if piece:
                 yield piece
+        exhausted = True
     finally:
         stop.set()
-        for _ in streamer:  # drain, so generate() is not blocked on a full queue
-            pass
+        if not exhausted:  # the consumer left: generate() stops at its next token
+            for _ in streamer:
+                pass
         worker.join()
     if errors:
         raise errors[0]

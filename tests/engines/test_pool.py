@@ -1,0 +1,178 @@
+"""The model pool: budget, LRU eviction, in-use protection, single-flight, idle unload."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from aiml.engines.pool import Loaded, ModelPool
+from aiml.errors import ModelBusy, ModelLoadFailed, PoolExhausted
+
+MB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Loader:
+    """Counts loads and unloads; each model 'weighs' what it is told to."""
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+        self.closed: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, name: str, size: int = 10 * MB, fail: bool = False):  # type: ignore[no-untyped-def]
+        def load() -> Loaded:
+            self.gate.wait(5)
+            self.loads.append(name)
+            if fail:
+                raise RuntimeError("corrupt weights")
+            return Loaded(handle=name, size_bytes=size, close=lambda: self.closed.append(name))
+
+        return load
+
+
+def pool(clock: Clock | None = None, **kwargs: float) -> ModelPool:
+    settings = {
+        "max_models": 2,
+        "max_bytes": 1000 * MB,
+        "idle_ttl_s": 60.0,
+        "wait_s": 0.3,
+        **kwargs,
+    }
+    return ModelPool(clock=clock or Clock(), **settings)  # type: ignore[arg-type]
+
+
+def key(name: str) -> tuple[str, str, int]:
+    return ("test", name, 1)
+
+
+async def use(p: ModelPool, loader: Loader, name: str, size: int = 10 * MB) -> None:
+    entry = await p.acquire(key(name), loader(name, size), estimate_bytes=size)
+    p.release(entry)
+    await asyncio.sleep(0)  # let the release bookkeeping run
+
+
+async def test_least_recently_used_idle_model_is_evicted_by_count() -> None:
+    clock, loader = Clock(), Loader()
+    p = pool(clock)
+    await use(p, loader, "a")
+    clock.now = 1
+    await use(p, loader, "b")
+    clock.now = 2
+    await use(p, loader, "a")  # a is now the most recent
+    clock.now = 3
+    await use(p, loader, "c")
+    assert sorted(e.key[1] for e in p.entries()) == ["a", "c"]
+    assert loader.closed == ["b"]
+    assert loader.loads == ["a", "b", "c"]
+
+
+async def test_memory_budget_evicts_until_the_new_model_fits() -> None:
+    loader = Loader()
+    p = pool(max_models=10, max_bytes=100 * MB)
+    await use(p, loader, "a", 40 * MB)
+    await use(p, loader, "b", 40 * MB)
+    await use(p, loader, "c", 50 * MB)  # a must go (LRU), b stays: 90 MB
+    assert sorted(e.key[1] for e in p.entries()) == ["b", "c"]
+    assert p.used_bytes <= p.max_bytes
+    with pytest.raises(PoolExhausted, match="budget"):
+        await use(p, loader, "huge", 200 * MB)
+
+
+async def test_a_model_in_use_is_never_evicted() -> None:
+    loader = Loader()
+    p = pool(max_models=1)
+    busy = await p.acquire(key("a"), loader("a"), estimate_bytes=MB)
+    with pytest.raises(PoolExhausted, match="in use"):
+        await p.acquire(key("b"), loader("b"), estimate_bytes=MB)
+    assert [e.key[1] for e in p.entries()] == ["a"]
+    with pytest.raises(ModelBusy):
+        await p.unload(key("a"))
+
+    waiting = asyncio.ensure_future(p.acquire(key("b"), loader("b"), estimate_bytes=MB))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # waits for room...
+    p.release(busy)  # ...which the release makes
+    entry = await asyncio.wait_for(waiting, 1)
+    assert entry.key == key("b")
+    assert loader.closed == ["a"]
+
+
+async def test_concurrent_first_uses_load_once() -> None:
+    loader = Loader()
+    loader.gate.clear()
+    p = pool()
+    acquiring = [
+        asyncio.ensure_future(p.acquire(key("a"), loader("a"), estimate_bytes=MB))
+        for _ in range(50)
+    ]
+    await asyncio.sleep(0.05)
+    loader.gate.set()
+    entries = await asyncio.gather(*acquiring)
+    assert loader.loads == ["a"]
+    assert entries[0].users == 50
+    assert {id(e) for e in entries} == {id(entries[0])}
+
+
+async def test_idle_models_are_unloaded_after_the_keep_alive() -> None:
+    clock, loader = Clock(), Loader()
+    p = pool(clock, idle_ttl_s=300)
+    await use(p, loader, "a")
+    busy = await p.acquire(key("b"), loader("b"), estimate_bytes=MB)
+    clock.now = 299
+    assert await p.reap_idle() == 0
+    clock.now = 301
+    assert await p.reap_idle() == 1  # a went; b is in use however long
+    assert [e.key[1] for e in p.entries()] == ["b"]
+    p.release(busy)
+    clock.now = 700
+    assert await p.reap_idle() == 1
+    assert p.entries() == []
+
+
+async def test_background_reaper_runs_on_its_own() -> None:
+    loader = Loader()
+    p = ModelPool(max_models=2, max_bytes=100 * MB, idle_ttl_s=0.2)
+    p.start()
+    try:
+        await use(p, loader, "a")
+        for _ in range(100):  # the reaper checks every ttl/4
+            if not p.entries():
+                break
+            await asyncio.sleep(0.05)
+        assert p.entries() == []
+    finally:
+        await p.aclose()
+
+
+async def test_a_failed_load_leaves_nothing_behind() -> None:
+    loader = Loader()
+    p = pool()
+    with pytest.raises(ModelLoadFailed, match="corrupt weights"):
+        await p.acquire(key("bad"), loader("bad", fail=True), estimate_bytes=MB)
+    assert p.entries() == []
+    assert p.used_bytes == 0
+    # and the next attempt really tries again (no cached failure)
+    entry = await p.acquire(key("bad"), loader("bad"), estimate_bytes=MB)
+    assert entry.handle == "bad"
+
+
+async def test_explicit_unload_and_shutdown() -> None:
+    loader = Loader()
+    p = pool()
+    await use(p, loader, "a")
+    assert await p.unload(key("a")) is True
+    assert await p.unload(key("a")) is False
+    await use(p, loader, "b")
+    await p.aclose()
+    assert loader.closed == ["a", "b"]
