@@ -22,19 +22,26 @@ ensure_venv() {
   fi
 }
 
+cached_llama_wheel() {
+  local found
+  for found in "$WHEEL_CACHE"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl; do
+    if [ -f "$found" ]; then echo "$found"; return; fi
+  done
+}
+
 # llama-cpp-python ships only as source: build a portable wheel once and keep it.
 ensure_llama_cpp() {
   if .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
     return
   fi
   local wheel
-  wheel=$(ls "$WHEEL_CACHE"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -n 1)
+  wheel=$(cached_llama_wheel)
   if [ -z "$wheel" ]; then
     step "building llama-cpp-python $LLAMA_CPP_VERSION (portable CPU build: about 5 minutes, once; kept in $WHEEL_CACHE)"
     mkdir -p "$WHEEL_CACHE"
     CMAKE_ARGS="$PORTABLE_CMAKE_ARGS" "${PIP[@]}" wheel --no-deps --progress-bar on \
       -w "$WHEEL_CACHE" "llama-cpp-python==$LLAMA_CPP_VERSION"
-    wheel=$(ls "$WHEEL_CACHE"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -n 1)
+    wheel=$(cached_llama_wheel)
   fi
   step "installing $(basename "$wheel")"
   "${PIP[@]}" install --quiet "$wheel"

@@ -1,0 +1,150 @@
+"""Local engines through aiml's HTTP API against the libraries called directly.
+
+1. Tokens per second: SmolLM2 (GGUF) generating through ``POST /inference/infer`` on a
+   running ``aiml serve`` versus llama-cpp-python called in this process on the same file,
+   same settings, same greedy prompt (so the same tokens), interleaved run by run.
+2. Embeddings per second at concurrency 16: all-MiniLM-L6-v2 through aiml with dynamic
+   batching versus the same server with batching off (``AIML_EMBED_MAX_BATCH=1``: one
+   request per forward pass), interleaved.
+
+    .venv/bin/python -m bench.local_engines --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from aiml.bundled import BUNDLED
+from tests.fakes.processes import Process, aiml_serve
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved runs per side")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per generation")
+    parser.add_argument("--embed-requests", type=int, default=800, help="requests per embeddings run")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="aiml-bench-local-"))
+    paths = {m.registered_name: m.locate(work) for m in BUNDLED}
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'registry.db'}", "AIML_ENGINES": "llamacpp,transformers"}
+    _register(work, env, paths)
+
+    batched = aiml_serve(work / "batched", env)
+    unbatched = aiml_serve(work / "unbatched", {**env, "AIML_EMBED_MAX_BATCH": "1"})
+    batched.start()
+    unbatched.start()
+    try:
+        tokens = _tokens_per_second(batched, paths["smollm2-135m-instruct"], args.rounds, args.tokens)
+        embeds = asyncio.run(_embeddings_per_second(batched, unbatched, args))
+    finally:
+        batched.stop()
+        unbatched.stop()
+
+    direct, via = tokens
+    print(f"\n1. Generation, SmolLM2-135M Q4_1, {args.tokens} tokens, greedy, {args.rounds} runs each, n_threads={os.cpu_count()}")
+    print(f"   llama-cpp-python direct : median {statistics.median(direct):6.1f} tok/s  (runs: {_fmt(direct)})")
+    print(f"   aiml HTTP API           : median {statistics.median(via):6.1f} tok/s  (runs: {_fmt(via)})")
+    print(f"   ratio aiml / direct     : {statistics.median(via) / statistics.median(direct):.3f}")
+    one, many = embeds
+    print(f"\n2. Embeddings, all-MiniLM-L6-v2, concurrency {args.concurrency}, {args.embed_requests} one-sentence requests per run")
+    print(f"   one request per pass    : median {statistics.median(one):6.1f} embeddings/s  (runs: {_fmt(one)})")
+    print(f"   dynamic batching        : median {statistics.median(many):6.1f} embeddings/s  (runs: {_fmt(many)})")
+    print(f"   ratio batched / single  : {statistics.median(many) / statistics.median(one):.2f}")
+
+
+def _register(work: Path, env: dict[str, str], paths: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **env, "AIML_HOME": str(work / "home")}
+    for name, path, task in (
+        ("smollm2-135m-instruct", paths["smollm2-135m-instruct"], "text-generation"),
+        ("all-minilm-l6-v2", paths["all-minilm-l6-v2"], "embeddings"),
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "aiml", "register", str(path), name, "--task", task],
+            env=full_env, check=True, capture_output=True,
+        )  # fmt: skip
+
+
+def _tokens_per_second(server: Process, gguf: Path, rounds: int, tokens: int) -> tuple[list[float], list[float]]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    base = server.health_url.removesuffix("/health/live")
+    body = {
+        "task": "text-generation", "engine": "llamacpp", "model_name": "smollm2-135m-instruct",
+        "data": {"inputs": PROMPT}, "options": {"max_tokens": tokens, "temperature": 0},
+    }  # fmt: skip
+    direct: list[float] = []
+    via: list[float] = []
+    with httpx.Client(base_url=base, timeout=300) as http:
+        http.post("/inference/infer", json=body).raise_for_status()  # load the model: not timed
+        llm.create_completion(PROMPT, max_tokens=8, temperature=0)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            out = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0)
+            direct.append(out["usage"]["completion_tokens"] / (time.perf_counter() - started))
+            started = time.perf_counter()
+            response = http.post("/inference/infer", json=body)
+            elapsed = time.perf_counter() - started
+            response.raise_for_status()
+            count = response.json()["result"]["metadata"]["completion_tokens"]
+            if count != out["usage"]["completion_tokens"]:
+                raise SystemExit(f"token counts differ: aiml {count}, direct {out['usage']['completion_tokens']}")
+            via.append(count / elapsed)
+    llm.close()
+    return direct, via
+
+
+async def _embeddings_per_second(batched: Process, unbatched: Process, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    single: list[float] = []
+    many: list[float] = []
+    for _ in range(max(1, args.rounds // 2 + 1)):
+        single.append(await _embed_run(unbatched, args.embed_requests, args.concurrency))
+        many.append(await _embed_run(batched, args.embed_requests, args.concurrency))
+    return single, many
+
+
+async def _embed_run(server: Process, total: int, concurrency: int) -> float:
+    base = server.health_url.removesuffix("/health/live")
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as http:
+        await _embed(http, 0)  # load the model: not timed
+        queue = iter(range(total))
+
+        async def client() -> None:
+            for index in queue:
+                await _embed(http, index)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
+
+
+async def _embed(http: httpx.AsyncClient, index: int) -> None:
+    body = {
+        "task": "embeddings", "engine": "transformers", "model_name": "all-minilm-l6-v2",
+        "data": {"inputs": f"sentence number {index}: a cat sat on the mat and looked at the kitten"},
+    }  # fmt: skip
+    (await http.post("/inference/infer", json=body)).raise_for_status()
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+if __name__ == "__main__":
+    main()
