@@ -176,3 +176,39 @@ async def test_explicit_unload_and_shutdown() -> None:
     await use(p, loader, "b")
     await p.aclose()
     assert loader.closed == ["a", "b"]
+
+
+async def test_a_fresh_load_is_not_handed_out_after_being_evicted() -> None:
+    """Two models, room for one: each caller must get a live model, never an evicted one."""
+    loader = Loader()
+    p = pool(max_models=1, wait_s=5)
+    results: list[object] = []
+
+    async def use_once(name: str) -> None:
+        entry = await p.acquire(key(name), loader(name), estimate_bytes=MB)
+        closed_before = loader.closed.count(name)
+        await asyncio.sleep(0.01)
+        assert p.get(key(name)) is entry, f"{name} was evicted while in use"
+        assert loader.closed.count(name) == closed_before, f"{name} was closed while in use"
+        results.append(entry.handle)
+        p.release(entry)
+
+    await asyncio.gather(*(use_once(name) for name in ("a", "b", "a", "b")))
+    assert sorted(map(str, results)) == ["a", "a", "b", "b"]
+
+
+async def test_a_caller_that_gives_up_while_waiting_holds_nothing() -> None:
+    loader = Loader()
+    loader.gate.clear()
+    p = pool()
+    stays = asyncio.ensure_future(p.acquire(key("a"), loader("a"), estimate_bytes=MB))
+    leaves = asyncio.ensure_future(p.acquire(key("a"), loader("a"), estimate_bytes=MB))
+    await asyncio.sleep(0.02)
+    leaves.cancel()
+    await asyncio.sleep(0)
+    loader.gate.set()
+    entry = await stays
+    assert entry.users == 1
+    p.release(entry)
+    await asyncio.sleep(0)
+    assert await p.unload(key("a")) is True  # idle: nobody's use leaked

@@ -76,6 +76,7 @@ class ModelPool:
         self._clock = clock
         self._entries: dict[PoolKey, PoolEntry] = {}
         self._loading: dict[PoolKey, asyncio.Future[PoolEntry]] = {}
+        self._waiters: dict[PoolKey, int] = {}
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._reaper: asyncio.Task[None] | None = None
@@ -111,10 +112,17 @@ class ModelPool:
             future = asyncio.ensure_future(self._load(key, loader, estimate_bytes))
             self._loading[key] = future
             future.add_done_callback(lambda done: self._loading.pop(key, None))
-        entry = await asyncio.shield(future)
-        entry.users += 1
-        entry.last_used = self._clock()
-        return entry
+        # Counted before waiting: the load registers the entry already in use by every
+        # waiter, so no other load can evict it before the waiters wake up.
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result())  # loaded with our use counted: give it back
+            elif key in self._waiters:
+                self._waiters[key] -= 1
+            raise
 
     def release(self, entry: PoolEntry) -> None:
         """Mark one use of ``entry`` finished (safe to call from a done-callback on the loop)."""
@@ -163,6 +171,15 @@ class ModelPool:
     # -- internals ---------------------------------------------------------------------
 
     async def _load(self, key: PoolKey, loader: Callable[[], Loaded], estimate: int) -> PoolEntry:
+        try:
+            return await self._load_once(key, loader, estimate)
+        except BaseException:
+            self._waiters.pop(key, None)  # nobody holds a model that never arrived
+            raise
+
+    async def _load_once(
+        self, key: PoolKey, loader: Callable[[], Loaded], estimate: int
+    ) -> PoolEntry:
         if estimate > self.max_bytes:
             raise PoolExhausted(
                 f"{_label(key)} needs about {_mib(estimate)} but the model memory budget "
@@ -185,6 +202,7 @@ class ModelPool:
             size = max(loaded.size_bytes, measured)
             now = self._clock()
             entry = PoolEntry(key, loaded, size, loaded_at=now, last_used=now)
+            entry.users = self._waiters.pop(key, 0)  # in use by every caller waiting for it
             self._entries[key] = entry
             self.loads += 1
             log.info(
