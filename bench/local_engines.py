@@ -32,13 +32,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved runs per side")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per generation")
-    parser.add_argument("--embed-requests", type=int, default=800, help="requests per embeddings run")
+    parser.add_argument("--embed-requests", type=int, default=800, help="requests per run")
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="aiml-bench-local-"))
     paths = {m.registered_name: m.locate(work) for m in BUNDLED}
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'registry.db'}", "AIML_ENGINES": "llamacpp,transformers"}
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'registry.db'}",
+        "AIML_ENGINES": "llamacpp,transformers",
+    }
     _register(work, env, paths)
 
     batched = aiml_serve(work / "batched", env)
@@ -46,22 +49,31 @@ def main() -> None:
     batched.start()
     unbatched.start()
     try:
-        tokens = _tokens_per_second(batched, paths["smollm2-135m-instruct"], args.rounds, args.tokens)
+        gguf = paths["smollm2-135m-instruct"]
+        tokens = _tokens_per_second(batched, gguf, args.rounds, args.tokens)
         embeds = asyncio.run(_embeddings_per_second(batched, unbatched, args))
     finally:
         batched.stop()
         unbatched.stop()
 
     direct, via = tokens
-    print(f"\n1. Generation, SmolLM2-135M Q4_1, {args.tokens} tokens, greedy, {args.rounds} runs each, n_threads={os.cpu_count()}")
-    print(f"   llama-cpp-python direct : median {statistics.median(direct):6.1f} tok/s  (runs: {_fmt(direct)})")
-    print(f"   aiml HTTP API           : median {statistics.median(via):6.1f} tok/s  (runs: {_fmt(via)})")
+    print(f"\n1. Generation, SmolLM2-135M Q4_1, {args.tokens} tokens, greedy, {args.rounds} runs")
+    _row("llama-cpp-python direct", direct, "tok/s")
+    _row("aiml HTTP API", via, "tok/s")
     print(f"   ratio aiml / direct     : {statistics.median(via) / statistics.median(direct):.3f}")
     one, many = embeds
-    print(f"\n2. Embeddings, all-MiniLM-L6-v2, concurrency {args.concurrency}, {args.embed_requests} one-sentence requests per run")
-    print(f"   one request per pass    : median {statistics.median(one):6.1f} embeddings/s  (runs: {_fmt(one)})")
-    print(f"   dynamic batching        : median {statistics.median(many):6.1f} embeddings/s  (runs: {_fmt(many)})")
+    print(
+        f"\n2. Embeddings, all-MiniLM-L6-v2, concurrency {args.concurrency}, "
+        f"{args.embed_requests} one-sentence requests per run"
+    )
+    _row("one request per pass", one, "embeddings/s")
+    _row("dynamic batching", many, "embeddings/s")
     print(f"   ratio batched / single  : {statistics.median(many) / statistics.median(one):.2f}")
+
+
+def _row(label: str, values: list[float], unit: str) -> None:
+    runs = ", ".join(f"{v:.1f}" for v in values)
+    print(f"   {label:<24}: median {statistics.median(values):7.1f} {unit}  (runs: {runs})")
 
 
 def _register(work: Path, env: dict[str, str], paths: dict[str, Path]) -> None:
@@ -79,7 +91,9 @@ def _register(work: Path, env: dict[str, str], paths: dict[str, Path]) -> None:
         )  # fmt: skip
 
 
-def _tokens_per_second(server: Process, gguf: Path, rounds: int, tokens: int) -> tuple[list[float], list[float]]:
+def _tokens_per_second(
+    server: Process, gguf: Path, rounds: int, tokens: int
+) -> tuple[list[float], list[float]]:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
@@ -103,13 +117,17 @@ def _tokens_per_second(server: Process, gguf: Path, rounds: int, tokens: int) ->
             response.raise_for_status()
             count = response.json()["result"]["metadata"]["completion_tokens"]
             if count != out["usage"]["completion_tokens"]:
-                raise SystemExit(f"token counts differ: aiml {count}, direct {out['usage']['completion_tokens']}")
+                raise SystemExit(
+                    f"token counts differ: aiml {count}, direct {out['usage']['completion_tokens']}"
+                )
             via.append(count / elapsed)
     llm.close()
     return direct, via
 
 
-async def _embeddings_per_second(batched: Process, unbatched: Process, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+async def _embeddings_per_second(
+    batched: Process, unbatched: Process, args: argparse.Namespace
+) -> tuple[list[float], list[float]]:
     single: list[float] = []
     many: list[float] = []
     for _ in range(max(1, args.rounds // 2 + 1)):
@@ -137,13 +155,9 @@ async def _embed_run(server: Process, total: int, concurrency: int) -> float:
 async def _embed(http: httpx.AsyncClient, index: int) -> None:
     body = {
         "task": "embeddings", "engine": "transformers", "model_name": "all-minilm-l6-v2",
-        "data": {"inputs": f"sentence number {index}: a cat sat on the mat and looked at the kitten"},
+        "data": {"inputs": f"sentence {index}: a cat sat on the mat and looked at the kitten"},
     }  # fmt: skip
     (await http.post("/inference/infer", json=body)).raise_for_status()
-
-
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{v:.1f}" for v in values)
 
 
 if __name__ == "__main__":
