@@ -103,7 +103,7 @@ async def test_a_model_in_use_is_never_evicted() -> None:
     await asyncio.sleep(0.05)
     assert not waiting.done()  # waits for room...
     p.release(busy)  # ...which the release makes
-    entry = await asyncio.wait_for(waiting, 1)
+    entry = await asyncio.wait_for(waiting, 10)
     assert entry.key == key("b")
     assert loader.closed == ["a"]
 
