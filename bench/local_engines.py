@@ -5,7 +5,8 @@
    same settings, same greedy prompt (so the same tokens), interleaved run by run.
 2. Embeddings per second at concurrency 16: all-MiniLM-L6-v2 through aiml with dynamic
    batching versus the same server with batching off (``AIML_EMBED_MAX_BATCH=1``: one
-   request per forward pass), interleaved.
+   request per forward pass), interleaved; load from ``wrk`` (apt-get install wrk), whose
+   C client leaves the cores to the server.
 
     .venv/bin/python -m bench.local_engines --rounds 5
 """
@@ -13,9 +14,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved runs per side")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per generation")
-    parser.add_argument("--embed-requests", type=int, default=800, help="requests per run")
+    parser.add_argument("--seconds", type=int, default=10, help="length of an embeddings run")
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark drives load with wrk: apt-get install wrk")
 
     work = Path(tempfile.mkdtemp(prefix="aiml-bench-local-"))
     paths = {m.registered_name: m.locate(work) for m in BUNDLED}
@@ -51,7 +58,7 @@ def main() -> None:
     try:
         gguf = paths["smollm2-135m-instruct"]
         tokens = _tokens_per_second(batched, gguf, args.rounds, args.tokens)
-        embeds = asyncio.run(_embeddings_per_second(batched, unbatched, args))
+        embeds = _embeddings_per_second(batched, unbatched, args)
     finally:
         batched.stop()
         unbatched.stop()
@@ -64,7 +71,7 @@ def main() -> None:
     one, many = embeds
     print(
         f"\n2. Embeddings, all-MiniLM-L6-v2, concurrency {args.concurrency}, "
-        f"{args.embed_requests} one-sentence requests per run"
+        f"one sentence per request, {args.seconds} s runs with wrk"
     )
     _row("one request per pass", one, "embeddings/s")
     _row("dynamic batching", many, "embeddings/s")
@@ -77,9 +84,6 @@ def _row(label: str, values: list[float], unit: str) -> None:
 
 
 def _register(work: Path, env: dict[str, str], paths: dict[str, Path]) -> None:
-    import subprocess
-    import sys
-
     full_env = {**os.environ, **env, "AIML_HOME": str(work / "home")}
     for name, path, task in (
         ("smollm2-135m-instruct", paths["smollm2-135m-instruct"], "text-generation"),
@@ -125,39 +129,40 @@ def _tokens_per_second(
     return direct, via
 
 
-async def _embeddings_per_second(
+def _embeddings_per_second(
     batched: Process, unbatched: Process, args: argparse.Namespace
 ) -> tuple[list[float], list[float]]:
+    """wrk drives the load: a C client leaves the two cores to the server being measured."""
     single: list[float] = []
     many: list[float] = []
     for _ in range(max(1, args.rounds // 2 + 1)):
-        single.append(await _embed_run(unbatched, args.embed_requests, args.concurrency))
-        many.append(await _embed_run(batched, args.embed_requests, args.concurrency))
+        single.append(_embed_run(unbatched, args.seconds, args.concurrency))
+        many.append(_embed_run(batched, args.seconds, args.concurrency))
     return single, many
 
 
-async def _embed_run(server: Process, total: int, concurrency: int) -> float:
+def _embed_run(server: Process, seconds: int, concurrency: int) -> float:
     base = server.health_url.removesuffix("/health/live")
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as http:
-        await _embed(http, 0)  # load the model: not timed
-        queue = iter(range(total))
-
-        async def client() -> None:
-            for index in queue:
-                await _embed(http, index)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return total / (time.perf_counter() - started)
-
-
-async def _embed(http: httpx.AsyncClient, index: int) -> None:
     body = {
         "task": "embeddings", "engine": "transformers", "model_name": "all-minilm-l6-v2",
-        "data": {"inputs": f"sentence {index}: a cat sat on the mat and looked at the kitten"},
+        "data": {"inputs": "a cat sat on the mat and looked at the kitten"},
     }  # fmt: skip
-    (await http.post("/inference/infer", json=body)).raise_for_status()
+    httpx.post(f"{base}/inference/infer", json=body, timeout=300).raise_for_status()  # warm
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{json.dumps(body)}]]\n"
+        )
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", script.name,
+               f"{base}/inference/infer"]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in output:
+        raise SystemExit(f"errors during the run:\n{output}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if match is None:
+        raise SystemExit(f"cannot read wrk's output:\n{output}")
+    return float(match.group(1))
 
 
 if __name__ == "__main__":
