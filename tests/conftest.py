@@ -271,5 +271,4 @@ async def local_services(
 
 
 async def resolve(services: Services, engine: str, reference: str) -> ResolvedModel:
-    _, resolver = services.router.engine_and_resolver(engine)
-    return await resolver.resolve(parse_reference(reference))
+    return await services.router.resolver.resolve(parse_reference(reference), engine)

@@ -33,7 +33,7 @@ class Harness:
         self.clock = Clock()
         self.stats = Stats()
         self.resolver = ModelResolver(
-            self.engine, self.registry, ttl_s=ttl_s, stats=self.stats, clock=self.clock
+            {"ollama": self.engine}, self.registry, ttl_s=ttl_s, stats=self.stats, clock=self.clock
         )
 
 
@@ -49,21 +49,30 @@ async def test_alias_expires_after_ttl_and_pinned_never(
 ) -> None:
     registry.register("m", "llama2:7b", alias="prod")
     registry.register("m", "llama2:13b")
-    resolve = harness.resolver.resolve
-    assert (await resolve(ModelRef("m", alias="prod"))).engine_model == "llama2:7b"
-    assert (await resolve(ModelRef("m", version=1))).engine_model == "llama2:7b"
+    assert (
+        await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
+    ).engine_model == "llama2:7b"
+    assert (
+        await harness.resolver.resolve(ModelRef("m", version=1), "ollama")
+    ).engine_model == "llama2:7b"
     registry.client.set_registered_model_alias("m", "prod", "2")
 
     harness.clock.now += 29.9  # within the TTL the cached answer stands, at no registry cost
     calls = harness.spy.total
-    assert (await resolve(ModelRef("m", alias="prod"))).engine_model == "llama2:7b"
+    assert (
+        await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
+    ).engine_model == "llama2:7b"
     assert harness.spy.total == calls
 
     harness.clock.now += 0.2  # past it: the move is seen
-    assert (await resolve(ModelRef("m", alias="prod"))).engine_model == "llama2:13b"
+    assert (
+        await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
+    ).engine_model == "llama2:13b"
     harness.clock.now += 10_000
     calls = harness.spy.total
-    assert (await resolve(ModelRef("m", version=1))).engine_model == "llama2:7b"
+    assert (
+        await harness.resolver.resolve(ModelRef("m", version=1), "ollama")
+    ).engine_model == "llama2:7b"
     assert harness.spy.total == calls  # a pinned version is never looked up again
 
 
@@ -72,7 +81,7 @@ async def test_fifty_concurrent_first_requests_cost_one_lookup(
 ) -> None:
     registry.register("m", "llama2:7b", alias="prod")
     results = await asyncio.gather(
-        *(harness.resolver.resolve(ModelRef("m", alias="prod")) for _ in range(50))
+        *(harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama") for _ in range(50))
     )
     assert {r.engine_model for r in results} == {"llama2:7b"}
     assert harness.spy.total == 1
@@ -84,12 +93,13 @@ async def test_failed_lookup_is_shared_and_not_cached(
     harness: Harness, ollama: RunningOllama
 ) -> None:
     outcomes = await asyncio.gather(
-        *(harness.resolver.resolve(ModelRef("ghost")) for _ in range(10)), return_exceptions=True
+        *(harness.resolver.resolve(ModelRef("ghost"), "ollama") for _ in range(10)),
+        return_exceptions=True,
     )
     assert all(isinstance(o, ModelNotFound) for o in outcomes)
     assert harness.stats.resolutions == 1
     ollama.state.add("ghost")
-    assert (await harness.resolver.resolve(ModelRef("ghost"))).source is Source.DIRECT
+    assert (await harness.resolver.resolve(ModelRef("ghost"), "ollama")).source is Source.DIRECT
 
 
 async def test_cancelled_caller_does_not_cancel_the_others(
@@ -97,8 +107,8 @@ async def test_cancelled_caller_does_not_cancel_the_others(
 ) -> None:
     registry.register("m", "llama2:7b")
     ollama.state.delay_s = 0.0
-    first = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m")))
-    second = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m")))
+    first = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m"), "ollama"))
+    second = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m"), "ollama"))
     await asyncio.sleep(0)
     first.cancel()
     assert (await second).engine_model == "llama2:7b"
@@ -111,23 +121,23 @@ async def test_outage_serves_known_references_and_refuses_new_ones(
     registry.register("known", "llama2:7b", alias="prod")
     registry.register("new", "llama2:7b")
     assert (
-        await harness.resolver.resolve(ModelRef("known", alias="prod"))
+        await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
     ).engine_model == "llama2:7b"
 
     real = harness.registry._client
     harness.registry._client = UnreachableMlflowClient()  # type: ignore[assignment]
     harness.clock.now += 31  # expired: a refresh is attempted and fails
     assert (
-        await harness.resolver.resolve(ModelRef("known", alias="prod"))
+        await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
     ).engine_model == "llama2:7b"
     assert harness.stats.stale_served == 1
     with pytest.raises(RegistryUnavailable):
-        await harness.resolver.resolve(ModelRef("new"))
+        await harness.resolver.resolve(ModelRef("new"), "ollama")
 
     harness.registry._client = real  # back: the next refresh after the retry interval succeeds
     registry.client.set_registered_model_alias("known", "prod", "1")
     harness.clock.now += 1.1
-    await harness.resolver.resolve(ModelRef("known", alias="prod"))
+    await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
     assert harness.stats.stale_served == 1
 
 
@@ -136,7 +146,7 @@ async def test_clear_during_a_lookup_does_not_repopulate(
 ) -> None:
     registry.register("m", "llama2:7b")
     ollama.state.delay_s = 0  # the engine check goes through /api/tags, which has no delay
-    pending = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m")))
+    pending = asyncio.ensure_future(harness.resolver.resolve(ModelRef("m"), "ollama"))
     await asyncio.sleep(0)
     harness.resolver.clear()
     assert (await pending).engine_model == "llama2:7b"
@@ -148,13 +158,28 @@ async def test_registry_tags_are_honoured(
 ) -> None:
     registry.register("for-hf", "llama2:7b", engine="transformers")
     with pytest.raises(ModelNotServable, match="registered for engine 'transformers'"):
-        await harness.resolver.resolve(ModelRef("for-hf"))
+        await harness.resolver.resolve(ModelRef("for-hf"), "ollama")
     registry.register("untagged", None)
     with pytest.raises(ModelNotServable, match="ollama_model_name"):
-        await harness.resolver.resolve(ModelRef("untagged"))
+        await harness.resolver.resolve(ModelRef("untagged"), "ollama")
     registry.register("dangling", "mistral:7b")
     with pytest.raises(ModelNotFound, match="maps to ollama model 'mistral:7b'"):
-        await harness.resolver.resolve(ModelRef("dangling"))
-    resolved = await harness.resolver.resolve(ModelRef("llama2:13b"))
+        await harness.resolver.resolve(ModelRef("dangling"), "ollama")
+    resolved = await harness.resolver.resolve(ModelRef("llama2:13b"), "ollama")
     assert resolved.source is Source.DIRECT and resolved.registry_name is None
     assert harness.spy.calls["search_model_versions"] == 3  # engine names skip the registry
+
+
+async def test_the_version_picks_the_engine_at_no_extra_registry_cost(
+    harness: Harness, registry: Registry
+) -> None:
+    registry.register("m", "llama2:7b", alias="prod")
+    registry.register("legacy", "llama2:7b", engine=None)  # no inference_engine tag
+    assert await harness.resolver.engine_for(ModelRef("m", alias="prod")) == "ollama"
+    calls = harness.spy.total
+    resolved = await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
+    assert resolved.engine_model == "llama2:7b"
+    assert harness.spy.total == calls  # the lookup made for routing served the resolution
+    assert await harness.resolver.engine_for(ModelRef("legacy")) == "ollama"  # from its tags
+    with pytest.raises(ModelNotFound, match="<engine>/<name>"):
+        await harness.resolver.engine_for(ModelRef("nobody-registered-this"))

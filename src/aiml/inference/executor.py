@@ -24,7 +24,7 @@ class Execution:
 class ModelExecutor:
     """Runs one task on one engine for any model.
 
-    The reference -> model mapping lives in the engine's shared :class:`ModelResolver`; the
+    The reference -> model mapping lives in the shared :class:`ModelResolver`; the
     handler is chosen per resolved model on every call (the earlier system froze the first
     model's handler into the executor).
     """
@@ -35,7 +35,7 @@ class ModelExecutor:
         self.resolver = resolver
 
     async def execute(self, ref: ModelRef, request: Any) -> Execution:
-        resolved = await self.resolver.resolve(ref)
+        resolved = await self.resolver.resolve(ref, self.engine.name)
         handler = self.spec.handler_for(resolved)
         try:
             result = await handler.run(self.engine, resolved, request)

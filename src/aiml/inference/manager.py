@@ -83,15 +83,15 @@ class InferenceManager:
 
     async def load(self, engine: str, model_name: str) -> ResolvedModel:
         """Resolve and load a model into memory ahead of its first request."""
-        target, resolver = self.router.engine_and_resolver(engine)
-        resolved = await resolver.resolve(parse_reference(model_name))
+        target = self.router.engine(engine)
+        resolved = await self.router.resolver.resolve(parse_reference(model_name), engine)
         await target.preload(resolved)
         return resolved
 
     async def unload(self, engine: str, model_name: str) -> tuple[ResolvedModel, bool]:
         """Unload a model now; the flag says whether it was loaded."""
-        target, resolver = self.router.engine_and_resolver(engine)
-        resolved = await resolver.resolve(parse_reference(model_name))
+        target = self.router.engine(engine)
+        resolved = await self.router.resolver.resolve(parse_reference(model_name), engine)
         return resolved, await target.unload(resolved)
 
     def clear_cache(self) -> dict[str, int]:

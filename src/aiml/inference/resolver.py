@@ -1,12 +1,14 @@
 """Model references resolved to an engine's model: once, shared, and never stale for long.
 
-One :class:`ModelResolver` per engine holds the mapping for every executor of that engine,
-so a model resolved for ``chat`` is warm for ``text-generation`` too.
+One :class:`ModelResolver` serves every engine. An entry per reference holds what the
+registry said (the version, or "not registered") and, per engine, what that engine made of
+it, so a model resolved for ``chat`` is warm for ``text-generation`` and the version's
+``inference_engine`` tag can pick the engine without another registry call.
 
-* Single-flight: concurrent first requests for one reference share one registry lookup and
-  one engine check.
+* Single-flight: concurrent first requests for one reference share one registry lookup and,
+  per engine, one engine check.
 * A pinned version (``name/3``) never expires; an alias or "latest" expires after the TTL,
-  so a moved alias or a new version is seen within it.
+  and so do the engine results kept in its entry, so a moved alias is seen within the TTL.
 * When the registry is unreachable, a reference resolved before keeps being served from
   the cache; a new one fails with 503. A registry error is never turned into a guess.
 """
@@ -16,65 +18,112 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
-from aiml.errors import ModelNotFound, ModelNotServable, RegistryUnavailable
+from aiml.errors import InvalidRequest, ModelNotFound, ModelNotServable, RegistryUnavailable
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import ModelRef, RegistryVersion, ResolvedModel, Source
 
 from .stats import Stats
 
-__all__ = ["ModelResolver"]
+__all__ = ["ModelResolver", "engine_of"]
 
+T = TypeVar("T")
 # After a failed refresh, the stale mapping is re-checked this often rather than per request.
 _OUTAGE_RETRY_S = 1.0
+# Tags that name an engine's model, for versions registered without an inference_engine tag.
+_ENGINE_NAME_TAGS = {
+    "ollama_model_name": "ollama",
+    "openai_model_name": "openai",
+    "gguf_file": "llamacpp",
+}
 
 
 @dataclass(slots=True)
 class _Entry:
-    model: ResolvedModel
+    version: RegistryVersion | None  # None: the registry does not hold the name
     expires_at: float
+    models: dict[str, ResolvedModel] = field(default_factory=dict)
+
+
+def engine_of(version: RegistryVersion) -> str | None:
+    """The engine a registry version is for: its ``inference_engine`` tag, else its name tags."""
+    declared = version.tag("inference_engine")
+    if declared:
+        return declared
+    for tag, engine in _ENGINE_NAME_TAGS.items():
+        if version.tag(tag):
+            return engine
+    return None
 
 
 class ModelResolver:
-    """Reference -> :class:`ResolvedModel` for one engine."""
+    """Reference -> registry version -> :class:`ResolvedModel` per engine."""
 
     def __init__(
         self,
-        engine: Engine,
+        engines: Mapping[str, Engine],
         registry: MlflowRegistry,
         *,
         ttl_s: float,
         stats: Stats,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._engine = engine
+        self._engines = engines
         self._registry = registry
         self._ttl_s = ttl_s
         self._stats = stats
         self._clock = clock
         self._entries: dict[ModelRef, _Entry] = {}
-        self._inflight: dict[ModelRef, asyncio.Future[ResolvedModel]] = {}
+        self._inflight: dict[tuple[ModelRef, str | None], asyncio.Future[Any]] = {}
         self._epoch = 0
+        self._tag_keys = tuple(sorted({k for e in engines.values() for k in e.model_tag_keys}))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(entry.models) for entry in self._entries.values())
 
-    async def resolve(self, ref: ModelRef) -> ResolvedModel:
-        entry = self._entries.get(ref)
-        if entry is not None and entry.expires_at > self._clock():
+    async def resolve(self, ref: ModelRef, engine: str) -> ResolvedModel:
+        """The model ``ref`` names on ``engine``."""
+        entry = self._fresh(ref)
+        if entry is not None and engine in entry.models:
             self._stats.cache_hits += 1
-            return entry.model
+            return entry.models[engine]
         self._stats.cache_misses += 1
-        future = self._inflight.get(ref)
-        if future is None:
-            future = asyncio.ensure_future(self._refresh(ref, entry, self._epoch))
-            self._inflight[ref] = future
-            future.add_done_callback(lambda done: self._forget(ref, done))
-        # Shielded: one caller hanging up must not cancel the lookup the others wait on.
-        return await asyncio.shield(future)
+        epoch = self._epoch  # what a clear() after this point must not see repopulated
+        if entry is None:
+            entry = await self._single((ref, None), lambda: self._lookup(ref, epoch))
+        if engine in entry.models:  # a concurrent caller got here first
+            return entry.models[engine]
+        return await self._single((ref, engine), lambda: self._check(ref, entry, engine, epoch))
+
+    async def version(self, ref: ModelRef) -> RegistryVersion | None:
+        """The registry version ``ref`` names, or ``None`` when the name is not registered."""
+        entry = self._fresh(ref)
+        if entry is None:
+            epoch = self._epoch
+            entry = await self._single((ref, None), lambda: self._lookup(ref, epoch))
+        return entry.version
+
+    async def engine_for(self, ref: ModelRef) -> str:
+        """The engine a registered model's version is for (OpenAI- and Ollama-style routes)."""
+        version = await self.version(ref)
+        if version is None:
+            raise ModelNotFound(
+                f"model {ref.name!r} is not registered in the MLflow registry at "
+                f"{self._registry.uri}; name an engine's own model as '<engine>/<name>'",
+                param="model",
+            )
+        engine = engine_of(version)
+        if engine is None:
+            raise ModelNotServable(
+                f"registered model {version.name!r} version {version.version} has no "
+                "inference_engine tag, so aiml cannot tell which engine serves it",
+                param="model",
+            )
+        return engine
 
     def invalidate(self, ref: ModelRef) -> None:
         """Forget one reference (its model vanished from the engine, say)."""
@@ -86,48 +135,77 @@ class ModelResolver:
             del self._entries[ref]
 
     def clear(self) -> int:
-        """Forget everything, including lookups in flight; returns how many entries went."""
-        count = len(self._entries)
+        """Forget everything, including lookups in flight; returns how many mappings went."""
+        count = len(self)
         self._entries.clear()
         self._inflight.clear()  # later requests start their own lookup
         self._epoch += 1
         return count
 
-    def _forget(self, ref: ModelRef, done: asyncio.Future[ResolvedModel]) -> None:
-        if self._inflight.get(ref) is done:
-            del self._inflight[ref]
+    # -- internals ---------------------------------------------------------------------
+
+    def _fresh(self, ref: ModelRef) -> _Entry | None:
+        entry = self._entries.get(ref)
+        if entry is not None and entry.expires_at > self._clock():
+            return entry
+        return None
+
+    async def _single(
+        self, key: tuple[ModelRef, str | None], work: Callable[[], Awaitable[T]]
+    ) -> T:
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(work())
+            self._inflight[key] = future
+            future.add_done_callback(lambda done: self._forget(key, done))
+        # Shielded: one caller hanging up must not cancel the lookup the others wait on.
+        result: T = await asyncio.shield(future)
+        return result
+
+    def _forget(self, key: tuple[ModelRef, str | None], done: asyncio.Future[Any]) -> None:
+        if self._inflight.get(key) is done:
+            del self._inflight[key]
         if not done.cancelled():
             done.exception()  # retrieved here so a failure nobody awaited is not logged as lost
 
-    async def _refresh(self, ref: ModelRef, stale: _Entry | None, epoch: int) -> ResolvedModel:
-        """Look ``ref`` up; ``epoch`` is the cache generation when the lookup was asked for."""
+    async def _lookup(self, ref: ModelRef, epoch: int) -> _Entry:
+        """Ask the registry (once for all engines); keep serving a stale entry in an outage."""
+        stale = self._entries.get(ref)
+        self._stats.resolutions += 1
         try:
-            model = await self._lookup(ref)
+            version = None
+            if ref.registry_eligible:
+                version = await self._registry.find_version(ref, model_tag_keys=self._tag_keys)
         except RegistryUnavailable:
             if stale is None:
                 raise
             self._stats.stale_served += 1
             stale.expires_at = self._clock() + min(self._ttl_s, _OUTAGE_RETRY_S)
-            return stale.model
+            return stale
+        ttl = math.inf if ref.pinned else self._ttl_s
+        entry = _Entry(version, self._clock() + ttl)
         if epoch == self._epoch:  # a clear() during the lookup wins
-            ttl = math.inf if ref.pinned else self._ttl_s
-            self._entries[ref] = _Entry(model, self._clock() + ttl)
+            self._entries[ref] = entry
+        return entry
+
+    async def _check(
+        self, ref: ModelRef, entry: _Entry, engine_name: str, epoch: int
+    ) -> ResolvedModel:
+        engine = self._engines.get(engine_name)
+        if engine is None:
+            raise InvalidRequest(f"unknown engine {engine_name!r}", param="engine")
+        self._stats.engine_checks += 1
+        if entry.version is None:
+            model = await self._direct(ref, engine)
+        else:
+            model = await self._from_registry(entry.version, engine)
+        if epoch == self._epoch:
+            entry.models[engine_name] = model
         return model
 
-    async def _lookup(self, ref: ModelRef) -> ResolvedModel:
-        self._stats.resolutions += 1
-        version = None
-        if ref.registry_eligible:
-            version = await self._registry.find_version(
-                ref, model_tag_keys=self._engine.model_tag_keys
-            )
-        if version is None:
-            return await self._direct(ref)
-        return await self._from_registry(version)
-
-    async def _direct(self, ref: ModelRef) -> ResolvedModel:
+    async def _direct(self, ref: ModelRef, engine: Engine) -> ResolvedModel:
         """The note's "way 2": a name the registry does not know is the engine's own name."""
-        found = await self._check(ref.name)
+        found = await engine.find_model(ref.name)
         if found is None:
             where = (
                 f"no registered model {ref.name!r} in the MLflow registry at {self._registry.uri}"
@@ -135,24 +213,22 @@ class ModelResolver:
                 else "names with ':' or '/' are engine names, so the registry was not consulted"
             )
             raise ModelNotFound(
-                f"model {ref.name!r} not found: {where}, and {self._engine.location} "
-                "does not have it",
+                f"model {ref.name!r} not found: {where}, and {engine.location} does not have it",
                 param="model_name",
             )
-        return ResolvedModel(engine=self._engine.name, engine_model=found, source=Source.DIRECT)
+        return ResolvedModel(engine=engine.name, engine_model=found, source=Source.DIRECT)
 
-    async def _from_registry(self, version: RegistryVersion) -> ResolvedModel:
-        declared_engine = version.tag("inference_engine")
-        if declared_engine and declared_engine != self._engine.name:
+    async def _from_registry(self, version: RegistryVersion, engine: Engine) -> ResolvedModel:
+        declared = engine_of(version)
+        if declared and declared != engine.name:
             raise ModelNotServable(
                 f"registered model {version.name!r} version {version.version} is registered "
-                f"for engine {declared_engine!r}, not {self._engine.name!r}",
+                f"for engine {declared!r}, not {engine.name!r}",
                 param="engine",
             )
-        self._stats.engine_checks += 1
-        engine_model = await self._engine.model_for_version(version)
+        engine_model = await engine.model_for_version(version)
         return ResolvedModel(
-            engine=self._engine.name,
+            engine=engine.name,
             engine_model=engine_model,
             source=Source.REGISTRY,
             registry_name=version.name,
@@ -160,7 +236,3 @@ class ModelResolver:
             declared_task=version.tag("inference_task"),
             tags=version.merged_tags(),
         )
-
-    async def _check(self, name: str) -> str | None:
-        self._stats.engine_checks += 1
-        return await self._engine.find_model(name)

@@ -32,10 +32,7 @@ class TaskRouter:
     ) -> None:
         self._engines = dict(engines)
         self._unavailable = dict(unavailable or {})
-        self._resolvers = {
-            name: ModelResolver(engine, registry, ttl_s=ttl_s, stats=stats)
-            for name, engine in self._engines.items()
-        }
+        self.resolver = ModelResolver(self._engines, registry, ttl_s=ttl_s, stats=stats)
         self._table: dict[Task, tuple[str, ...]] = {
             task: tuple(name for name, engine in self._engines.items() if task in engine.tasks)
             for task in TASK_SPECS
@@ -54,7 +51,7 @@ class TaskRouter:
         return [f"{task.value}/{engine}" for task, engine in self._executors]
 
     def cached_models(self) -> int:
-        return sum(len(resolver) for resolver in self._resolvers.values())
+        return len(self.resolver)
 
     def spec(self, task: str) -> TaskSpec[Any]:
         return TASK_SPECS[self._task(task)]
@@ -65,32 +62,31 @@ class TaskRouter:
         executor = self._executors.get(key)
         if executor is not None:
             return executor
-        self.engine_and_resolver(engine)
+        self.engine(engine)
         if engine not in self._table[key[0]]:
             raise InvalidRequest(f"engine {engine!r} does not serve task {task!r}", param="engine")
-        executor = ModelExecutor(TASK_SPECS[key[0]], self._engines[engine], self._resolvers[engine])
+        executor = ModelExecutor(TASK_SPECS[key[0]], self._engines[engine], self.resolver)
         self._executors[key] = executor
         return executor
 
-    def engine_and_resolver(self, engine: str) -> tuple[Engine, ModelResolver]:
-        """An engine by name with its resolver (422 naming ``engine`` when unknown)."""
+    def engine(self, engine: str) -> Engine:
+        """An engine by name (422 naming ``engine`` when unknown or not installed)."""
         if engine in self._unavailable:
             raise InvalidRequest(self._unavailable[engine], param="engine")
         if engine not in self._engines:
             known = ", ".join(sorted(self._engines)) or "none"
             raise InvalidRequest(f"unknown engine {engine!r} (known: {known})", param="engine")
-        return self._engines[engine], self._resolvers[engine]
+        return self._engines[engine]
 
     def invalidate_name(self, name: str) -> None:
         """Forget cached resolutions of a registered model, on every engine."""
-        for resolver in self._resolvers.values():
-            resolver.invalidate_name(name)
+        self.resolver.invalidate_name(name)
 
     def clear(self) -> dict[str, int]:
         """Drop every executor and every cached mapping; the next request starts cold."""
         executors = len(self._executors)
         self._executors.clear()
-        mappings = sum(resolver.clear() for resolver in self._resolvers.values())
+        mappings = self.resolver.clear()
         return {"executors": executors, "mappings": mappings}
 
     def _task(self, task: str) -> Task:
