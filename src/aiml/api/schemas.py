@@ -27,6 +27,7 @@ class InferRequest(BaseModel):
     model_name: str = Field(max_length=512, examples=["llama2-7b-chat@production"])
     data: dict[str, Any]
     options: dict[str, Any] = Field(default_factory=dict)
+    stream: bool = Field(default=False, description="Answer as NDJSON chunks.")
 
 
 class Resolved(BaseModel):

@@ -15,6 +15,7 @@ class Stats:
     requests: int = 0
     succeeded: int = 0
     failed: int = 0
+    cancelled: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
     resolutions: int = 0

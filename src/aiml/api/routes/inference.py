@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter
+from starlette.responses import Response
 
-from aiml.inference.manager import InferenceRequest
+from aiml.errors import AimlError, EngineError
+from aiml.inference.manager import InferenceRequest, StreamOutcome
+from aiml.types import ResolvedModel
 
 from ..deps import ERROR_RESPONSES, ServicesDep
 from ..responses import JSONResponse, error_response
 from ..schemas import InferRequest, InferResponse
+from ..streaming import NDJSON, ndjson_line, streaming_response
 
 __all__ = ["router"]
 
@@ -19,29 +25,57 @@ router = APIRouter(prefix="/inference", tags=["inference"])
 
 
 @router.post("/infer", response_model=InferResponse, responses=ERROR_RESPONSES)
-async def infer(body: InferRequest, services: ServicesDep) -> JSONResponse:
-    """Resolve ``model_name`` (registry reference or engine name) and run ``task`` on it."""
-    outcome = await services.manager.infer(
-        InferenceRequest(
-            task=body.task,
-            engine=body.engine,
-            model_name=body.model_name,
-            data=body.data,
-            options=body.options,
+async def infer(body: InferRequest, services: ServicesDep) -> Response:
+    """Resolve ``model_name`` (registry reference or engine name) and run ``task`` on it.
+
+    With ``"stream": true`` the answer is NDJSON: ``{"done": false, "response": piece}``
+    lines (``"message"`` for chat), then one ``{"done": true, ...}`` line holding the same
+    object a non-streaming call returns (or ``"success": false`` and the error).
+    """
+    request = InferenceRequest(
+        task=body.task,
+        engine=body.engine,
+        model_name=body.model_name,
+        data=body.data,
+        options=body.options,
+    )
+    if body.stream:
+        stream = await services.manager.stream(request)
+        return streaming_response(_ndjson(body, stream), NDJSON)
+    outcome = await services.manager.infer(request)
+    return JSONResponse(_envelope(body, outcome.resolved, outcome.result, outcome.processing_time))
+
+
+def _envelope(
+    body: InferRequest, resolved: ResolvedModel, result: dict[str, Any], elapsed: float
+) -> dict[str, Any]:
+    return {
+        "success": True,
+        "task": body.task,
+        "engine": body.engine,
+        "model_name": body.model_name,
+        "resolved": resolved.describe(),
+        "result": result,
+        "processing_time": round(elapsed, 6),
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+
+
+async def _ndjson(body: InferRequest, stream: StreamOutcome) -> AsyncIterator[bytes]:
+    chat = body.task == "chat"
+    try:
+        async for chunk in stream.chunks():
+            if chunk.text:
+                piece: Any = {"role": "assistant", "content": chunk.text} if chat else chunk.text
+                yield ndjson_line({"done": False, "message" if chat else "response": piece})
+        if stream.final is None:
+            raise EngineError("the engine ended the stream without a result")
+        result = stream.shape(stream.final)
+        yield ndjson_line(
+            {"done": True, **_envelope(body, stream.resolved, result, stream.elapsed)}
         )
-    )
-    return JSONResponse(
-        {
-            "success": True,
-            "task": body.task,
-            "engine": body.engine,
-            "model_name": body.model_name,
-            "resolved": outcome.resolved.describe(),
-            "result": outcome.result,
-            "processing_time": round(outcome.processing_time, 6),
-            "timestamp": datetime.now(UTC).isoformat(),
-        }
-    )
+    except AimlError as exc:  # mid-stream: the status line is long gone, say it in the body
+        yield ndjson_line({"done": True, "success": False, "error": exc.to_dict()})
 
 
 @router.post("/clear-cache")

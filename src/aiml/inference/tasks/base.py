@@ -9,18 +9,19 @@ chosen per model on every request and never frozen by the first model an executo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aiml.engines.base import Engine
 from aiml.errors import InvalidRequest, ModelNotServable
-from aiml.types import Generation, ResolvedModel, SamplingParams, Task
+from aiml.types import Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
 __all__ = [
     "GENERATIVE_TASKS",
     "GenerationOptions",
+    "GenerativeHandler",
     "Handler",
     "NoOptions",
     "StrictModel",
@@ -108,11 +109,43 @@ class Handler(ABC, Generic[InputT]):
     async def run(self, engine: Engine, model: ResolvedModel, request: InputT) -> dict[str, Any]:
         """The ``result`` object of the response."""
 
+    def stream(
+        self, engine: Engine, model: ResolvedModel, request: InputT
+    ) -> AsyncIterator[GenerationChunk]:
+        """The generation as chunks (generative tasks only)."""
+        raise InvalidRequest("this task does not stream; leave out 'stream'", param="stream")
+
+    def shape(self, model: ResolvedModel, generation: Generation) -> dict[str, Any]:
+        """The ``result`` object for a finished generation."""
+        raise NotImplementedError
+
+
+class GenerativeHandler(Handler[InputT]):
+    """A handler whose result is one generation, whole or streamed."""
+
+    async def run(self, engine: Engine, model: ResolvedModel, request: InputT) -> dict[str, Any]:
+        return self.shape(model, await self.generate(engine, model, request))
+
+    @abstractmethod
+    async def generate(self, engine: Engine, model: ResolvedModel, request: InputT) -> Generation:
+        """The whole generation."""
+
+    @abstractmethod
+    def stream(
+        self, engine: Engine, model: ResolvedModel, request: InputT
+    ) -> AsyncIterator[GenerationChunk]:
+        """The generation as chunks; closing the iterator cancels the engine's work."""
+
+    def shape(self, model: ResolvedModel, generation: Generation) -> dict[str, Any]:
+        return {"response": generation.text, "metadata": generation_metadata(model, generation)}
+
 
 class TaskSpec(ABC, Generic[InputT]):
     """One task: how its input is validated and which handler serves a given model."""
 
     task: ClassVar[Task]
+    #: Whether the task's result can be streamed (generative tasks).
+    streams: ClassVar[bool] = False
 
     @abstractmethod
     def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> InputT:

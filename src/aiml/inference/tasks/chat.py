@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
 from aiml.engines.base import Engine
-from aiml.types import ChatMessage, ResolvedModel, SamplingParams, Task
+from aiml.types import ChatMessage, Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
 from .base import (
     GenerationOptions,
-    Handler,
+    GenerativeHandler,
     StrictModel,
     TaskSpec,
     generation_metadata,
     parse_model,
 )
 
-__all__ = ["ChatSpec"]
+__all__ = ["ChatInput", "ChatSpec"]
 
 
 class _Message(StrictModel):
@@ -38,9 +38,18 @@ class ChatInput:
     params: SamplingParams
 
 
-class _Chat(Handler[ChatInput]):
-    async def run(self, engine: Engine, model: ResolvedModel, request: ChatInput) -> dict[str, Any]:
-        generation = await engine.chat(model, request.messages, request.params)
+class _Chat(GenerativeHandler[ChatInput]):
+    async def generate(
+        self, engine: Engine, model: ResolvedModel, request: ChatInput
+    ) -> Generation:
+        return await engine.chat(model, request.messages, request.params)
+
+    def stream(
+        self, engine: Engine, model: ResolvedModel, request: ChatInput
+    ) -> AsyncIterator[GenerationChunk]:
+        return engine.stream_chat(model, request.messages, request.params)
+
+    def shape(self, model: ResolvedModel, generation: Generation) -> dict[str, Any]:
         return {
             "message": {"role": "assistant", "content": generation.text},
             "metadata": generation_metadata(model, generation),
@@ -49,6 +58,7 @@ class _Chat(Handler[ChatInput]):
 
 class ChatSpec(TaskSpec[ChatInput]):
     task = Task.CHAT
+    streams = True
     _chat = _Chat()
 
     def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> ChatInput:
@@ -57,6 +67,6 @@ class ChatSpec(TaskSpec[ChatInput]):
         messages = tuple(ChatMessage(role=m.role, content=m.content) for m in parsed.messages)
         return ChatInput(messages=messages, params=params)
 
-    def handler_for(self, model: ResolvedModel) -> Handler[ChatInput]:
+    def handler_for(self, model: ResolvedModel) -> GenerativeHandler[ChatInput]:
         self.require_generative(model)
         return self._chat

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
 
 from aiml.engines.base import Engine
-from aiml.types import ChatMessage, ResolvedModel, SamplingParams, Task
+from aiml.types import ChatMessage, Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
-from .base import (
-    GenerationOptions,
-    Handler,
-    StrictModel,
-    TaskSpec,
-    generation_metadata,
-    parse_model,
-)
+from .base import GenerationOptions, GenerativeHandler, StrictModel, TaskSpec, parse_model
 
-__all__ = ["TextGenerationSpec"]
+__all__ = ["TextGenerationInput", "TextGenerationSpec"]
 
 
 class _Data(StrictModel):
@@ -33,29 +26,41 @@ class TextGenerationInput:
     params: SamplingParams
 
 
-class _Completion(Handler[TextGenerationInput]):
+class _Completion(GenerativeHandler[TextGenerationInput]):
     """A plain completion: the engine applies whatever template the model has for prompts."""
 
-    async def run(
+    async def generate(
         self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
-    ) -> dict[str, Any]:
-        generation = await engine.generate(model, request.prompt, request.params)
-        return {"response": generation.text, "metadata": generation_metadata(model, generation)}
+    ) -> Generation:
+        return await engine.generate(model, request.prompt, request.params)
+
+    def stream(
+        self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
+    ) -> AsyncIterator[GenerationChunk]:
+        return engine.stream_generate(model, request.prompt, request.params)
 
 
-class _ChatPrompt(Handler[TextGenerationInput]):
+class _ChatPrompt(GenerativeHandler[TextGenerationInput]):
     """For models registered as chat models: the prompt is sent as one user turn."""
 
-    async def run(
+    async def generate(
         self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
-    ) -> dict[str, Any]:
-        messages = [ChatMessage(role="user", content=request.prompt)]
-        generation = await engine.chat(model, messages, request.params)
-        return {"response": generation.text, "metadata": generation_metadata(model, generation)}
+    ) -> Generation:
+        return await engine.chat(model, _turn(request), request.params)
+
+    def stream(
+        self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
+    ) -> AsyncIterator[GenerationChunk]:
+        return engine.stream_chat(model, _turn(request), request.params)
+
+
+def _turn(request: TextGenerationInput) -> list[ChatMessage]:
+    return [ChatMessage(role="user", content=request.prompt)]
 
 
 class TextGenerationSpec(TaskSpec[TextGenerationInput]):
     task = Task.TEXT_GENERATION
+    streams = True
     _completion = _Completion()
     _chat_prompt = _ChatPrompt()
 
@@ -64,7 +69,7 @@ class TextGenerationSpec(TaskSpec[TextGenerationInput]):
         params = parse_model(GenerationOptions, options, "options").to_params()
         return TextGenerationInput(prompt=parsed.inputs, params=params)
 
-    def handler_for(self, model: ResolvedModel) -> Handler[TextGenerationInput]:
+    def handler_for(self, model: ResolvedModel) -> GenerativeHandler[TextGenerationInput]:
         self.require_generative(model)
         if model.declared_task == Task.CHAT:
             return self._chat_prompt

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,16 +12,9 @@ from pydantic import Field
 
 from aiml.engines.base import Engine
 from aiml.errors import InvalidRequest, ModelNotServable
-from aiml.types import ResolvedModel, SamplingParams, Task
+from aiml.types import Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
-from .base import (
-    GenerationOptions,
-    Handler,
-    StrictModel,
-    TaskSpec,
-    generation_metadata,
-    parse_model,
-)
+from .base import GenerationOptions, GenerativeHandler, StrictModel, TaskSpec, parse_model
 
 __all__ = ["VlmSpec"]
 
@@ -38,16 +31,21 @@ class VlmInput:
     params: SamplingParams
 
 
-class _Describe(Handler[VlmInput]):
-    async def run(self, engine: Engine, model: ResolvedModel, request: VlmInput) -> dict[str, Any]:
-        generation = await engine.generate(
+class _Describe(GenerativeHandler[VlmInput]):
+    async def generate(self, engine: Engine, model: ResolvedModel, request: VlmInput) -> Generation:
+        return await engine.generate(model, request.prompt, request.params, images=(request.image,))
+
+    def stream(
+        self, engine: Engine, model: ResolvedModel, request: VlmInput
+    ) -> AsyncIterator[GenerationChunk]:
+        return engine.stream_generate(
             model, request.prompt, request.params, images=(request.image,)
         )
-        return {"response": generation.text, "metadata": generation_metadata(model, generation)}
 
 
 class VlmSpec(TaskSpec[VlmInput]):
     task = Task.VLM
+    streams = True
     _describe = _Describe()
 
     def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> VlmInput:
@@ -55,7 +53,7 @@ class VlmSpec(TaskSpec[VlmInput]):
         params = parse_model(GenerationOptions, options, "options").to_params()
         return VlmInput(image=decode_image(parsed.image), prompt=parsed.prompt, params=params)
 
-    def handler_for(self, model: ResolvedModel) -> Handler[VlmInput]:
+    def handler_for(self, model: ResolvedModel) -> GenerativeHandler[VlmInput]:
         if model.declared_task is not None and model.declared_task != Task.VLM:
             raise ModelNotServable(
                 f"registered model {model.registry_name!r} version {model.registry_version} "
