@@ -1,8 +1,16 @@
-"""One place that turns exceptions into HTTP responses with a status that means something."""
+"""One place that turns exceptions into HTTP responses with a status that means something.
+
+Each API surface keeps its own error body, so its clients understand it:
+
+* aiml's routes: ``{"success": false, "error": {"code", "message", "param"?}}``
+* ``/v1`` (OpenAI): ``{"error": {"message", "type", "param", "code"}}``, 400 for bad input
+* ``/api`` (Ollama): ``{"error": "message"}``, 400 for bad input
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,9 +19,9 @@ from starlette.responses import Response
 
 from aiml.errors import AimlError
 
-from .responses import error_response
+from .responses import JSONResponse, error_response
 
-__all__ = ["install_error_handlers"]
+__all__ = ["install_error_handlers", "openai_error_body", "render_error"]
 
 log = logging.getLogger("aiml.api")
 
@@ -26,43 +34,83 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",
+    501: "not_implemented",
 }
+# OpenAI's error types by status (its API reference); 5xx are "api_error".
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_body(status: int, code: str, message: str, param: str | None) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def render_error(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The error response in the shape the request's API surface uses."""
+    path = request.url.path
+    if path.startswith("/v1/"):
+        status = 400 if status == 422 else status  # OpenAI reports bad input as 400
+        response: Response = JSONResponse(
+            openai_error_body(status, code, message, param), status_code=status
+        )
+    elif path.startswith("/api/"):
+        status = 400 if status == 422 else status  # so does Ollama
+        response = JSONResponse({"error": message}, status_code=status)
+    else:
+        response = error_response(status, code, message, param=param)
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 async def _aiml_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AimlError)
-    return error_response(exc.status_code, exc.code, exc.message, param=exc.param)
+    return render_error(request, exc.status_code, exc.code, exc.message, exc.param)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return render_error(request, 422, "invalid_request", "request body is not valid JSON")
     # Drop the "body" prefix so the field reads as the client wrote it ("data.inputs").
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
     message = str(first.get("msg", "invalid request"))
-    if first.get("type") == "json_invalid":
-        return error_response(422, "invalid_request", "request body is not valid JSON")
     if first.get("type") == "extra_forbidden":
         message = f"unknown field {param!r}"
-    return error_response(
-        422, "invalid_request", f"{param}: {message}" if param else message, param=param
-    )
+    text = f"{param}: {message}" if param else message
+    return render_error(request, 422, "invalid_request", text, param)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    response = error_response(exc.status_code, code, str(exc.detail))
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
+    return render_error(
+        request, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "internal error; see the server log")
+    return render_error(request, 500, "internal_error", "internal error; see the server log")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -134,6 +134,8 @@ class LlamaCppEngine(LocalEngine):
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
+        if any(message.images for message in messages):
+            raise ModelNotServable("llamacpp models here take no images", param="messages")
         payload = [{"role": m.role, "content": m.content} for m in messages]
 
         def render(handle: _Llama) -> _Prompt:

@@ -189,6 +189,7 @@ class TransformersEngine(LocalEngine):
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
+        _no_images(messages)
         payload = [{"role": m.role, "content": m.content} for m in messages]
 
         def encode(m: _Model) -> Any:
@@ -222,10 +223,10 @@ class TransformersEngine(LocalEngine):
                     max_wait_s=self._embed_max_wait_s,
                 )
                 entry.extras["batcher"] = batcher
-            vectors: list[list[float]] = await batcher.submit(list(inputs))
+            rows: list[tuple[list[float], int]] = await batcher.submit(list(inputs))
         finally:
             self._pool.release(entry)
-        return Embeddings(vectors=vectors)
+        return Embeddings(vectors=[row[0] for row in rows], prompt_tokens=sum(r[1] for r in rows))
 
     async def classify(self, model: ResolvedModel, inputs: Sequence[str]) -> list[list[Label]]:
         entry = await self.acquire(model)
@@ -278,6 +279,11 @@ class TransformersEngine(LocalEngine):
             completion_tokens=counts["completion"],
         )
         yield GenerationChunk(text="", done=True, final=final)
+
+
+def _no_images(messages: Sequence[ChatMessage]) -> None:
+    if any(message.images for message in messages):
+        raise ModelNotServable("transformers models here take no images", param="messages")
 
 
 def _context_window(m: _Model) -> int:
@@ -366,7 +372,8 @@ def _generate(
         raise errors[0]
 
 
-def _embed_batch(m: _Model, texts: list[str]) -> list[list[float]]:
+def _embed_batch(m: _Model, texts: list[str]) -> list[tuple[list[float], int]]:
+    """One vector per text, with the number of tokens it took."""
     import torch
 
     assert m.pooling is not None
@@ -388,7 +395,8 @@ def _embed_batch(m: _Model, texts: list[str]) -> list[list[float]]:
     if m.pooling.normalize:
         pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
     vectors: list[list[float]] = pooled.tolist()
-    return vectors
+    counts: list[int] = batch["attention_mask"].sum(dim=1).tolist()
+    return list(zip(vectors, counts, strict=True))
 
 
 def _classify(m: _Model, texts: list[str]) -> list[list[Label]]:

@@ -43,6 +43,11 @@ class TaskRouter:
     def engines(self) -> Mapping[str, Engine]:
         return self._engines
 
+    @property
+    def unavailable(self) -> Mapping[str, str]:
+        """Configured engines that cannot run here, and why."""
+        return self._unavailable
+
     def supported_tasks(self) -> dict[str, list[str]]:
         """Task name -> the engines that serve it."""
         return {task.value: list(engines) for task, engines in self._table.items() if engines}

@@ -52,6 +52,7 @@ class RegisteredModelInfo:
     aliases: Mapping[str, int]
     latest_version: int | None
     versions: tuple[RegistryVersion, ...] = ()
+    created_s: int = 0  # creation time, seconds since the epoch
 
 
 def apply_http_bounds(settings: Settings) -> None:
@@ -150,6 +151,7 @@ class MlflowRegistry:
                 tags=info.tags,
                 aliases=info.aliases,
                 latest_version=info.latest_version,
+                created_s=info.created_s,
                 versions=tuple(
                     _version(v, model_tags, aliases=by_version.get(int(v.version), []))
                     for v in versions
@@ -441,6 +443,7 @@ def _model_info(model: Any) -> RegisteredModelInfo:
         tags=dict(model.tags or {}),
         aliases=aliases,
         latest_version=max(latest) if latest else None,
+        created_s=int(getattr(model, "creation_timestamp", 0) or 0) // 1000,
     )
 
 
