@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from aiml.engines.pool import rss_bytes
-from tests.conftest import ModelFiles, Registry, RunningAiml
+from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
 
 MB = 1 << 20
 
@@ -130,7 +130,10 @@ def test_requests_cycling_through_more_models_than_the_budget_holds(
 
 
 def test_admin_load_unload_and_idle_unload(
-    start_aiml: Callable[..., RunningAiml], registry: Registry, model_files: ModelFiles
+    start_aiml: Callable[..., RunningAiml],
+    registry: Registry,
+    model_files: ModelFiles,
+    ollama: RunningOllama,
 ) -> None:
     registry.register_files(model_files.tiny_lm_a, "lm")
     aiml = start_aiml(model_idle_ttl_s=0.5)
@@ -148,7 +151,13 @@ def test_admin_load_unload_and_idle_unload(
         ollama_load = client.post(
             "/admin/models/load", json={"engine": "ollama", "model_name": "llama2:7b"}
         )
-        assert ollama_load.status_code == 422
+        assert ollama_load.status_code == 200, ollama_load.text
+        assert ollama.state.counts["load"] == 1  # Ollama's way: generate from an empty prompt
+        ollama_unload = client.post(
+            "/admin/models/unload", json={"engine": "ollama", "model_name": "llama2:7b"}
+        )
+        assert ollama_unload.json()["unloaded"] is True
+        assert ollama.state.counts["unload"] == 1
     assert infer(aiml, "transformers", "text-generation", "lm", {"inputs": "hi"}).status_code == 200
     started = time.monotonic()
     while loaded(aiml)["models"]:  # the keep-alive reaper unloads it, unasked

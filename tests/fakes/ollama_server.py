@@ -156,6 +156,8 @@ class OllamaStandIn:
         assert model is not None
         prompt = str(body.get("prompt") or "")
         images = body.get("images") or []
+        if not prompt and not images:  # docs: an empty prompt loads (keep_alive 0: unloads)
+            return self._load_or_unload(body, model, chat=False)
         words = prompt.split() + [f"<image:{len(str(i))}>" for i in images]
         return await self._reply(body, model, words, chat=False)
 
@@ -168,6 +170,8 @@ class OllamaStandIn:
             return error
         assert model is not None
         messages = body.get("messages") or []
+        if not messages:  # docs: no messages loads (keep_alive 0: unloads)
+            return self._load_or_unload(body, model, chat=True)
         last = messages[-1]["content"] if messages else ""
         return await self._reply(body, model, str(last).split(), chat=True)
 
@@ -233,6 +237,16 @@ class OllamaStandIn:
         if model.embedding_only:
             return None, _error(400, f'"{name}" does not support {action}')
         return model, None
+
+    def _load_or_unload(self, body: dict[str, Any], model: StandInModel, *, chat: bool) -> Response:
+        unload = body.get("keep_alive") in (0, "0", "0s")
+        self.counts["unload" if unload else "load"] += 1
+        frame = {"model": model.name, "created_at": _now()}
+        frame.update(
+            {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+        )
+        frame.update({"done_reason": "unload" if unload else "load", "done": True})
+        return JSONResponse(frame)
 
     async def _reply(
         self, body: dict[str, Any], model: StandInModel, words: list[str], *, chat: bool

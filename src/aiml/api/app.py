@@ -16,7 +16,7 @@ from aiml.settings import Settings
 from .auth import KeyRing
 from .errors import install_error_handlers
 from .responses import JSONResponse
-from .routes import admin, health, inference, models, openai
+from .routes import admin, health, inference, models, ollama, openai
 
 __all__ = ["create_app"]
 
@@ -62,6 +62,7 @@ def create_app(
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(openai.router)
+    app.include_router(ollama.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     return app

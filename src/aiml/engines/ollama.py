@@ -231,6 +231,21 @@ class OllamaEngine(Engine):
         vectors = [list(map(float, vector)) for vector in response.embeddings]
         return Embeddings(vectors=vectors, prompt_tokens=response.prompt_eval_count)
 
+    async def preload(self, model: ResolvedModel) -> None:
+        """Ollama loads a model when asked to generate from an empty prompt."""
+        try:
+            await self._client.generate(model=model.engine_model, prompt="")
+        except Exception as exc:
+            raise self._translate(exc, model.engine_model) from exc
+
+    async def unload(self, model: ResolvedModel) -> bool:
+        """... and unloads it for an empty prompt with ``keep_alive`` 0."""
+        try:
+            await self._client.generate(model=model.engine_model, prompt="", keep_alive=0)
+        except Exception as exc:
+            raise self._translate(exc, model.engine_model) from exc
+        return True
+
     async def health(self) -> None:
         try:
             await self._client.ps()

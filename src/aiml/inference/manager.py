@@ -175,17 +175,17 @@ class InferenceManager:
             raise
         return StreamOutcome(opened, started, self._stats)
 
-    async def load(self, engine: str, model_name: str) -> ResolvedModel:
+    async def load(self, engine: str, ref: ModelRef) -> ResolvedModel:
         """Resolve and load a model into memory ahead of its first request."""
         target = self.router.engine(engine)
-        resolved = await self.router.resolver.resolve(parse_reference(model_name), engine)
+        resolved = await self.router.resolver.resolve(ref, engine)
         await target.preload(resolved)
         return resolved
 
-    async def unload(self, engine: str, model_name: str) -> tuple[ResolvedModel, bool]:
+    async def unload(self, engine: str, ref: ModelRef) -> tuple[ResolvedModel, bool]:
         """Unload a model now; the flag says whether it was loaded."""
         target = self.router.engine(engine)
-        resolved = await self.router.resolver.resolve(parse_reference(model_name), engine)
+        resolved = await self.router.resolver.resolve(ref, engine)
         return resolved, await target.unload(resolved)
 
     def clear_cache(self) -> dict[str, int]:

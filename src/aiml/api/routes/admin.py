@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from aiml.errors import InvalidRequest
 from aiml.registry.artifacts import safe_relpath
+from aiml.registry.references import parse_reference
 
 from ..auth import require_admin
 from ..deps import ERROR_RESPONSES, ServicesDep
@@ -38,14 +39,16 @@ class ModelTarget(BaseModel):
 @router.post("/models/load")
 async def load(body: ModelTarget, services: ServicesDep) -> JSONResponse:
     """Resolve a model and load it into memory before its first request."""
-    resolved = await services.manager.load(body.engine, body.model_name)
+    ref = parse_reference(body.model_name)
+    resolved = await services.manager.load(body.engine, ref)
     return JSONResponse({"success": True, "resolved": resolved.describe()})
 
 
 @router.post("/models/unload")
 async def unload(body: ModelTarget, services: ServicesDep) -> JSONResponse:
     """Free a loaded model now (409 while it serves requests)."""
-    resolved, was_loaded = await services.manager.unload(body.engine, body.model_name)
+    ref = parse_reference(body.model_name)
+    resolved, was_loaded = await services.manager.unload(body.engine, ref)
     return JSONResponse({"success": True, "resolved": resolved.describe(), "unloaded": was_loaded})
 
 

@@ -1,0 +1,137 @@
+"""Ollama's request bodies (``docs/api.md``), as far as aiml honours them.
+
+Options that only tune how Ollama itself loads a model (``num_ctx``, ``num_thread``, ...) are
+accepted and have no effect here; sampling options aiml cannot honour are refused by name
+unless they are at their neutral value, so a tool that sends Ollama's defaults still works.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aiml.errors import InvalidRequest
+from aiml.inference.tasks.base import GenerationOptions, parse_model
+from aiml.types import ChatMessage, SamplingParams
+
+__all__ = ["ChatBody", "EmbedBody", "EmbeddingsBody", "GenerateBody", "ShowBody", "sampling"]
+
+_LOAD_TIME = {
+    "numa", "num_ctx", "num_batch", "num_gpu", "main_gpu", "low_vram", "f16_kv", "logits_all",
+    "vocab_only", "use_mmap", "use_mlock", "embedding_only", "num_thread", "num_keep",
+}  # fmt: skip
+_MAPPED = {
+    "num_predict": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "seed": "seed",
+    "repeat_penalty": "repeat_penalty",
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ShowBody(_Body):
+    model: str = Field(min_length=1, max_length=512)
+    verbose: bool = False
+
+
+class GenerateBody(_Body):
+    model: str = Field(min_length=1, max_length=512)
+    prompt: str = ""
+    system: str | None = None
+    images: list[str] | None = None
+    stream: bool = True
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    format: str | dict[str, Any] | None = None
+    template: str | None = None
+    suffix: str | None = None
+    context: list[int] | None = None
+    raw: bool = False
+
+    def check(self) -> None:
+        for name in ("format", "template", "suffix", "context"):
+            if getattr(self, name):
+                raise InvalidRequest(f"{name!r} is not supported", param=name)
+        if self.images and len(self.images) > 1:
+            raise InvalidRequest("one image per request", param="images")
+
+
+class _Message(_Body):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+
+    def to_message(self, index: int) -> ChatMessage:
+        images = tuple(decode_image(i, f"messages.{index}.images") for i in self.images or ())
+        return ChatMessage(role=self.role, content=self.content, images=images)
+
+
+class ChatBody(_Body):
+    model: str = Field(min_length=1, max_length=512)
+    messages: list[_Message] = Field(default_factory=list)
+    stream: bool = True
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    format: str | dict[str, Any] | None = None
+    tools: list[Any] | None = None
+
+    def to_messages(self) -> tuple[ChatMessage, ...]:
+        if self.format:
+            raise InvalidRequest("'format' is not supported", param="format")
+        if self.tools:
+            raise InvalidRequest("'tools' are not supported", param="tools")
+        return tuple(message.to_message(i) for i, message in enumerate(self.messages))
+
+
+class EmbedBody(_Body):
+    model: str = Field(min_length=1, max_length=512)
+    input: str | list[str] = Field(min_length=1)
+    truncate: bool = True
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+
+    def texts(self) -> tuple[str, ...]:
+        return (self.input,) if isinstance(self.input, str) else tuple(self.input)
+
+
+class EmbeddingsBody(_Body):
+    """The legacy ``/api/embeddings``: one prompt, one vector."""
+
+    model: str = Field(min_length=1, max_length=512)
+    prompt: str = Field(min_length=1)
+
+
+def sampling(options: dict[str, Any] | None) -> SamplingParams:
+    """Ollama's option names onto aiml's, validated as aiml's own options are."""
+    values: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if name in _MAPPED:
+            values[_MAPPED[name]] = value
+        elif name == "stop":
+            values["stop"] = value
+        elif name in _LOAD_TIME or not value:
+            continue  # Ollama's own loading knobs, or a sampler left at its neutral value
+        else:
+            raise InvalidRequest(f"option {name!r} is not supported", param=f"options.{name}")
+    if isinstance(values.get("max_tokens"), int) and values["max_tokens"] < 0:
+        del values["max_tokens"]  # Ollama's -1: no limit
+    return parse_model(GenerationOptions, values, "options").to_params()
+
+
+def decode_image(text: str, param: str) -> bytes:
+    """A base64 image (never a path, although Ollama's client accepts paths)."""
+    try:
+        image = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("images must be base64", param=param) from None
+    if not image:
+        raise InvalidRequest("empty image", param=param)
+    return image

@@ -1,0 +1,303 @@
+"""``/api``: Ollama's API (``docs/api.md``) over every engine and registered model.
+
+Tools written for Ollama work on registry names: ``name`` (or ``name:latest``) is the latest
+version, ``name:3`` version 3, ``name:prod`` the alias ``prod``; a name the registry does
+not hold goes to the Ollama engine as it is. Streaming is NDJSON by default, as Ollama's,
+with its timing fields in nanoseconds. aiml does not pull, push, create or delete models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from aiml.errors import AimlError, EngineError
+from aiml.inference.manager import StreamOutcome, TaskCall
+from aiml.inference.targets import ollama_target
+from aiml.inference.tasks.chat import ChatInput
+from aiml.inference.tasks.embeddings import EmbeddingsInput
+from aiml.inference.tasks.text_generation import TextGenerationInput
+from aiml.inference.tasks.vlm import VlmInput
+from aiml.services import Services
+from aiml.types import ChatMessage, Generation, ModelRef
+
+from ..deps import ServicesDep
+from ..ollama_schemas import (
+    ChatBody,
+    EmbedBody,
+    EmbeddingsBody,
+    GenerateBody,
+    ShowBody,
+    decode_image,
+    sampling,
+)
+from ..responses import JSONResponse
+from ..streaming import NDJSON, ndjson_line, streaming_response
+
+__all__ = ["OLLAMA_API_VERSION", "router"]
+
+#: The Ollama API release whose documented behaviour /api follows.
+OLLAMA_API_VERSION = "0.12.6"
+_NOT_HERE = (
+    "aiml serves the models of its MLflow registry; it does not pull, push, create, copy or "
+    "delete them (register models with `aiml register` instead)"
+)
+
+router = APIRouter(prefix="/api", tags=["ollama"])
+
+
+@router.get("/version")
+async def version() -> JSONResponse:
+    return JSONResponse({"version": OLLAMA_API_VERSION})
+
+
+@router.get("/tags")
+async def tags(services: ServicesDep) -> JSONResponse:
+    """Every registered model as ``name:latest``, and each alias as ``name:alias``."""
+    models: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        page, token = await services.catalog.list_models(max_results=1000, page_token=token)
+        for info in page:
+            modified = _rfc3339(info.created_s)
+            for tag in ("latest", *sorted(info.aliases)):
+                models.append(_listing(f"{info.name}:{tag}", modified))
+        if not token:
+            break
+    return JSONResponse({"models": models})
+
+
+@router.post("/show")
+async def show(body: ShowBody, services: ServicesDep) -> JSONResponse:
+    engine, ref = await ollama_target(services.router, body.model)
+    resolved = await services.router.resolver.resolve(ref, engine)
+    embedding = resolved.declared_task == "embeddings"
+    info = {
+        "general.architecture": resolved.tags.get("inference_engine", engine),
+        "aiml.engine": engine,
+        "aiml.engine_model": resolved.engine_model,
+        "aiml.registry_name": resolved.registry_name,
+        "aiml.registry_version": resolved.registry_version,
+    }
+    return JSONResponse(
+        {
+            "modelfile": "",
+            "parameters": "",
+            "template": "",
+            "details": _details(engine),
+            "model_info": info,
+            "capabilities": ["embedding"] if embedding else ["completion"],
+        }
+    )
+
+
+@router.get("/ps")
+async def ps(services: ServicesDep) -> JSONResponse:
+    """Models loaded in this process by the local engines."""
+    now = time.monotonic()
+    running = []
+    for entry in services.pool.entries():
+        engine, name, number = entry.key
+        expires = datetime.now(UTC) + timedelta(
+            seconds=services.pool.idle_ttl_s - (now - entry.last_used)
+        )
+        running.append(
+            {
+                **_listing(f"{name}:{number}", _rfc3339(time.time())),
+                "size": entry.size_bytes,
+                "details": _details(engine),
+                "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                "size_vram": 0,
+            }
+        )
+    return JSONResponse({"models": running})
+
+
+@router.post("/generate")
+async def generate(body: GenerateBody, services: ServicesDep) -> Response:
+    body.check()
+    engine, ref = await ollama_target(services.router, body.model)
+    if not body.prompt and not body.images:  # Ollama: an empty prompt loads or unloads
+        return await _load_or_unload(services, engine, ref, body.model, body.keep_alive, chat=False)
+    params = sampling(body.options)
+    if body.images:
+        image = decode_image(body.images[0], "images.0")
+        call = TaskCall("vlm", engine, ref, VlmInput(image, body.prompt, params))
+    elif body.system:
+        turns = (ChatMessage("system", body.system), ChatMessage("user", body.prompt))
+        call = TaskCall("chat", engine, ref, ChatInput(turns, params))
+    else:
+        call = TaskCall("text-generation", engine, ref, TextGenerationInput(body.prompt, params))
+    return await _answer(services, call, body.model, body.stream, chat=False)
+
+
+@router.post("/chat")
+async def chat(body: ChatBody, services: ServicesDep) -> Response:
+    messages = body.to_messages()
+    engine, ref = await ollama_target(services.router, body.model)
+    if not messages:  # Ollama: no messages loads or unloads
+        return await _load_or_unload(services, engine, ref, body.model, body.keep_alive, chat=True)
+    call = TaskCall("chat", engine, ref, ChatInput(messages, sampling(body.options)))
+    return await _answer(services, call, body.model, body.stream, chat=True)
+
+
+@router.post("/embed")
+async def embed(body: EmbedBody, services: ServicesDep) -> JSONResponse:
+    started = time.perf_counter()
+    engine, ref = await ollama_target(services.router, body.model)
+    outcome = await services.manager.run(
+        TaskCall("embeddings", engine, ref, EmbeddingsInput(body.texts()))
+    )
+    return JSONResponse(
+        {
+            "model": body.model,
+            "embeddings": outcome.result["embeddings"],
+            "total_duration": _ns(time.perf_counter() - started),
+            "load_duration": 0,
+            "prompt_eval_count": outcome.result["metadata"].get("prompt_tokens") or 0,
+        }
+    )
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsBody, services: ServicesDep) -> JSONResponse:
+    """Ollama's superseded single-prompt embeddings route."""
+    engine, ref = await ollama_target(services.router, body.model)
+    outcome = await services.manager.run(
+        TaskCall("embeddings", engine, ref, EmbeddingsInput((body.prompt,)))
+    )
+    return JSONResponse({"embedding": outcome.result["embeddings"][0]})
+
+
+@router.api_route("/pull", methods=["POST"], include_in_schema=False)
+@router.api_route("/push", methods=["POST"], include_in_schema=False)
+@router.api_route("/create", methods=["POST"], include_in_schema=False)
+@router.api_route("/copy", methods=["POST"], include_in_schema=False)
+@router.api_route("/delete", methods=["DELETE"], include_in_schema=False)
+async def not_here() -> JSONResponse:
+    return JSONResponse({"error": _NOT_HERE}, status_code=501)
+
+
+async def _answer(
+    services: Services, call: TaskCall, model: str, stream: bool, *, chat: bool
+) -> Response:
+    started = time.perf_counter()
+    if stream:
+        opened = await services.manager.open(call)
+        return streaming_response(_frames(opened, model, started, chat=chat), NDJSON)
+    outcome = await services.manager.run(call)
+    assert outcome.generation is not None
+    return JSONResponse(
+        _final(model, outcome.generation, outcome.generation.text, chat, started, None)
+    )
+
+
+async def _frames(
+    stream: StreamOutcome, model: str, started: float, *, chat: bool
+) -> AsyncIterator[bytes]:
+    first_token: float | None = None
+    try:
+        async for chunk in stream.chunks():
+            if chunk.text:
+                first_token = first_token or time.perf_counter()
+                yield ndjson_line({**_piece(model, chunk.text, chat), "done": False})
+        if stream.final is None:
+            raise EngineError("the engine ended the stream without a result")
+        yield ndjson_line(_final(model, stream.final, "", chat, started, first_token))
+    except AimlError as exc:  # Ollama's way to report an error mid-stream
+        yield ndjson_line({"error": exc.message})
+
+
+def _piece(model: str, text: str, chat: bool) -> dict[str, Any]:
+    frame: dict[str, Any] = {"model": model, "created_at": _now()}
+    if chat:
+        frame["message"] = {"role": "assistant", "content": text}
+    else:
+        frame["response"] = text
+    return frame
+
+
+def _final(
+    model: str,
+    generation: Generation,
+    text: str,
+    chat: bool,
+    started: float,
+    first_token: float | None,
+) -> dict[str, Any]:
+    """The last frame: Ollama's statistics, the engine's own where it reports them."""
+    ended = time.perf_counter()
+    first = first_token or ended
+    measured = {
+        "total_duration": _ns(ended - started),
+        "load_duration": 0,
+        "prompt_eval_duration": _ns(first - started),
+        "eval_duration": _ns(ended - first),
+    }
+    timings = {key: generation.engine_metadata.get(key, value) for key, value in measured.items()}
+    return {
+        **_piece(model, text, chat),
+        "done": True,
+        "done_reason": generation.finish_reason or "stop",
+        **timings,
+        "prompt_eval_count": generation.prompt_tokens or 0,
+        "eval_count": generation.completion_tokens or 0,
+    }
+
+
+async def _load_or_unload(
+    services: Services,
+    engine: str,
+    ref: ModelRef,
+    model: str,
+    keep_alive: float | str | None,
+    *,
+    chat: bool,
+) -> JSONResponse:
+    unload = keep_alive in (0, "0", "0s", "0m")
+    if unload:
+        await services.manager.unload(engine, ref)
+    else:
+        await services.manager.load(engine, ref)
+    frame = {**_piece(model, "", chat), "done_reason": "unload" if unload else "load", "done": True}
+    return JSONResponse(frame)
+
+
+def _listing(name: str, modified: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": modified,
+        "size": 0,
+        "digest": hashlib.sha256(name.encode()).hexdigest(),
+        "details": _details(""),
+    }
+
+
+def _details(engine: str) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf" if engine in ("llamacpp", "ollama") else engine,
+        "family": engine,
+        "families": [engine] if engine else None,
+        "parameter_size": "",
+        "quantization_level": "",
+    }
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _rfc3339(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
