@@ -70,6 +70,7 @@ class Registry:
         engine: str | None = "ollama",
         alias: str | None = None,
         model_tags: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> int:
         """Register a version the way the earlier system did (tags on the version)."""
         try:
@@ -85,7 +86,7 @@ class Registry:
                 "inference_engine": engine,
             }.items()
             if value is not None
-        }
+        } | (tags or {})
         mv = self.client.create_model_version(
             name, source=str(self.artifacts / name), tags=tags, await_creation_for=0
         )

@@ -74,6 +74,18 @@ def build_engines(
                 connect_timeout_s=settings.ollama_connect_timeout_s,
                 allow_pull=settings.ollama_allow_pull,
             )
+        elif name == "openai":
+            if not settings.openai_base_url:
+                unavailable[name] = "engine 'openai' needs AIML_OPENAI_BASE_URL"
+                continue
+            from aiml.engines.openai import OpenAIEngine
+
+            engines[name] = OpenAIEngine(
+                settings.openai_base_url,
+                api_key=settings.openai_api_key,
+                timeout_s=settings.openai_timeout_s,
+                connect_timeout_s=settings.ollama_connect_timeout_s,
+            )
         elif name == "llamacpp":
             from aiml.engines.llamacpp import LlamaCppEngine
 
@@ -97,7 +109,7 @@ def build_engines(
         else:
             unavailable[name] = f"unknown engine {name!r} in AIML_ENGINES"
     for reason in unavailable.values():
-        log.warning("%s", reason)
+        log.info("%s", reason)
     return engines, unavailable
 
 

@@ -71,8 +71,21 @@ class Settings(BaseSettings):
         description="Pull a model the Ollama server lacks instead of answering 404.",
     )
 
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AIML_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+        description="A remote OpenAI-compatible server for the openai engine (e.g. .../v1).",
+    )
+    openai_api_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AIML_OPENAI_API_KEY", "OPENAI_API_KEY"),
+        description="Its API key.",
+    )
+    openai_timeout_s: PositiveFloat = Field(
+        default=300.0, description="Read timeout for one call to that server (seconds)."
+    )
     engines: str = Field(
-        default="ollama,llamacpp,transformers",
+        default="ollama,llamacpp,transformers,openai",
         description="Engines to run, comma-separated; local ones need the [local] extra.",
     )
     max_loaded_models: PositiveInt = Field(

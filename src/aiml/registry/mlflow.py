@@ -19,7 +19,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio.to_thread
 from mlflow import MlflowClient
@@ -34,6 +33,7 @@ from aiml.errors import (
 )
 from aiml.settings import Settings
 from aiml.types import ModelRef, RegistryVersion
+from aiml.urls import redact
 
 __all__ = ["MlflowRegistry", "RegisteredModelInfo", "apply_http_bounds"]
 
@@ -74,7 +74,7 @@ class MlflowRegistry:
 
     def __init__(self, client: MlflowClient, *, uri: str, artifact_location: str | None) -> None:
         self._client = client
-        self._uri = _redact(uri)
+        self._uri = redact(uri)
         self._artifact_location = artifact_location
         self._lock = threading.Lock()
         self._calls = 0
@@ -445,16 +445,6 @@ def _model_info(model: Any) -> RegisteredModelInfo:
         latest_version=max(latest) if latest else None,
         created_s=int(getattr(model, "creation_timestamp", 0) or 0) // 1000,
     )
-
-
-def _redact(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 def _short(exc: BaseException) -> str:

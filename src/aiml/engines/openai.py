@@ -1,0 +1,293 @@
+"""A remote OpenAI-compatible server as an engine (vLLM, llama.cpp's server, TGI, another aiml).
+
+Its base URL and key come from settings only: no request can point aiml at another host
+(server-side request forgery). A registry version maps to the server's model through the
+tag ``openai_model_name``. Calls go through the official ``openai`` client with explicit
+timeouts and no retries (a retry belongs to the caller, who knows its deadline); its errors
+are mapped onto aiml's: model not found -> 404, unreachable -> 503, timeout -> 504, any
+other answer -> 502.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+import openai
+
+from aiml.errors import (
+    AimlError,
+    EngineError,
+    EngineTimeout,
+    EngineUnavailable,
+    ModelNotFound,
+    ModelNotServable,
+)
+from aiml.types import (
+    ChatMessage,
+    Embeddings,
+    Generation,
+    GenerationChunk,
+    RegistryVersion,
+    ResolvedModel,
+    SamplingParams,
+    Task,
+)
+from aiml.urls import redact
+
+from .base import Engine
+
+__all__ = ["MODEL_NAME_TAG", "OpenAIEngine"]
+
+MODEL_NAME_TAG = "openai_model_name"
+# Model ids as servers use them: org/name, name:tag, file names; nothing that is a URL.
+_MODEL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.:\-]*){0,3}")
+
+
+class OpenAIEngine(Engine):
+    """Models served by a remote OpenAI-compatible server."""
+
+    name = "openai"
+    tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM})
+    model_tag_keys = (MODEL_NAME_TAG,)
+
+    def __init__(
+        self, base_url: str, *, api_key: str | None, timeout_s: float, connect_timeout_s: float
+    ) -> None:
+        self._base_url = redact(base_url)
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or "unused",
+            timeout=openai.Timeout(timeout_s, connect=connect_timeout_s),
+            max_retries=0,
+        )
+
+    @property
+    def location(self) -> str:
+        return f"the OpenAI-compatible server at {self._base_url}"
+
+    async def find_model(self, name: str) -> str | None:
+        if not _MODEL_ID.fullmatch(name) or ".." in name:
+            return None
+        try:
+            page = await self._client.models.list()
+        except Exception as exc:
+            raise self._translate(exc, name) from exc
+        return name if any(model.id == name for model in page.data) else None
+
+    async def model_for_version(self, version: RegistryVersion) -> str:
+        label = f"registered model {version.name!r} version {version.version}"
+        name = version.tag(MODEL_NAME_TAG)
+        if not name or not _MODEL_ID.fullmatch(name) or ".." in name:
+            raise ModelNotServable(
+                f"{label} needs an {MODEL_NAME_TAG!r} tag naming the server's model",
+                param="model_name",
+            )
+        if await self.find_model(name) is None:
+            raise ModelNotFound(
+                f"{label} maps to {name!r}, which {self.location} does not serve",
+                param="model_name",
+            )
+        return name
+
+    async def generate(
+        self,
+        model: ResolvedModel,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        images: Sequence[bytes] = (),
+    ) -> Generation:
+        if images:
+            messages = [ChatMessage("user", prompt, tuple(images))]
+            return await self.chat(model, messages, params)
+        try:
+            response = await self._client.completions.create(
+                model=model.engine_model, prompt=prompt, **_sampling(params)
+            )
+        except Exception as exc:
+            raise self._translate(exc, model.engine_model) from exc
+        choice = response.choices[0]
+        return _generation(choice.text, choice.finish_reason, response.usage)
+
+    async def stream_generate(
+        self,
+        model: ResolvedModel,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        images: Sequence[bytes] = (),
+    ) -> AsyncIterator[GenerationChunk]:
+        if images:
+            async for chunk in self.stream_chat(
+                model, [ChatMessage("user", prompt, tuple(images))], params
+            ):
+                yield chunk
+            return
+        try:
+            stream = await self._client.completions.create(
+                model=model.engine_model,
+                prompt=prompt,
+                stream=True,
+                stream_options={"include_usage": True},
+                **_sampling(params),
+            )
+            async with stream:
+                async for piece in _pieces(stream, lambda c: c.text):
+                    yield piece
+        except AimlError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, model.engine_model) from exc
+
+    async def chat(
+        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> Generation:
+        try:
+            response = await self._client.chat.completions.create(
+                model=model.engine_model,
+                messages=cast(Any, _messages(messages)),
+                **_sampling(params),
+            )
+        except Exception as exc:
+            raise self._translate(exc, model.engine_model) from exc
+        choice = response.choices[0]
+        return _generation(choice.message.content or "", choice.finish_reason, response.usage)
+
+    async def stream_chat(
+        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        try:
+            stream = await self._client.chat.completions.create(
+                model=model.engine_model,
+                messages=cast(Any, _messages(messages)),
+                stream=True,
+                stream_options={"include_usage": True},
+                **_sampling(params),
+            )
+            async with stream:  # leaving closes the HTTP response: the server stops
+                async for piece in _pieces(stream, lambda c: c.delta.content):
+                    yield piece
+        except AimlError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, model.engine_model) from exc
+
+    async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
+        try:
+            response = await self._client.embeddings.create(
+                model=model.engine_model, input=list(inputs), encoding_format="float"
+            )
+        except Exception as exc:
+            raise self._translate(exc, model.engine_model) from exc
+        ordered = sorted(response.data, key=lambda item: item.index)
+        tokens = response.usage.prompt_tokens if response.usage else None
+        return Embeddings(vectors=[list(item.embedding) for item in ordered], prompt_tokens=tokens)
+
+    async def health(self) -> None:
+        try:
+            await self._client.models.list()
+        except Exception as exc:
+            raise self._translate(exc, None) from exc
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _translate(self, exc: BaseException, model: str | None) -> AimlError:
+        if isinstance(exc, AimlError):
+            return exc
+        if isinstance(exc, openai.NotFoundError):
+            return ModelNotFound(f"{self.location} does not serve {model!r}: {_message(exc)}")
+        if isinstance(exc, openai.APITimeoutError):
+            return EngineTimeout(f"{self.location} did not answer in time")
+        if isinstance(exc, openai.APIConnectionError):
+            return EngineUnavailable(f"{self.location} is unreachable")
+        if isinstance(exc, openai.APIStatusError):
+            return EngineError(f"{self.location} answered {exc.status_code}: {_message(exc)}")
+        return EngineError(f"{self.location} failed: {type(exc).__name__}: {exc}")
+
+
+async def _pieces(stream: Any, text_of: Any) -> AsyncIterator[GenerationChunk]:
+    """Text chunks, then a final chunk with the finish reason and the server's usage."""
+    parts: list[str] = []
+    finish: str | None = None
+    usage = None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            text = text_of(choice)
+            if text:
+                parts.append(text)
+                yield GenerationChunk(text=text)
+    final = _generation("".join(parts), finish, usage)
+    if usage is None:  # servers that ignore stream_options: one token per chunk is their norm
+        final = Generation(final.text, final.finish_reason, None, len(parts))
+    yield GenerationChunk(text="", done=True, final=final)
+
+
+def _generation(text: str, finish: str | None, usage: Any) -> Generation:
+    return Generation(
+        text=text,
+        finish_reason=finish,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+    )
+
+
+def _sampling(params: SamplingParams) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stop": list(params.stop) or None,
+        "seed": params.seed,
+    }
+    out = {key: value for key, value in values.items() if value is not None}
+    # Not OpenAI's, but vLLM, TGI and llama.cpp's server take them; sent only when asked for.
+    extra: dict[str, Any] = {}
+    if params.top_k is not None:
+        extra["top_k"] = params.top_k
+    if params.repeat_penalty is not None:
+        extra["repetition_penalty"] = params.repeat_penalty  # vLLM, TGI
+        extra["repeat_penalty"] = params.repeat_penalty  # llama.cpp
+    if extra:
+        out["extra_body"] = extra
+    return out
+
+
+def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if not message.images:
+            out.append({"role": message.role, "content": message.content})
+            continue
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+        for image in message.images:
+            url = f"data:{_mime(image)};base64,{base64.b64encode(image).decode()}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        out.append({"role": message.role, "content": parts})
+    return out
+
+
+def _mime(image: bytes) -> str:
+    for magic, mime in (
+        (b"\x89PNG", "image/png"),
+        (b"\xff\xd8", "image/jpeg"),
+        (b"GIF8", "image/gif"),
+    ):
+        if image.startswith(magic):
+            return mime
+    return "image/webp" if image[8:12] == b"WEBP" else "application/octet-stream"
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return str(exc.message)
