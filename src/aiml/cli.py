@@ -41,25 +41,28 @@ def serve(
         str | None, typer.Option(help="Bind address [default: AIML_HOST or 127.0.0.1]")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: AIML_PORT or 8000]")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="Log level [default: AIML_LOG_LEVEL]")
+    ] = None,
 ) -> None:
-    """Run the HTTP service (registry and engines from the environment)."""
-    import uvicorn
+    """Run the HTTP service (registry and engines from the environment).
 
-    from aiml.api.app import create_app
+    Without API keys (AIML_API_KEYS) it binds loopback only. SIGTERM drains: in-flight
+    requests finish (up to AIML_DRAIN_TIMEOUT_S), models are unloaded, exit 0.
+    """
+    from aiml.server import run
 
     settings = Settings()
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"host": host, "port": port, "log_level": log_level}.items()
+        if v is not None
+    }
     settings = settings.model_copy(update=overrides)
     console.print(
         f"aiml: registry [bold]{settings.registry_uri}[/], Ollama [bold]{settings.ollama_host}[/]"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-    )
+    run(settings)
 
 
 @app.command()

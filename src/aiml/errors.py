@@ -18,13 +18,19 @@ API layer never has to guess a status from an arbitrary exception.
     ├── ModelBusy               409 model_in_use
     ├── Unauthorized            401 unauthorized         (no or malformed credentials)
     ├── Forbidden               403 forbidden            (credentials without the scope)
-    └── PoolExhausted           503 pool_exhausted       (no room to load; retry later)
+    ├── PoolExhausted           503 pool_exhausted       (no room to load; retry later)
+    ├── PayloadTooLarge         413 payload_too_large    (body, prompt, batch or image)
+    ├── Overloaded              429 overloaded           (queue full; Retry-After)
+    ├── Draining                503 draining             (shutting down; Retry-After)
+    └── DeadlineExceeded        504 deadline_exceeded    (the request's deadline passed)
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AimlError",
+    "DeadlineExceeded",
+    "Draining",
     "EngineError",
     "EngineTimeout",
     "EngineUnavailable",
@@ -34,6 +40,8 @@ __all__ = [
     "ModelLoadFailed",
     "ModelNotFound",
     "ModelNotServable",
+    "Overloaded",
+    "PayloadTooLarge",
     "PoolExhausted",
     "RegistryError",
     "RegistryUnavailable",
@@ -47,10 +55,17 @@ class AimlError(Exception):
     status_code: int = 500
     code: str = "internal_error"
 
+    #: Seconds after which a retry may succeed (sent as ``Retry-After``), where that is known.
+    retry_after: int | None = None
+
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
 
     def to_dict(self) -> dict[str, str]:
         body = {"code": self.code, "message": self.message}
@@ -148,3 +163,33 @@ class Forbidden(AimlError):
 
     status_code = 403
     code = "forbidden"
+
+
+class PayloadTooLarge(AimlError):
+    """The body, a prompt, an embeddings batch or an image is over its configured limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Overloaded(AimlError):
+    """Every slot of the engine and its queue are taken: retry later."""
+
+    status_code = 429
+    code = "overloaded"
+    retry_after = 1
+
+
+class Draining(AimlError):
+    """The service is shutting down and takes no new requests."""
+
+    status_code = 503
+    code = "draining"
+    retry_after = 5
+
+
+class DeadlineExceeded(AimlError):
+    """The request's deadline passed; the engine's work was cancelled."""
+
+    status_code = 504
+    code = "deadline_exceeded"

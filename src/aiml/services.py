@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from aiml.engines.base import Engine
 from aiml.engines.ollama import OllamaEngine
 from aiml.engines.pool import ModelPool
+from aiml.inference.admission import Admission
 from aiml.inference.catalog import ModelCatalog
+from aiml.inference.limits import Limits
 from aiml.inference.manager import InferenceManager
 from aiml.inference.router import TaskRouter
 from aiml.inference.stats import Stats
+from aiml.observability.metrics import Metrics
 from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.settings import Settings
@@ -41,6 +44,7 @@ class Services:
     stats: Stats
     pool: ModelPool
     artifacts: ArtifactCache
+    metrics: Metrics
     unavailable: Mapping[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -120,11 +124,13 @@ def build_services(
     engines: Mapping[str, Engine] | None = None,
 ) -> Services:
     registry = registry or MlflowRegistry.from_settings(settings)
+    metrics = Metrics()
     pool = ModelPool(
         max_models=settings.max_loaded_models,
         max_bytes=settings.max_model_memory_bytes,
         idle_ttl_s=settings.model_idle_ttl_s,
         wait_s=settings.model_load_wait_s,
+        on_load=lambda engine, seconds: metrics.model_load_duration.labels(engine).observe(seconds),
     )
     artifacts = ArtifactCache(settings.model_cache_dir, registry)
     unavailable: dict[str, str] = {}
@@ -134,16 +140,37 @@ def build_services(
     router = TaskRouter(
         engines, registry, ttl_s=settings.resolve_ttl_s, stats=stats, unavailable=unavailable
     )
+    admission = {
+        name: Admission(name, limit=settings.max_in_flight, queue=settings.max_queue)
+        for name in engines
+    }
+    limits = Limits(
+        max_prompt_chars=settings.max_prompt_chars,
+        max_tokens=settings.max_tokens_limit,
+        max_embed_inputs=settings.max_embed_inputs,
+        max_image_bytes=settings.max_image_bytes,
+    )
+    metrics.watch(stats, lambda: registry.calls, admission, pool)
+    manager = InferenceManager(
+        router,
+        registry,
+        stats,
+        limits=limits,
+        admission=admission,
+        metrics=metrics,
+        request_timeout_s=settings.request_timeout_s,
+    )
     return Services(
         settings=settings,
         registry=registry,
         engines=engines,
         router=router,
-        manager=InferenceManager(router, registry, stats),
+        manager=manager,
         catalog=ModelCatalog(registry, engines, on_change=router.invalidate_name),
         stats=stats,
         pool=pool,
         artifacts=artifacts,
+        metrics=metrics,
         unavailable=unavailable,
     )
 

@@ -114,10 +114,47 @@ class Settings(BaseSettings):
     embed_max_wait_ms: float = Field(
         default=5.0, ge=0, description="How long a batch waits for more requests (ms)."
     )
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys (Bearer). With none, aiml binds loopback only.",
+    )
     admin_keys: str = Field(
         default="",
-        description="Comma-separated keys for admin routes (register, load, unload).",
+        description="Comma-separated admin keys: registering, aliases, cache, load, unload.",
     )
+    max_body_bytes: PositiveInt = Field(
+        default=16 << 20, description="Largest request body (uploads to /admin excepted)."
+    )
+    max_upload_bytes: PositiveInt = Field(
+        default=64 << 30, description="Largest model upload to /admin/models/register."
+    )
+    max_prompt_chars: PositiveInt = Field(
+        default=200_000, description="Longest prompt (all chat messages together), characters."
+    )
+    max_tokens_limit: PositiveInt = Field(
+        default=8192, description="Largest max_tokens a request may ask for."
+    )
+    max_embed_inputs: PositiveInt = Field(
+        default=256, description="Most texts in one embeddings request."
+    )
+    max_image_bytes: PositiveInt = Field(
+        default=8 << 20, description="Largest image (decoded) in a request."
+    )
+    max_in_flight: PositiveInt = Field(
+        default=32, description="Requests running at once per engine; more wait in its queue."
+    )
+    max_queue: int = Field(
+        default=128, ge=0, description="Requests waiting per engine; past it, 429."
+    )
+    request_timeout_s: PositiveFloat = Field(
+        default=300.0,
+        description="Deadline of a request (a request may ask for less with X-Request-Timeout).",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+    log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text.")
+    log_level: str = Field(default="info", description="Log level of the service.")
 
     @property
     def engine_names(self) -> list[str]:

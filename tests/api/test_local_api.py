@@ -168,7 +168,7 @@ def test_admin_load_unload_and_idle_unload(
 def test_admin_register_upload_and_admin_keys(
     start_aiml: Callable[..., RunningAiml], model_files: ModelFiles
 ) -> None:
-    aiml = start_aiml(admin_keys="s3cret,other")
+    aiml = start_aiml(admin_keys="s3cret,other", api_keys="user-key")
     folder = model_files.tiny_lm_a
     files = [
         ("files", (p.relative_to(folder).as_posix(), p.read_bytes()))
@@ -184,7 +184,14 @@ def test_admin_register_upload_and_admin_keys(
             files=files,
             headers={"authorization": "Bearer nope"},
         )
-        assert wrong.status_code == 403
+        assert wrong.status_code == 401
+        user = client.post(
+            "/admin/models/register",
+            data=form,
+            files=files,
+            headers={"authorization": "Bearer user-key"},
+        )
+        assert user.status_code == 403  # a valid key, but not an admin's
         headers = {"authorization": "Bearer s3cret"}
         created = client.post("/admin/models/register", data=form, files=files, headers=headers)
         assert created.status_code == 201, created.text
@@ -205,10 +212,15 @@ def test_admin_register_upload_and_admin_keys(
             ).status_code
             == 401
         )
-    response = infer(
-        aiml, "transformers", "text-generation", "uploaded@prod", {"inputs": "the cat"}
-    )
-    assert response.status_code == 200, response.text
+    assert infer(aiml, "transformers", "text-generation", "uploaded@prod", {}).status_code == 401
+    body = {
+        "task": "text-generation",
+        "engine": "transformers",
+        "model_name": "uploaded@prod",
+        "data": {"inputs": "the cat"},
+    }
+    with aiml.client(headers={"authorization": "Bearer user-key"}) as client:
+        assert client.post("/inference/infer", json=body).status_code == 200
 
 
 def test_a_model_that_fails_to_load_leaves_nothing_and_says_why(

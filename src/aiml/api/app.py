@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from aiml import __version__
 from aiml.services import Services, build_services
@@ -15,6 +17,7 @@ from aiml.settings import Settings
 
 from .auth import KeyRing
 from .errors import install_error_handlers
+from .middleware import Access, Authentication, BodyLimit, RequestContext, Traffic, access_of
 from .responses import JSONResponse
 from .routes import admin, health, inference, models, ollama, openai
 
@@ -30,6 +33,9 @@ def create_app(
 ) -> FastAPI:
     """Build the ASGI app. ``services_factory`` lets tests inject instrumented parts."""
     settings = settings or Settings()
+    traffic = Traffic()
+    api_keys = KeyRing.from_setting(settings.api_keys)
+    admin_keys = KeyRing.from_setting(settings.admin_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,7 +44,6 @@ def create_app(
         if settings.embedded_registry:
             await services.registry.ping()  # creates the sqlite schema before the first request
         app.state.services = services
-        app.state.admin_keys = KeyRing.from_setting(settings.admin_keys)
         services.start()
         log.info(
             "aiml %s ready: registry %s, engines %s",
@@ -46,6 +51,8 @@ def create_app(
             services.registry.uri,
             ", ".join(f"{name} ({engine.location})" for name, engine in services.engines.items()),
         )
+        if not api_keys and not admin_keys:
+            log.warning("no API keys configured (AIML_API_KEYS): every route is open")
         try:
             yield
         finally:
@@ -54,15 +61,50 @@ def create_app(
     app = FastAPI(
         title="aiml",
         version=__version__,
-        summary="Registry-resolved, cached inference over Ollama and local engines.",
+        summary="Registry-resolved, cached inference over Ollama, llama.cpp, transformers "
+        "and OpenAI-compatible servers.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
+    app.state.traffic = traffic
     install_error_handlers(app)
-    app.include_router(inference.router)
-    app.include_router(models.router)
-    app.include_router(openai.router)
-    app.include_router(ollama.router)
-    app.include_router(admin.router)
-    app.include_router(health.router)
+    for router in (
+        inference.router,
+        models.router,
+        openai.router,
+        ollama.router,
+        admin.router,
+        health.router,
+        health.metrics_router,
+    ):
+        app.include_router(router)
+    # Outermost last: the request id wraps everything, then the body limit, then the keys.
+    app.add_middleware(Authentication, api_keys=api_keys, admin_keys=admin_keys)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes
+    )
+    app.add_middleware(RequestContext, traffic=traffic)
+    if api_keys or admin_keys:
+        _document_bearer_auth(app)
     return app
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Say in the OpenAPI schema which routes need which key (clients and fuzzers read it)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            for path, operations in schema["paths"].items():
+                for method, operation in operations.items():
+                    if access_of(method.upper(), path) != Access.OPEN:
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

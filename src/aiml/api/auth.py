@@ -6,11 +6,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from fastapi import Request
-
-from aiml.errors import Forbidden, Unauthorized
-
-__all__ = ["KeyRing", "require_admin"]
+__all__ = ["KeyRing"]
 
 
 class KeyRing:
@@ -31,22 +27,6 @@ class KeyRing:
         # Every digest is compared, match or not, so timing says nothing about which key.
         matches = [hmac.compare_digest(digest, known) for known in self._digests]
         return any(matches)
-
-
-def bearer_token(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("this route needs 'Authorization: Bearer <key>'")
-    return token.strip()
-
-
-async def require_admin(request: Request) -> None:
-    """Admin routes: open when no admin keys are configured, else an admin key is needed."""
-    ring: KeyRing = request.app.state.admin_keys
-    if not ring:
-        return
-    if not ring.accepts(bearer_token(request)):
-        raise Forbidden("this route needs an admin key (AIML_ADMIN_KEYS)")
 
 
 def _digest(key: str) -> bytes:

@@ -55,15 +55,14 @@ def openai_error_body(status: int, code: str, message: str, param: str | None) -
 
 
 def render_error(
-    request: Request,
+    path: str,
     status: int,
     code: str,
     message: str,
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """The error response in the shape the request's API surface uses."""
-    path = request.url.path
+    """The error response in the shape the API surface of ``path`` uses."""
     if path.startswith("/v1/"):
         status = 400 if status == 422 else status  # OpenAI reports bad input as 400
         response: Response = JSONResponse(
@@ -81,7 +80,9 @@ def render_error(
 
 async def _aiml_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AimlError)
-    return render_error(request, exc.status_code, exc.code, exc.message, exc.param)
+    return render_error(
+        request.url.path, exc.status_code, exc.code, exc.message, exc.param, headers=exc.headers
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -89,7 +90,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
-        return render_error(request, 422, "invalid_request", "request body is not valid JSON")
+        return render_error(
+            request.url.path, 422, "invalid_request", "request body is not valid JSON"
+        )
     # Drop the "body" prefix so the field reads as the client wrote it ("data.inputs").
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
@@ -97,20 +100,22 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     if first.get("type") == "extra_forbidden":
         message = f"unknown field {param!r}"
     text = f"{param}: {message}" if param else message
-    return render_error(request, 422, "invalid_request", text, param)
+    return render_error(request.url.path, 422, "invalid_request", text, param)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return render_error(
-        request, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
+        request.url.path, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
     )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return render_error(request, 500, "internal_error", "internal error; see the server log")
+    return render_error(
+        request.url.path, 500, "internal_error", "internal error; see the server log"
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -67,12 +67,14 @@ class ModelPool:
         idle_ttl_s: float,
         wait_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_load: Callable[[str, float], None] = lambda engine, seconds: None,
     ) -> None:
         self.max_models = max_models
         self.max_bytes = max_bytes
         self.idle_ttl_s = idle_ttl_s
         self._wait_s = wait_s
         self._clock = clock
+        self._on_load = on_load
         self._entries: dict[PoolKey, PoolEntry] = {}
         self._loading: dict[PoolKey, asyncio.Future[PoolEntry]] = {}
         self._waiters: dict[PoolKey, int] = {}
@@ -205,9 +207,9 @@ class ModelPool:
             entry.users = self._waiters.pop(key, 0)  # in use by every caller waiting for it
             self._entries[key] = entry
             self.loads += 1
-            log.info(
-                "loaded %s (%s) in %.2fs", _label(key), _mib(size), time.perf_counter() - started
-            )
+            took = time.perf_counter() - started
+            self._on_load(key[0], took)
+            log.info("loaded %s (%s) in %.2fs", _label(key), _mib(size), took)
             # The measured size may exceed the estimate: give back room if now over budget.
             await self._make_room(0, key)
             return entry

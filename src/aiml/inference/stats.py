@@ -1,4 +1,4 @@
-"""Counters the stats route reports; updated on the event loop only."""
+"""Counters of what the inference path has done; the stats route and /metrics read these."""
 
 from __future__ import annotations
 
@@ -10,15 +10,27 @@ __all__ = ["Stats"]
 
 @dataclass
 class Stats:
-    """What the inference path has done since start (or since the last reset)."""
+    """Updated on the event loop only; both ``GET /inference/stats`` and ``/metrics`` read it,
+    so the two always agree."""
 
-    requests: int = 0
-    succeeded: int = 0
-    failed: int = 0
+    started: int = 0
     cancelled: int = 0
+    #: Finished requests by (task, engine, HTTP status).
+    finished: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    #: Generated tokens by (task, engine).
+    tokens: Counter[tuple[str, str]] = field(default_factory=Counter)
     cache_hits: int = 0
     cache_misses: int = 0
     resolutions: int = 0
     engine_checks: int = 0
     stale_served: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def succeeded(self) -> int:
+        return sum(n for (_, _, status), n in self.finished.items() if status < 400)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for (_, _, status), n in self.finished.items() if status >= 400)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
@@ -15,18 +15,13 @@ from aiml.errors import InvalidRequest
 from aiml.registry.artifacts import safe_relpath
 from aiml.registry.references import parse_reference
 
-from ..auth import require_admin
 from ..deps import ERROR_RESPONSES, ServicesDep
 from ..responses import JSONResponse
 
 __all__ = ["router"]
 
-router = APIRouter(
-    prefix="/admin",
-    tags=["admin"],
-    responses=ERROR_RESPONSES,
-    dependencies=[Depends(require_admin)],
-)
+# Admin keys are checked for everything under /admin by the Authentication middleware.
+router = APIRouter(prefix="/admin", tags=["admin"], responses=ERROR_RESPONSES)
 
 
 class ModelTarget(BaseModel):

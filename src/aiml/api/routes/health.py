@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.responses import Response
+
+from aiml.observability.metrics import CONTENT_TYPE
 
 from ..deps import ServicesDep
 from ..responses import JSONResponse, error_response
 
-__all__ = ["router"]
+__all__ = ["metrics_router", "router"]
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -26,4 +29,15 @@ async def ready(services: ServicesDep) -> JSONResponse:
     }
     if report.ok:
         return JSONResponse({"status": "ready", **checks})
+    if report.draining:
+        return error_response(503, "draining", "shutting down", extra={"draining": True, **checks})
     return error_response(503, "not_ready", "a dependency is unreachable", extra=checks)
+
+
+metrics_router = APIRouter(tags=["health"])
+
+
+@metrics_router.get("/metrics", response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics (aiml_requests_total, aiml_request_duration_seconds, ...)."""
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE)

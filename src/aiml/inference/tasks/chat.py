@@ -11,6 +11,7 @@ from pydantic import Field
 from aiml.engines.base import Engine
 from aiml.types import ChatMessage, Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
+from ..limits import Measure
 from .base import (
     GenerationOptions,
     GenerativeHandler,
@@ -36,6 +37,13 @@ class _Data(StrictModel):
 class ChatInput:
     messages: tuple[ChatMessage, ...]
     params: SamplingParams
+
+    def measure(self) -> Measure:
+        return Measure(
+            chars=sum(len(m.content) for m in self.messages),
+            image_bytes=tuple(len(image) for m in self.messages for image in m.images),
+            max_tokens=self.params.max_tokens,
+        )
 
 
 class _Chat(GenerativeHandler[ChatInput]):

@@ -11,6 +11,7 @@ from pydantic import Field
 from aiml.engines.base import Engine
 from aiml.types import ResolvedModel, Task
 
+from ..limits import Measure
 from .base import Handler, NoOptions, StrictModel, TaskSpec, parse_model
 
 __all__ = ["EmbeddingsSpec"]
@@ -23,6 +24,9 @@ class _Data(StrictModel):
 @dataclass(frozen=True, slots=True)
 class EmbeddingsInput:
     texts: tuple[str, ...]
+
+    def measure(self) -> Measure:
+        return Measure(chars=sum(len(t) for t in self.texts), items=len(self.texts))
 
 
 class _Embed(Handler[EmbeddingsInput]):

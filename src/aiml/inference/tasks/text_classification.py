@@ -11,6 +11,7 @@ from pydantic import Field
 from aiml.engines.base import Engine
 from aiml.types import ResolvedModel, Task
 
+from ..limits import Measure
 from .base import Handler, StrictModel, TaskSpec, parse_model
 
 __all__ = ["TextClassificationSpec"]
@@ -28,6 +29,9 @@ class _Options(StrictModel):
 class ClassificationInput:
     texts: tuple[str, ...]
     top_k: int | None
+
+    def measure(self) -> Measure:
+        return Measure(chars=sum(len(t) for t in self.texts), items=len(self.texts))
 
 
 class _Classify(Handler[ClassificationInput]):

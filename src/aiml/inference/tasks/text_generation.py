@@ -11,6 +11,7 @@ from pydantic import Field
 from aiml.engines.base import Engine
 from aiml.types import ChatMessage, Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
+from ..limits import Measure
 from .base import GenerationOptions, GenerativeHandler, StrictModel, TaskSpec, parse_model
 
 __all__ = ["TextGenerationInput", "TextGenerationSpec"]
@@ -24,6 +25,9 @@ class _Data(StrictModel):
 class TextGenerationInput:
     prompt: str
     params: SamplingParams
+
+    def measure(self) -> Measure:
+        return Measure(chars=len(self.prompt), max_tokens=self.params.max_tokens)
 
 
 class _Completion(GenerativeHandler[TextGenerationInput]):

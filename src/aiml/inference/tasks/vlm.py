@@ -14,6 +14,7 @@ from aiml.engines.base import Engine
 from aiml.errors import InvalidRequest, ModelNotServable
 from aiml.types import Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
+from ..limits import Measure
 from .base import GenerationOptions, GenerativeHandler, StrictModel, TaskSpec, parse_model
 
 __all__ = ["VlmSpec"]
@@ -29,6 +30,13 @@ class VlmInput:
     image: bytes
     prompt: str
     params: SamplingParams
+
+    def measure(self) -> Measure:
+        return Measure(
+            chars=len(self.prompt),
+            image_bytes=(len(self.image),),
+            max_tokens=self.params.max_tokens,
+        )
 
 
 class _Describe(GenerativeHandler[VlmInput]):

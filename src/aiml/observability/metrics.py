@@ -1,0 +1,137 @@
+"""Prometheus metrics, one registry per app (no process-wide singleton).
+
+Counters are read at scrape time from the same objects the stats route reads (``Stats``,
+the registry adapter, the admission queues, the model pool), so the two never disagree;
+latencies are histograms observed as requests finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from aiml.engines.pool import ModelPool
+    from aiml.inference.admission import Admission
+    from aiml.inference.stats import Stats
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The service's metrics; ``render()`` is the body of ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.request_duration = Histogram(
+            "aiml_request_duration_seconds",
+            "Time from a request's arrival to its last byte, by task and engine.",
+            ["task", "engine"],
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "aiml_time_to_first_token_seconds",
+            "Time from a streamed request's arrival to its first generated text.",
+            ["task", "engine"],
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.model_load_duration = Histogram(
+            "aiml_model_load_duration_seconds",
+            "Time to load a local model into memory.",
+            ["engine"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+
+    def watch(
+        self,
+        stats: Stats,
+        registry_calls: Callable[[], int],
+        admission: Mapping[str, Admission],
+        pool: ModelPool,
+    ) -> None:
+        self.registry.register(_Live(stats, registry_calls, admission, pool))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Live(Collector):
+    def __init__(
+        self,
+        stats: Stats,
+        registry_calls: Callable[[], int],
+        admission: Mapping[str, Admission],
+        pool: ModelPool,
+    ) -> None:
+        self._stats = stats
+        self._registry_calls = registry_calls
+        self._admission = admission
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        requests = CounterMetricFamily(
+            "aiml_requests", "Finished requests by task, engine and HTTP status.",
+            labels=["task", "engine", "status"],
+        )  # fmt: skip
+        for (task, engine, status), count in sorted(s.finished.items()):
+            requests.add_metric([task, engine, str(status)], count)
+        yield requests
+        tokens = CounterMetricFamily(
+            "aiml_generated_tokens",
+            "Tokens generated, by task and engine.",
+            labels=["task", "engine"],
+        )
+        for (task, engine), count in sorted(s.tokens.items()):
+            tokens.add_metric([task, engine], count)
+        yield tokens
+        rejected = CounterMetricFamily(
+            "aiml_requests_rejected",
+            "Requests refused before running, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(s.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "aiml_registry_lookups",
+            "Calls made to the MLflow registry.",
+            value=self._registry_calls(),
+        )
+        yield CounterMetricFamily(
+            "aiml_model_cache_hits",
+            "References served from the resolution cache.",
+            value=s.cache_hits,
+        )
+        yield CounterMetricFamily(
+            "aiml_model_cache_misses", "References that needed a lookup.", value=s.cache_misses
+        )
+        in_flight = GaugeMetricFamily(
+            "aiml_requests_in_flight", "Requests running, by engine.", labels=["engine"]
+        )
+        queued = GaugeMetricFamily(
+            "aiml_queue_depth", "Requests waiting, by engine.", labels=["engine"]
+        )
+        for engine, gate in sorted(self._admission.items()):
+            in_flight.add_metric([engine], gate.running)
+            queued.add_metric([engine], gate.waiting)
+        yield in_flight
+        yield queued
+        yield GaugeMetricFamily(
+            "aiml_loaded_models", "Local models loaded in memory.", value=len(self._pool.entries())
+        )
+        yield GaugeMetricFamily(
+            "aiml_loaded_model_bytes",
+            "Memory counted against the model budget.",
+            value=self._pool.used_bytes,
+        )

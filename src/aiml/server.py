@@ -1,0 +1,94 @@
+"""Running the app under uvicorn, with a graceful drain on SIGTERM.
+
+On the first SIGTERM (or Ctrl-C) aiml stops taking work: readiness turns false and new
+inference requests get 503 ``draining`` with ``Retry-After``, while the requests in flight
+finish, for at most ``AIML_DRAIN_TIMEOUT_S``. Then uvicorn shuts down, the lifespan unloads
+every model, and the process exits 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from aiml.api.app import create_app
+from aiml.observability.logging import configure_logging
+from aiml.settings import Settings
+
+__all__ = ["run", "safe_host"]
+
+log = logging.getLogger("aiml")
+
+
+def safe_host(settings: Settings) -> str:
+    """The address to bind: loopback only unless API keys protect the service."""
+    if settings.api_keys.strip() or _is_loopback(settings.host):
+        return settings.host
+    log.warning(
+        "no API keys configured (AIML_API_KEYS): binding 127.0.0.1 instead of %s, so only "
+        "this machine can reach aiml",
+        settings.host,
+    )
+    return "127.0.0.1"
+
+
+def run(settings: Settings) -> None:
+    configure_logging(settings.log_format, settings.log_level)
+    host = safe_host(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=settings.port,
+        log_config=None,  # ours, set above
+        access_log=False,  # aiml logs each request itself, with its request id
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+    )
+    _DrainingServer(config, app, settings.drain_timeout_s).run()
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: Any, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain_timeout_s = drain_timeout_s
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        services = getattr(self._app.state, "services", None)
+        if self._draining or services is None or self._loop is None:
+            super().handle_exit(sig, frame)  # a second signal, or nothing to drain yet
+            return
+        self._draining = True
+        services.manager.draining = True
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+    async def _drain(self) -> None:
+        traffic = self._app.state.traffic
+        log.info(
+            "draining: not ready, %d request(s) in flight, waiting up to %.0fs",
+            traffic.in_flight,
+            self._drain_timeout_s,
+        )
+        if not await traffic.wait_idle(self._drain_timeout_s):
+            log.warning("drain timeout: %d request(s) still in flight", traffic.in_flight)
+        self.should_exit = True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
