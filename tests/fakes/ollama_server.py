@@ -72,6 +72,8 @@ class OllamaStandIn:
     token_delay_s: float = 0.0
     #: when set, a streamed generation fails with this error after the first token
     fail_mid_stream: str | None = None
+    #: when set, the connection is cut after the first streamed token (a crash, not an error)
+    abort_mid_stream: bool = False
     streams_closed_early: int = 0
     embedding_dims: int = 8
 
@@ -282,6 +284,8 @@ class OllamaStandIn:
             for index, token in enumerate(tokens):
                 piece = token if index == 0 else f" {token}"
                 yield (json.dumps(self._frame(model, piece, chat, False)) + "\n").encode()
+                if self.abort_mid_stream:
+                    raise ConnectionAbortedError("the stand-in crashed mid-stream")
                 if self.fail_mid_stream is not None:
                     yield (json.dumps({"error": self.fail_mid_stream}) + "\n").encode()
                     finished = True

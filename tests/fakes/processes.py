@@ -81,10 +81,12 @@ def mlflow_server(folder: Path, port: int | None = None) -> Process:
     )
 
 
-def aiml_serve(folder: Path, env: dict[str, str], port: int | None = None) -> Process:
+def aiml_serve(
+    folder: Path, env: dict[str, str], port: int | None = None, *, log_level: str = "warning"
+) -> Process:
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "aiml", "serve", "--port", str(port), "--log-level", "warning"]
+    argv = [sys.executable, "-m", "aiml", "serve", "--port", str(port), "--log-level", log_level]
     full_env = {**os.environ, "AIML_HOME": str(folder / "home"), **env}
     return Process(
         argv,

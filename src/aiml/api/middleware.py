@@ -20,7 +20,6 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aiml.errors import PayloadTooLarge
 from aiml.observability.context import request_deadline, request_id
 
 from .auth import KeyRing
@@ -186,20 +185,34 @@ class BodyLimit:
         path = scope["path"]
         limit = self.upload_bytes if path == "/admin/models/register" else self.max_bytes
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await _too_large(path, limit)(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)  # the server stops at Content-Length
+                return
+        # No Content-Length (chunked): read up to the limit here, then hand the body on.
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
                 await _too_large(path, limit)(scope, receive, send)
                 return
-        seen = 0
+        replayed = False
 
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:  # a chunked body without a length: stop reading at the limit
-                raise PayloadTooLarge(f"the request body is over {limit} bytes", param="body")
-            return message
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        await self.app(scope, counted, send)
+        await self.app(scope, replay, send)
 
 
 def _too_large(path: str, limit: int) -> Any:

@@ -1,0 +1,115 @@
+"""Injected faults: each gives the right status in time, nothing hangs or leaks, and service
+resumes within a second of the part coming back.
+
+(Also elsewhere: a model whose load fails, test_local_api; an error reported mid-stream,
+test_openai_api and test_ollama_api; a slow engine past its deadline, test_backpressure.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
+from tests.fakes.mlflow_client import UnreachableMlflowClient
+
+CHAT = {"task": "chat", "engine": "ollama", "model_name": "llama2-7b-chat",
+        "data": {"messages": [{"role": "user", "content": "one two three"}]}}  # fmt: skip
+
+
+def first_success_after(client: httpx.Client, body: dict[str, object], since: float) -> float:
+    """Seconds from ``since`` until ``body`` succeeds (retrying as a client would)."""
+    while client.post("/inference/infer", json=body).status_code != 200:
+        assert time.monotonic() - since < 5.0
+    return time.monotonic() - since
+
+
+def test_ollama_crashing_mid_stream_then_going_away_then_coming_back(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("llama2-7b-chat", "llama2:7b", alias="production")
+    aiml = start_aiml()
+    with aiml.client() as client:
+        ollama.state.abort_mid_stream = True
+        started = time.monotonic()
+        cut = client.post("/inference/infer", json={**CHAT, "stream": True})
+        lines = cut.text.strip().splitlines()
+        assert '"engine_unavailable"' in lines[-1]  # the connection dropped: said in the stream
+        assert time.monotonic() - started < 2.0
+        ollama.state.abort_mid_stream = False
+
+        ollama.server.stop()
+        down = client.post("/inference/infer", json=CHAT)
+        assert (down.status_code, down.json()["error"]["code"]) == (503, "engine_unavailable")
+        ollama.server.start()
+        assert first_success_after(client, CHAT, time.monotonic()) < 1.0
+        stats = client.get("/inference/stats").json()["stats"]
+        assert stats["in_flight"] == {"ollama": 0, "llamacpp": 0, "transformers": 0}
+
+
+def test_the_registry_going_away_mid_load(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, model_files: ModelFiles
+) -> None:
+    registry.register_files(model_files.tiny_lm_a, "lm")
+    aiml = start_aiml()
+    adapter = aiml.services.registry
+    real = adapter._client
+
+    class DownloadFails:
+        """The version is found, then the registry is gone when its files are fetched."""
+
+        def __getattr__(self, name: str) -> object:
+            if name == "get_model_version_download_uri":
+                return UnreachableMlflowClient().__getattr__(name)
+            return getattr(real, name)
+
+    body = {"task": "text-generation", "engine": "transformers", "model_name": "lm",
+            "data": {"inputs": "the cat"}, "options": {"max_tokens": 3}}  # fmt: skip
+    adapter._client = DownloadFails()  # type: ignore[assignment]
+    with aiml.client() as client:
+        started = time.monotonic()
+        failed = client.post("/inference/infer", json=body)
+        assert (failed.status_code, failed.json()["error"]["code"]) == (503, "registry_unavailable")
+        assert time.monotonic() - started < 2.0
+        assert client.get("/inference/loaded").json()["models"] == []  # nothing half-loaded
+        cache = aiml.services.artifacts.root
+        assert not (cache / "lm").exists()
+        assert not any((cache / ".staging").iterdir())
+        adapter._client = real  # back
+        assert first_success_after(client, body, time.monotonic()) < 1.0
+
+
+def test_a_stream_failing_midway_releases_everything(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("llama2-7b-chat", "llama2:7b")
+    aiml = start_aiml(max_in_flight=1, max_queue=0)
+    ollama.state.fail_mid_stream = "out of memory"
+    with aiml.client() as client:
+        for _ in range(3):  # with one slot, a leaked slot would turn the next ones into 429s
+            broken = client.post("/inference/infer", json={**CHAT, "stream": True})
+            assert broken.status_code == 200
+            assert "out of memory" in broken.text.strip().splitlines()[-1]
+        ollama.state.fail_mid_stream = None
+        assert client.post("/inference/infer", json=CHAT).status_code == 200
+
+
+def test_a_slow_stream_stops_at_its_deadline(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("llama2-7b-chat", "llama2:7b")
+    aiml = start_aiml(ollama_timeout_s=30.0)
+    ollama.state.token_delay_s = 0.5
+    long_prompt = {**CHAT, "data": {"messages": [{"role": "user", "content": "word " * 50}]}}
+    with aiml.client() as client:
+        started = time.monotonic()
+        slow = client.post("/inference/infer", json={**long_prompt, "stream": True},
+                           headers={"x-request-timeout": "1.2"})  # fmt: skip
+        assert time.monotonic() - started < 2.5
+        assert '"deadline_exceeded"' in slow.text.strip().splitlines()[-1]
+    deadline = time.monotonic() + 2
+    while ollama.state.streams_closed_early == 0:  # and the Ollama request was closed
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
