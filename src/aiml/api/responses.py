@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 __all__ = ["JSONResponse", "error_response"]
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSON response (so the OpenAPI schema documents JSON), rendered by orjson."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

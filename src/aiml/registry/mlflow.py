@@ -382,7 +382,9 @@ class MlflowRegistry:
             )
         if isinstance(exc, MlflowException) and _is_missing(exc) and not_found is not None:
             return ModelNotFound(not_found)
-        refused = isinstance(exc, MlflowException) and exc.error_code == "INVALID_PARAMETER_VALUE"
+        refused = isinstance(exc, ValueError) or (
+            isinstance(exc, MlflowException) and exc.error_code == "INVALID_PARAMETER_VALUE"
+        )
         if refused and invalid is not None:
             return InvalidRequest(f"{invalid}: {_short(exc)}", param=invalid)
         return RegistryError(f"model registry at {self._uri} failed: {_short(exc)}")
