@@ -77,6 +77,7 @@ def build_engines(
                 timeout_s=settings.ollama_timeout_s,
                 connect_timeout_s=settings.ollama_connect_timeout_s,
                 allow_pull=settings.ollama_allow_pull,
+                fast_transport=settings.ollama_fast_transport,
             )
         elif name == "openai":
             if not settings.openai_base_url:

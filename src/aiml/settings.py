@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     ollama_connect_timeout_s: PositiveFloat = Field(
         default=5.0, description="Connect timeout for Ollama (seconds)."
     )
+    ollama_fast_transport: bool = Field(
+        default=True,
+        description="Speak HTTP to Ollama through aiml's lean transport (httpx's own if false).",
+    )
     ollama_allow_pull: bool = Field(
         default=False,
         description="Pull a model the Ollama server lacks instead of answering 404.",

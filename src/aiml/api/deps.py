@@ -13,7 +13,8 @@ from .schemas import ErrorResponse
 __all__ = ["ERROR_RESPONSES", "ServicesDep"]
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in its threadpool, a thread hop per request
     services: Services = request.app.state.services
     return services
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -84,6 +85,9 @@ class RequestContext:
     def __init__(self, app: ASGIApp, *, traffic: Traffic) -> None:
         self.app = app
         self.traffic = traffic
+        # A random prefix per process and a counter: unique, and cheaper than uuid4 per request.
+        prefix = uuid.uuid4().hex[:16]
+        self._ids = (f"{prefix}{n:016x}".encode() for n in itertools.count(1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,7 +100,7 @@ class RequestContext:
                 rid = value
             elif name == b"x-request-timeout":
                 timeout = value
-        rid = rid or uuid.uuid4().hex.encode()
+        rid = rid or next(self._ids)
         status = 500
         started = time.perf_counter()
 

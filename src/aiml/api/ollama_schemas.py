@@ -111,6 +111,8 @@ class EmbeddingsBody(_Body):
 
 def sampling(options: dict[str, Any] | None) -> SamplingParams:
     """Ollama's option names onto aiml's, validated as aiml's own options are."""
+    if not options:
+        return SamplingParams()
     values: dict[str, Any] = {}
     for name, value in (options or {}).items():
         if name in _MAPPED:

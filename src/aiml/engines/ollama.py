@@ -8,6 +8,7 @@ anything else the server says -> 502.
 
 from __future__ import annotations
 
+import http.cookiejar
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
@@ -35,6 +36,7 @@ from aiml.types import (
 )
 
 from .base import Engine
+from .transport import FastTransport, LeanAsyncClient
 
 __all__ = ["MODEL_NAME_TAG", "OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]
 
@@ -73,13 +75,18 @@ class OllamaEngine(Engine):
         timeout_s: float,
         connect_timeout_s: float,
         allow_pull: bool = False,
+        fast_transport: bool = True,
     ) -> None:
         self._host = host
         self._allow_pull = allow_pull
         # Ollama's default timeout is None: a stuck server would hold a request forever.
-        self._client = ollama.AsyncClient(
-            host=host, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        )
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        if fast_transport:
+            self._client: ollama.AsyncClient = _LeanOllamaClient(
+                host, timeout=timeout, transport=FastTransport()
+            )
+        else:
+            self._client = ollama.AsyncClient(host=host, timeout=timeout, cookies=_NoCookies())
 
     @property
     def location(self) -> str:
@@ -273,6 +280,25 @@ class OllamaEngine(Engine):
                 f"{self.location} dropped the connection: {type(exc).__name__}"
             )
         return EngineError(f"{self.location} failed: {type(exc).__name__}: {exc}")
+
+
+class _LeanOllamaClient(ollama.AsyncClient):
+    """The official client, its methods and types unchanged, over :class:`LeanAsyncClient`."""
+
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        # ollama.AsyncClient passes httpx.AsyncClient to the shared base; ours instead.
+        super(ollama.AsyncClient, self).__init__(LeanAsyncClient, host, **kwargs)
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """Ollama sets no cookies; httpx would still parse every response for them (measured:
+    a visible share of a gateway request's CPU)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None
 
 
 def _options(params: SamplingParams) -> dict[str, Any]:

@@ -158,13 +158,12 @@ class StreamOutcome:
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         """The text pieces; the final chunk (``done``) carries the whole generation."""
         pieces = cast(AsyncGenerator[GenerationChunk, None], self._opened.chunks())
-        loop = asyncio.get_running_loop()
         first = True
         try:
             while True:
-                remaining = self._deadline_at - loop.time()
                 try:
-                    chunk = await asyncio.wait_for(anext(pieces), max(remaining, 0))
+                    async with asyncio.timeout_at(self._deadline_at):
+                        chunk = await anext(pieces)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

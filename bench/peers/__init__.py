@@ -1,0 +1,1 @@
+"""Small servers the gateway benchmark compares aiml with (never shipped)."""

@@ -1,0 +1,64 @@
+"""An Ollama-API backend that answers at once: the common engine of every path measured."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+MODELS = ["llama2:7b"]
+
+
+def _json(payload: object) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+async def chat(request: Request) -> Response:
+    body = orjson.loads(await request.body())
+    return _json(
+        {
+            "model": body["model"],
+            "created_at": "2024-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+            "done": True,
+            "done_reason": "stop",
+            "total_duration": 1000,
+            "load_duration": 10,
+            "prompt_eval_count": 8,
+            "prompt_eval_duration": 100,
+            "eval_count": 9,
+            "eval_duration": 800,
+        }
+    )
+
+
+async def tags(request: Request) -> Response:
+    return _json(
+        {"models": [{"name": m, "model": m, "modified_at": "2024-01-01T00:00:00Z", "size": 1,
+                     "digest": "0" * 64, "details": {}} for m in MODELS]}
+    )  # fmt: skip
+
+
+async def show(request: Request) -> Response:
+    return _json(
+        {"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {}}
+    )
+
+
+async def version(request: Request) -> Response:
+    return _json({"version": "0.12.6", "time": time.time()})
+
+
+app = Starlette(
+    routes=[
+        Route("/api/chat", chat, methods=["POST"]),
+        Route("/api/tags", tags, methods=["GET"]),
+        Route("/api/show", show, methods=["POST"]),
+        Route("/api/ps", lambda r: _json({"models": []}), methods=["GET"]),
+        Route("/api/version", version, methods=["GET"]),
+    ]
+)
