@@ -170,3 +170,34 @@ def test_metrics_agree_with_the_stats_route(
         seen[("aiml_time_to_first_token_seconds_count", (("engine", "ollama"), ("task", "chat")))]
         == 1
     )
+
+
+async def test_admission_is_first_come_first_served() -> None:
+    from aiml.inference.admission import Admission
+
+    gate = Admission("e", limit=1, queue=3)
+    await gate.enter()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await gate.enter()
+        order.append(name)
+
+    first, b, c = (asyncio.ensure_future(wait(n)) for n in ("a", "b", "c"))
+    await asyncio.sleep(0)
+    b.cancel()  # b gives up while queued
+    await asyncio.sleep(0)
+    gate.leave()  # the slot goes to a, the longest waiter...
+    newcomer = asyncio.ensure_future(wait("newcomer"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert first.done()
+    assert order == ["a"]  # ...and a newcomer cannot take it, it queues behind c
+    assert gate.running == 1
+    gate.leave()
+    await c
+    gate.leave()
+    await newcomer
+    assert order == ["a", "c", "newcomer"]
+    gate.leave()
+    assert (gate.running, gate.waiting) == (0, 0)

@@ -183,3 +183,29 @@ async def test_the_version_picks_the_engine_at_no_extra_registry_cost(
     assert await harness.resolver.engine_for(ModelRef("legacy")) == "ollama"  # from its tags
     with pytest.raises(ModelNotFound, match="<engine>/<name>"):
         await harness.resolver.engine_for(ModelRef("nobody-registered-this"))
+
+
+async def test_a_warm_reference_is_refreshed_before_it_expires(
+    harness: Harness, registry: Registry
+) -> None:
+    registry.register("m", "llama2:7b", alias="prod")
+    registry.register("m", "llama2:13b")
+    ref = ModelRef("m", alias="prod")
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
+    registry.client.set_registered_model_alias("m", "prod", "2")
+
+    harness.clock.now += 26  # inside the last fifth of the 30 s TTL: still served from cache,
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
+    await asyncio.gather(*harness.resolver._background)  # while a refresh runs behind it
+    calls = harness.spy.total
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    harness.clock.now += 4.5  # past the first entry's expiry: the refreshed one answers
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    assert harness.spy.total == calls  # no request waited for the registry
+
+    real = harness.registry._client
+    harness.registry._client = UnreachableMlflowClient()  # type: ignore[assignment]
+    harness.clock.now += 25  # a refresh that fails leaves the entry to expire as usual
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    await asyncio.gather(*harness.resolver._background)
+    harness.registry._client = real

@@ -16,6 +16,7 @@ it, so a model resolved for ``chat`` is warm for ``text-generation`` and the ver
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +33,7 @@ from .stats import Stats
 __all__ = ["ModelResolver", "engine_of"]
 
 T = TypeVar("T")
+log = logging.getLogger("aiml.resolver")
 # After a failed refresh, the stale mapping is re-checked this often rather than per request.
 _OUTAGE_RETRY_S = 1.0
 # Tags that name an engine's model, for versions registered without an inference_engine tag.
@@ -80,6 +82,11 @@ class ModelResolver:
         self._entries: dict[ModelRef, _Entry] = {}
         self._inflight: dict[tuple[ModelRef, str | None], asyncio.Future[Any]] = {}
         self._epoch = 0
+        # Entries still in use are looked up again this long before they expire, in the
+        # background, so no request waits for the registry once a reference is warm.
+        self._ahead_s = min(ttl_s / 5, 5.0)
+        self._refreshing: set[ModelRef] = set()
+        self._background: set[asyncio.Future[None]] = set()
         self._tag_keys = tuple(sorted({k for e in engines.values() for k in e.model_tag_keys}))
 
     def __len__(self) -> int:
@@ -90,6 +97,8 @@ class ModelResolver:
         entry = self._fresh(ref)
         if entry is not None and engine in entry.models:
             self._stats.cache_hits += 1
+            if entry.expires_at - self._clock() < self._ahead_s:
+                self._refresh_soon(ref, entry)
             return entry.models[engine]
         self._stats.cache_misses += 1
         epoch = self._epoch  # what a clear() after this point must not see repopulated
@@ -191,17 +200,55 @@ class ModelResolver:
     async def _check(
         self, ref: ModelRef, entry: _Entry, engine_name: str, epoch: int
     ) -> ResolvedModel:
+        model = await self._engine_model(ref, entry.version, engine_name)
+        if epoch == self._epoch:
+            entry.models[engine_name] = model
+        return model
+
+    async def _engine_model(
+        self, ref: ModelRef, version: RegistryVersion | None, engine_name: str
+    ) -> ResolvedModel:
         engine = self._engines.get(engine_name)
         if engine is None:
             raise InvalidRequest(f"unknown engine {engine_name!r}", param="engine")
         self._stats.engine_checks += 1
-        if entry.version is None:
-            model = await self._direct(ref, engine)
-        else:
-            model = await self._from_registry(entry.version, engine)
-        if epoch == self._epoch:
-            entry.models[engine_name] = model
-        return model
+        if version is None:
+            return await self._direct(ref, engine)
+        return await self._from_registry(version, engine)
+
+    def _refresh_soon(self, ref: ModelRef, entry: _Entry) -> None:
+        if ref in self._refreshing:
+            return
+        self._refreshing.add(ref)
+        task = asyncio.ensure_future(self._refresh_ahead(ref, entry, self._epoch))
+        self._background.add(task)
+
+        def done(finished: asyncio.Future[None]) -> None:
+            self._background.discard(finished)
+            self._refreshing.discard(ref)
+
+        task.add_done_callback(done)
+
+    async def _refresh_ahead(self, ref: ModelRef, old: _Entry, epoch: int) -> None:
+        """Replace an entry about to expire with a fresh one, engine results included.
+
+        Any failure leaves the old entry to expire as usual: the request path then looks up
+        (and reports) for itself.
+        """
+        self._stats.resolutions += 1
+        try:
+            version = await self._registry.find_version(ref, model_tag_keys=self._tag_keys)
+            fresh = _Entry(version, self._clock() + self._ttl_s)
+            if version == old.version:
+                fresh.models = dict(old.models)
+            else:
+                for engine_name in list(old.models):
+                    fresh.models[engine_name] = await self._engine_model(ref, version, engine_name)
+        except Exception as exc:  # the background must never raise into the void
+            log.debug("refreshing %s ahead of its expiry failed: %s", ref, exc)
+            return
+        if epoch == self._epoch and self._entries.get(ref) is old:
+            self._entries[ref] = fresh
 
     async def _direct(self, ref: ModelRef, engine: Engine) -> ResolvedModel:
         """The note's "way 2": a name the registry does not know is the engine's own name."""

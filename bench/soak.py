@@ -1,0 +1,193 @@
+"""A load run well past the limits, with the engine and the registry stopped and restarted
+during it: every request must end in a success or a meaningful error within its deadline,
+the process must stay up with flat memory, and /metrics must agree with the client's counts.
+
+    .venv/bin/python -m bench.soak --seconds 60 --concurrency 64
+
+aiml runs as ``aiml serve`` against a real ``mlflow server`` and the stand-in Ollama server,
+with small limits (8 running, 8 queued, a 2 s deadline) so that overload is constant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from aiml import errors
+from tests.fakes.ollama_server import OllamaStandIn
+from tests.fakes.processes import aiml_serve, mlflow_server
+from tests.fakes.servers import ServerThread
+
+DEADLINE_S = 2.0
+ALLOWED = {200, 404, 429, 503, 504}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="aiml-soak-"))
+    registry = mlflow_server(work / "mlflow")
+    registry.start()
+    engine = OllamaStandIn(delay_s=0.02, token_delay_s=0.005)
+    for name in ("llama2:7b", "llama2:13b"):
+        engine.add(name)
+    ollama = ServerThread(engine.app(), lifespan="off").start()
+    url = registry.health_url.removesuffix("/health")
+    env = {
+        "MLFLOW_TRACKING_URI": url,
+        "OLLAMA_HOST": ollama.url,
+        "AIML_ENGINES": "ollama",
+        "AIML_MAX_IN_FLIGHT": "8",
+        "AIML_MAX_QUEUE": "8",
+        "AIML_REQUEST_TIMEOUT_S": str(DEADLINE_S),
+        "AIML_RESOLVE_TTL_S": "1",
+        "AIML_OLLAMA_TIMEOUT_S": "5",
+    }
+    full = {**os.environ, **env, "AIML_HOME": str(work / "home")}
+    for local, name in (("llama2:7b", "chat-a"), ("llama2:13b", "chat-b")):
+        subprocess.run([sys.executable, "-m", "aiml", "register-ollama", local, name, "--alias", "prod"],
+                       env=full, check=True, capture_output=True)  # fmt: skip
+    aiml = aiml_serve(work / "aiml", env)
+    aiml.start()
+    base = aiml.health_url.removesuffix("/health/live")
+    try:
+        outcome = asyncio.run(_run(base, args, aiml.proc.pid if aiml.proc else 0, ollama, registry))
+        alive = aiml.proc is not None and aiml.proc.poll() is None
+        metrics = httpx.get(f"{base}/metrics").text
+    finally:
+        aiml.stop()
+        ollama.stop()
+        registry.stop()
+    _report(outcome, metrics, alive, args)
+
+
+async def _run(
+    base: str, args: argparse.Namespace, pid: int, ollama: ServerThread, registry: object
+) -> dict[str, object]:
+    statuses: collections.Counter[int] = collections.Counter()
+    late: list[float] = []
+    latencies: list[float] = []
+    rss: list[int] = []
+    stop_at = time.monotonic() + args.seconds
+    bodies = _bodies()
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while time.monotonic() < stop_at:
+            path, body = random.choice(bodies)
+            started = time.monotonic()
+            try:
+                response = await http.post(path, json=body)
+                await response.aread()
+                status = _outcome(response)
+            except httpx.HTTPError:
+                status = -1  # no answer at all: never acceptable
+            took = time.monotonic() - started
+            statuses[status] += 1
+            latencies.append(took)
+            if took > DEADLINE_S + 1.0:
+                late.append(took)
+
+    async def faults() -> None:
+        plan = [
+            (0.2, ollama.stop, "engine stopped"),
+            (0.35, ollama.start, "engine back"),
+            (0.5, registry.stop, "registry stopped"),
+            (0.75, registry.start, "registry back"),
+        ]  # type: ignore[attr-defined]
+        began = time.monotonic()
+        for at, action, label in plan:
+            await asyncio.sleep(max(0.0, began + at * args.seconds - time.monotonic()))
+            await asyncio.to_thread(action)
+            print(f"{time.monotonic() - began:6.1f}s {label}", flush=True)
+
+    async def memory() -> None:
+        while time.monotonic() < stop_at:
+            rss.append(_rss(pid))
+            await asyncio.sleep(1)
+
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    async with httpx.AsyncClient(base_url=base, timeout=DEADLINE_S + 5, limits=limits) as http:
+        await asyncio.gather(faults(), memory(), *(client(http) for _ in range(args.concurrency)))
+    return {"statuses": statuses, "late": late, "latencies": latencies, "rss": rss}
+
+
+def _outcome(response: httpx.Response) -> int:
+    """The status the request ended with: for a stream, the error its last line reports."""
+    if response.status_code == 200 and "ndjson" in response.headers.get("content-type", ""):
+        last = json.loads(response.text.strip().splitlines()[-1])
+        if last.get("success") is False:
+            return _STATUS[last["error"]["code"]]
+    return response.status_code
+
+
+_STATUS = {cls.code: cls.status_code for cls in errors.AimlError.__subclasses__()}
+
+
+def _bodies() -> list[tuple[str, dict[str, object]]]:
+    messages = [{"role": "user", "content": "tell me about load shedding"}]
+    return [
+        ("/inference/infer", {"task": "chat", "engine": "ollama", "model_name": "chat-a@prod", "data": {"messages": messages}}),
+        ("/inference/infer", {"task": "text-generation", "engine": "ollama", "model_name": "chat-b", "data": {"inputs": "hi"}, "stream": True}),
+        ("/v1/chat/completions", {"model": "chat-b@prod", "messages": messages}),
+        ("/api/chat", {"model": "chat-a:prod", "messages": messages, "stream": False}),
+        ("/api/generate", {"model": "llama2:7b", "prompt": "a b c"}),
+    ]  # fmt: skip
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _report(
+    outcome: dict[str, object], metrics: str, alive: bool, args: argparse.Namespace
+) -> None:
+    statuses: collections.Counter[int] = outcome["statuses"]  # type: ignore[assignment]
+    latencies: list[float] = outcome["latencies"]  # type: ignore[assignment]
+    rss: list[int] = outcome["rss"]  # type: ignore[assignment]
+    late: list[float] = outcome["late"]  # type: ignore[assignment]
+    served: collections.Counter[int] = collections.Counter()
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "aiml_requests_total":
+                served[int(sample.labels["status"])] += int(sample.value)
+    total = sum(statuses.values())
+    print(f"\n{total} requests in {args.seconds} s at concurrency {args.concurrency}")
+    print("client saw   :", dict(sorted(statuses.items())))
+    print("aiml counted :", dict(sorted(served.items())))
+    unexpected = {s: n for s, n in statuses.items() if s not in ALLOWED}
+    print(f"outside {sorted(ALLOWED)}: {unexpected or 'none'}")
+    print(f"answered later than deadline + 1 s: {len(late)}")
+    q = statistics.quantiles(latencies, n=100)
+    print(
+        f"latency p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+    )
+    third = max(1, len(rss) // 3)
+    print(f"aiml RSS MiB: first third {statistics.median(rss[:third]) / 2**20:.1f}, "
+          f"last third {statistics.median(rss[-third:]) / 2**20:.1f}, max {max(rss) / 2**20:.1f}")  # fmt: skip
+    print(f"aiml process still up after the run: {alive}")
+    agree = all(served.get(s, 0) == n for s, n in statuses.items())
+    print(f"metrics agree with the client's counts: {agree}")
+
+
+if __name__ == "__main__":
+    main()
