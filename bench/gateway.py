@@ -93,8 +93,23 @@ def _uvicorn(
 ) -> Process:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     return Process(
         argv,
         env={**os.environ, **(env or {})},
@@ -126,22 +141,48 @@ def _targets(work: Path, backend: str, args: argparse.Namespace) -> list[Target]
         "AIML_HOME": str(work / "aiml-home"),
     }
     subprocess.run(
-        [sys.executable, "-m", "aiml", "register-ollama", "llama2:7b", "llama2-7b-chat", "--alias", "production"],
-        env={**os.environ, **aiml_env}, check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aiml",
+            "register-ollama",
+            "llama2:7b",
+            "llama2-7b-chat",
+            "--alias",
+            "production",
+        ],
+        env={**os.environ, **aiml_env},
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     aiml = Process(
         [sys.executable, "-m", "aiml", "serve", "--port", str(port)],
-        env={**os.environ, **aiml_env}, log=work / "aiml.log", health_url=f"http://127.0.0.1:{port}/health/live",
-    )  # fmt: skip
+        env={**os.environ, **aiml_env},
+        log=work / "aiml.log",
+        health_url=f"http://127.0.0.1:{port}/health/live",
+    )
     registered = {"model": "llama2-7b-chat@production", "messages": MESSAGES, "stream": False}
     targets += [
-        Target("aiml /api/chat", aiml, "/api/chat", {**registered, "model": "llama2-7b-chat:production"}),
+        Target(
+            "aiml /api/chat",
+            aiml,
+            "/api/chat",
+            {**registered, "model": "llama2-7b-chat:production"},
+        ),
         Target("aiml /v1", aiml, "/v1/chat/completions", registered),
-        Target("aiml /inference", aiml, "/inference/infer", {
-            "task": "chat", "engine": "ollama", "model_name": "llama2-7b-chat@production",
-            "data": {"messages": MESSAGES}}),
-    ]  # fmt: skip
+        Target(
+            "aiml /inference",
+            aiml,
+            "/inference/infer",
+            {
+                "task": "chat",
+                "engine": "ollama",
+                "model_name": "llama2-7b-chat@production",
+                "data": {"messages": MESSAGES},
+            },
+        ),
+    ]
     if Path(args.litellm).exists():
         config = work / "litellm.yaml"
         config.write_text(
@@ -150,12 +191,30 @@ def _targets(work: Path, backend: str, args: argparse.Namespace) -> list[Target]
         )
         port = free_port()
         litellm = Process(
-            [args.litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+            [
+                args.litellm,
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+            ],
             env={**os.environ, "LITELLM_MASTER_KEY": "sk-bench", "LITELLM_LOG": "ERROR"},
-            log=work / "litellm.log", health_url=f"http://127.0.0.1:{port}/health/liveliness",
-        )  # fmt: skip
-        targets.append(Target("litellm", litellm, "/chat/completions", {"model": "llama2-7b-chat", "messages": MESSAGES},
-                              {"Authorization": "Bearer sk-bench"}))  # fmt: skip
+            log=work / "litellm.log",
+            health_url=f"http://127.0.0.1:{port}/health/liveliness",
+        )
+        targets.append(
+            Target(
+                "litellm",
+                litellm,
+                "/chat/completions",
+                {"model": "llama2-7b-chat", "messages": MESSAGES},
+                {"Authorization": "Bearer sk-bench"},
+            )
+        )
     return targets
 
 
@@ -169,9 +228,13 @@ def _measure(
             for target in targets:  # interleaved: every path sees the same noise
                 run = _wrk(target, concurrency, args.seconds)
                 results.setdefault((target.name, concurrency), []).append(run)
-                print(f"round {round_ + 1} c={concurrency:<3} {target.name:<18} "
-                      f"p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms  {run['rps']:.0f} req/s  "
-                      f"cpu {run['cpu_ms']:.3f} ms/req  errors {run['errors']:.0f}", flush=True)  # fmt: skip
+                print(
+                    f"round {round_ + 1} c={concurrency:<3} {target.name:<18} "
+                    f"p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms  "
+                    f"{run['rps']:.0f} req/s  cpu {run['cpu_ms']:.3f} ms/req  "
+                    f"errors {run['errors']:.0f}",
+                    flush=True,
+                )
     return results
 
 
@@ -187,9 +250,20 @@ def _wrk(target: Target, concurrency: int, seconds: int) -> dict[str, float]:
     pid = target.process.proc.pid if target.process.proc else 0
     before = _cpu_seconds(pid)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", lua.name, target.url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            lua.name,
+            target.url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     used = _cpu_seconds(pid) - before
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
@@ -231,8 +305,10 @@ def _report(
         return statistics.median(run[key] for run in results[(name, c)])
 
     direct = med("direct", levels[0], "p50_ms")
-    print(f"\nmedians of {args.rounds} rounds, {args.seconds} s each, wrk -t1; "
-          f"'added' is p50 minus the backend's own p50 at c={levels[0]}")  # fmt: skip
+    print(
+        f"\nmedians of {args.rounds} rounds, {args.seconds} s each, wrk -t1; "
+        f"'added' is p50 minus the backend's own p50 at c={levels[0]}"
+    )
     head = f"{'path':<18} {'added p50 c=1':>13}"
     for c in levels:
         head += f" | {'p50':>7} {'p99':>7} {'req/s':>7} {'cpu/req':>8} (c={c})"
@@ -240,8 +316,10 @@ def _report(
     for name in names:
         row = f"{name:<18} {med(name, levels[0], 'p50_ms') - direct:>10.3f} ms"
         for c in levels:
-            row += (f" | {med(name, c, 'p50_ms'):>7.3f} {med(name, c, 'p99_ms'):>7.3f} "
-                    f"{med(name, c, 'rps'):>7.0f} {med(name, c, 'cpu_ms'):>6.3f}ms")  # fmt: skip
+            row += (
+                f" | {med(name, c, 'p50_ms'):>7.3f} {med(name, c, 'p99_ms'):>7.3f} "
+                f"{med(name, c, 'rps'):>7.0f} {med(name, c, 'cpu_ms'):>6.3f}ms"
+            )
         print(row)
 
 

@@ -91,8 +91,10 @@ def _register(work: Path, env: dict[str, str], paths: dict[str, Path]) -> None:
     ):
         subprocess.run(
             [sys.executable, "-m", "aiml", "register", str(path), name, "--task", task],
-            env=full_env, check=True, capture_output=True,
-        )  # fmt: skip
+            env=full_env,
+            check=True,
+            capture_output=True,
+        )
 
 
 def _tokens_per_second(
@@ -103,9 +105,12 @@ def _tokens_per_second(
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
     base = server.health_url.removesuffix("/health/live")
     body = {
-        "task": "text-generation", "engine": "llamacpp", "model_name": "smollm2-135m-instruct",
-        "data": {"inputs": PROMPT}, "options": {"max_tokens": tokens, "temperature": 0},
-    }  # fmt: skip
+        "task": "text-generation",
+        "engine": "llamacpp",
+        "model_name": "smollm2-135m-instruct",
+        "data": {"inputs": PROMPT},
+        "options": {"max_tokens": tokens, "temperature": 0},
+    }
     direct: list[float] = []
     via: list[float] = []
     with httpx.Client(base_url=base, timeout=300) as http:
@@ -144,9 +149,11 @@ def _embeddings_per_second(
 def _embed_run(server: Process, seconds: int, concurrency: int) -> float:
     base = server.health_url.removesuffix("/health/live")
     body = {
-        "task": "embeddings", "engine": "transformers", "model_name": "all-minilm-l6-v2",
+        "task": "embeddings",
+        "engine": "transformers",
+        "model_name": "all-minilm-l6-v2",
         "data": {"inputs": "a cat sat on the mat and looked at the kitten"},
-    }  # fmt: skip
+    }
     httpx.post(f"{base}/inference/infer", json=body, timeout=300).raise_for_status()  # warm
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
@@ -154,8 +161,15 @@ def _embed_run(server: Process, seconds: int, concurrency: int) -> float:
             'wrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = [[{json.dumps(body)}]]\n"
         )
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", script.name,
-               f"{base}/inference/infer"]  # fmt: skip
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "-s",
+        script.name,
+        f"{base}/inference/infer",
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in output:
         raise SystemExit(f"errors during the run:\n{output}")

@@ -50,9 +50,12 @@ def main() -> None:
         name = f"team-model-{index:04d}"
         client.create_registered_model(name)
         version = client.create_model_version(
-            name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
-            tags={"ollama_model_name": "llama2:7b"}, await_creation_for=0,
-        )  # fmt: skip
+            name,
+            f"runs:/{run.info.run_id}/model",
+            run_id=run.info.run_id,
+            tags={"ollama_model_name": "llama2:7b"},
+            await_creation_for=0,
+        )
         client.set_registered_model_alias(name, "production", version.version)
 
     with ThreadPoolExecutor(8) as pool:
@@ -98,19 +101,29 @@ def main() -> None:
         registry.stop()
         ollama_server.stop()
 
-    print(f"\nregistered models: {args.models}; models asked for: {len(targets)}; "
-          f"warm requests per model: {args.warm}")  # fmt: skip
+    print(
+        f"\nregistered models: {args.models}; models asked for: {len(targets)}; "
+        f"warm requests per model: {args.warm}"
+    )
     print(f"{'reference form':<22} {'cold calls (mean/max)':>22} {'warm calls (mean/max)':>22}")
     for form, cold, warm in rows:
-        print(f"{form:<22} {statistics.mean(cold):>13.2f} / {max(cold):<6} "
-              f"{statistics.mean(warm):>13.2f} / {max(warm):<6}")  # fmt: skip
-    print(f"aiml's own count: registry_lookups={stats['registry_lookups']}, "
-          f"resolutions={stats['resolutions']}, cache hits={stats['cache']['hits']}")  # fmt: skip
+        print(
+            f"{form:<22} {statistics.mean(cold):>13.2f} / {max(cold):<6} "
+            f"{statistics.mean(warm):>13.2f} / {max(warm):<6}"
+        )
+    print(
+        f"aiml's own count: registry_lookups={stats['registry_lookups']}, "
+        f"resolutions={stats['resolutions']}, cache hits={stats['cache']['hits']}"
+    )
 
 
 def _infer(http: httpx.Client, reference: str) -> int:
-    body = {"task": "text-generation", "engine": "ollama", "model_name": reference,
-            "data": {"inputs": "hello"}}  # fmt: skip
+    body = {
+        "task": "text-generation",
+        "engine": "ollama",
+        "model_name": reference,
+        "data": {"inputs": "hello"},
+    }
     return http.post("/inference/infer", json=body).status_code
 
 

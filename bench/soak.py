@@ -60,8 +60,12 @@ def main() -> None:
     }
     full = {**os.environ, **env, "AIML_HOME": str(work / "home")}
     for local, name in (("llama2:7b", "chat-a"), ("llama2:13b", "chat-b")):
-        subprocess.run([sys.executable, "-m", "aiml", "register-ollama", local, name, "--alias", "prod"],
-                       env=full, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "aiml", "register-ollama", local, name, "--alias", "prod"],
+            env=full,
+            check=True,
+            capture_output=True,
+        )
     aiml = aiml_serve(work / "aiml", env)
     aiml.start()
     base = aiml.health_url.removesuffix("/health/live")
@@ -143,12 +147,29 @@ _STATUS = {cls.code: cls.status_code for cls in errors.AimlError.__subclasses__(
 def _bodies() -> list[tuple[str, dict[str, object]]]:
     messages = [{"role": "user", "content": "tell me about load shedding"}]
     return [
-        ("/inference/infer", {"task": "chat", "engine": "ollama", "model_name": "chat-a@prod", "data": {"messages": messages}}),
-        ("/inference/infer", {"task": "text-generation", "engine": "ollama", "model_name": "chat-b", "data": {"inputs": "hi"}, "stream": True}),
+        (
+            "/inference/infer",
+            {
+                "task": "chat",
+                "engine": "ollama",
+                "model_name": "chat-a@prod",
+                "data": {"messages": messages},
+            },
+        ),
+        (
+            "/inference/infer",
+            {
+                "task": "text-generation",
+                "engine": "ollama",
+                "model_name": "chat-b",
+                "data": {"inputs": "hi"},
+                "stream": True,
+            },
+        ),
         ("/v1/chat/completions", {"model": "chat-b@prod", "messages": messages}),
         ("/api/chat", {"model": "chat-a:prod", "messages": messages, "stream": False}),
         ("/api/generate", {"model": "llama2:7b", "prompt": "a b c"}),
-    ]  # fmt: skip
+    ]
 
 
 def _rss(pid: int) -> int:
@@ -179,11 +200,14 @@ def _report(
     print(f"answered later than deadline + 1 s: {len(late)}")
     q = statistics.quantiles(latencies, n=100)
     print(
-        f"latency p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+        f"latency p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
+        f"max {max(latencies) * 1000:.1f} ms"
     )
     third = max(1, len(rss) // 3)
-    print(f"aiml RSS MiB: first third {statistics.median(rss[:third]) / 2**20:.1f}, "
-          f"last third {statistics.median(rss[-third:]) / 2**20:.1f}, max {max(rss) / 2**20:.1f}")  # fmt: skip
+    print(
+        f"aiml RSS MiB: first third {statistics.median(rss[:third]) / 2**20:.1f}, "
+        f"last third {statistics.median(rss[-third:]) / 2**20:.1f}, max {max(rss) / 2**20:.1f}"
+    )
     print(f"aiml process still up after the run: {alive}")
     agree = all(served.get(s, 0) == n for s, n in statuses.items())
     print(f"metrics agree with the client's counts: {agree}")
