@@ -73,11 +73,13 @@ def main() -> None:
         outcome = asyncio.run(_run(base, args, aiml.proc.pid if aiml.proc else 0, ollama, registry))
         alive = aiml.proc is not None and aiml.proc.poll() is None
         metrics = httpx.get(f"{base}/metrics").text
+        errors = httpx.get(f"{base}/inference/stats").json()["stats"]["errors"]
     finally:
         aiml.stop()
         ollama.stop()
         registry.stop()
     _report(outcome, metrics, alive, args)
+    print("aiml's errors by code:", errors)
 
 
 async def _run(

@@ -113,3 +113,41 @@ def test_a_slow_stream_stops_at_its_deadline(
     while ollama.state.streams_closed_early == 0:  # and the Ollama request was closed
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_a_hanging_registry_is_bounded_by_the_deadline_on_every_surface(
+    start_aiml: Callable[..., RunningAiml], registry: Registry
+) -> None:
+    registry.register("llama2-7b-chat", "llama2:7b", task="chat")
+    aiml = start_aiml()
+    adapter = aiml.services.registry
+    real = adapter._client
+
+    class Hanging:
+        def __getattr__(self, name: str) -> object:
+            method = getattr(real, name)
+
+            def slow(*args: object, **kwargs: object) -> object:
+                time.sleep(3)  # a registry that accepts the connection and then stalls
+                return method(*args, **kwargs)
+
+            return slow
+
+    adapter._client = Hanging()  # type: ignore[assignment]
+    calls = [
+        (
+            "/v1/chat/completions",
+            {"model": "llama2-7b-chat", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        ("/api/chat", {"model": "llama2-7b-chat", "messages": [{"role": "user", "content": "x"}]}),
+        ("/inference/infer", CHAT),
+    ]
+    with aiml.client() as client:
+        for path, body in calls:
+            started = time.monotonic()
+            response = client.post(path, json=body, headers={"x-request-timeout": "0.5"})
+            assert response.status_code == 504, (path, response.text)
+            assert time.monotonic() - started < 1.5, path
+        stats = client.get("/inference/stats").json()["stats"]
+    assert stats["by_status"]["504"] == 3  # counted, though two never reached an engine
+    adapter._client = real

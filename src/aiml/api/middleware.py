@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aiml.observability.context import request_deadline, request_id
+from aiml.observability.context import request_deadline, request_id, request_started
 
 from .auth import KeyRing
 from .errors import render_error
@@ -113,6 +113,7 @@ class RequestContext:
 
         id_token = request_id.set(rid.decode())
         deadline_token = request_deadline.set(_seconds(timeout))
+        started_token = request_started.set(asyncio.get_running_loop().time())
         self.traffic.enter()
         try:
             if timeout is not None and request_deadline.get() is None:
@@ -139,6 +140,7 @@ class RequestContext:
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     },
                 )
+            request_started.reset(started_token)
             request_deadline.reset(deadline_token)
             request_id.reset(id_token)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from aiml.errors import AimlError, DeadlineExceeded, Draining, InvalidRequest
-from aiml.observability.context import request_deadline
+from aiml.observability.context import request_deadline, request_started
 from aiml.observability.metrics import Metrics
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
@@ -239,7 +239,7 @@ class InferenceManager:
         if not counted:
             self.stats_source.started += 1
         account = _Accounting(self, call, started)
-        deadline_at = asyncio.get_running_loop().time() + self._timeout()
+        deadline_at = self.deadline_at()
         try:
             executor = self._admissible(call)
             gate = self.admission[call.engine]
@@ -271,7 +271,7 @@ class InferenceManager:
         if not counted:
             self.stats_source.started += 1
         account = _Accounting(self, call, started)
-        deadline_at = asyncio.get_running_loop().time() + self._timeout()
+        deadline_at = self.deadline_at()
         try:
             executor = self._admissible(call)
             if not executor.spec.streams:
@@ -360,9 +360,28 @@ class InferenceManager:
             self.limits.check(measure())
         return executor
 
-    def _timeout(self) -> float:
+    def deadline_at(self) -> float:
+        """When the current request must be answered (the loop's clock): its arrival plus the
+        service's timeout, or less if the client asked for less."""
         asked = request_deadline.get()
-        return min(asked, self.request_timeout_s) if asked else self.request_timeout_s
+        timeout = min(asked, self.request_timeout_s) if asked else self.request_timeout_s
+        started = request_started.get()
+        return (started if started is not None else asyncio.get_running_loop().time()) + timeout
+
+    async def within_deadline(self, work: Awaitable[T], *, task: str | None = None) -> T:
+        """``work`` (finding a model's engine, say) bounded by the request's deadline.
+
+        With ``task``, a failure is counted as that inference request's outcome (it ends
+        there, before :meth:`run`), so the stats and metrics still see every request.
+        """
+        try:
+            return await _within(work, self.deadline_at())
+        except AimlError as exc:
+            if task is not None:
+                self.stats_source.started += 1
+                call = TaskCall(task, "-", ModelRef("-"), None)
+                _Accounting(self, call, time.perf_counter()).failed(exc)
+            raise
 
     def _prepare_counted(self, request: InferenceRequest) -> TaskCall:
         self.stats_source.started += 1

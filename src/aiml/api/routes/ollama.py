@@ -75,7 +75,7 @@ async def tags(services: ServicesDep) -> JSONResponse:
 
 @router.post("/show")
 async def show(body: ShowBody, services: ServicesDep) -> JSONResponse:
-    engine, ref = await ollama_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(ollama_target(services.router, body.model))
     resolved = await services.router.resolver.resolve(ref, engine)
     embedding = resolved.declared_task == "embeddings"
     info = {
@@ -122,7 +122,9 @@ async def ps(services: ServicesDep) -> JSONResponse:
 @router.post("/generate")
 async def generate(body: GenerateBody, services: ServicesDep) -> Response:
     body.check()
-    engine, ref = await ollama_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(
+        ollama_target(services.router, body.model), task="text-generation"
+    )
     if not body.prompt and not body.images:  # Ollama: an empty prompt loads or unloads
         return await _load_or_unload(services, engine, ref, body.model, body.keep_alive, chat=False)
     params = sampling(body.options)
@@ -140,7 +142,9 @@ async def generate(body: GenerateBody, services: ServicesDep) -> Response:
 @router.post("/chat")
 async def chat(body: ChatBody, services: ServicesDep) -> Response:
     messages = body.to_messages()
-    engine, ref = await ollama_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(
+        ollama_target(services.router, body.model), task="chat"
+    )
     if not messages:  # Ollama: no messages loads or unloads
         return await _load_or_unload(services, engine, ref, body.model, body.keep_alive, chat=True)
     call = TaskCall("chat", engine, ref, ChatInput(messages, sampling(body.options)))
@@ -150,7 +154,9 @@ async def chat(body: ChatBody, services: ServicesDep) -> Response:
 @router.post("/embed")
 async def embed(body: EmbedBody, services: ServicesDep) -> JSONResponse:
     started = time.perf_counter()
-    engine, ref = await ollama_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(
+        ollama_target(services.router, body.model), task="embeddings"
+    )
     outcome = await services.manager.run(
         TaskCall("embeddings", engine, ref, EmbeddingsInput(body.texts()))
     )
@@ -168,7 +174,9 @@ async def embed(body: EmbedBody, services: ServicesDep) -> JSONResponse:
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsBody, services: ServicesDep) -> JSONResponse:
     """Ollama's superseded single-prompt embeddings route."""
-    engine, ref = await ollama_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(
+        ollama_target(services.router, body.model), task="embeddings"
+    )
     outcome = await services.manager.run(
         TaskCall("embeddings", engine, ref, EmbeddingsInput((body.prompt,)))
     )

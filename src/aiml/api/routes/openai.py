@@ -54,14 +54,16 @@ async def list_models(services: ServicesDep) -> JSONResponse:
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, services: ServicesDep) -> JSONResponse:
-    engine, ref = await openai_target(services.router, model)
+    engine, ref = await services.manager.within_deadline(openai_target(services.router, model))
     await services.router.resolver.resolve(ref, engine)  # 404 when it does not exist
     return JSONResponse(_model(model, 0, owned_by=engine))
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, services: ServicesDep) -> Response:
-    engine, ref = await openai_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(
+        openai_target(services.router, body.model), task="chat"
+    )
     call = TaskCall("chat", engine, ref, ChatInput(body.to_messages(), body.params()))
     reply = _Reply("chat.completion", body.model, body.include_usage)
     if body.stream:
@@ -73,7 +75,9 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep) -
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, services: ServicesDep) -> Response:
-    engine, ref = await openai_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(
+        openai_target(services.router, body.model), task="text-generation"
+    )
     call = TaskCall("text-generation", engine, ref, TextGenerationInput(body.text(), body.params()))
     reply = _Reply("text_completion", body.model, body.include_usage)
     if body.stream:
@@ -85,7 +89,9 @@ async def completions(body: CompletionRequest, services: ServicesDep) -> Respons
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, services: ServicesDep) -> JSONResponse:
-    engine, ref = await openai_target(services.router, body.model)
+    engine, ref = await services.manager.within_deadline(
+        openai_target(services.router, body.model), task="embeddings"
+    )
     outcome = await services.manager.run(
         TaskCall("embeddings", engine, ref, EmbeddingsInput(body.texts()))
     )
