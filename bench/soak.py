@@ -189,17 +189,22 @@ def _report(
     rss: list[int] = outcome["rss"]  # type: ignore[assignment]
     late: list[float] = outcome["late"]  # type: ignore[assignment]
     served: collections.Counter[int] = collections.Counter()
+    within: dict[str, float] = collections.defaultdict(float)
     for family in text_string_to_metric_families(metrics):
         for sample in family.samples:
             if sample.name == "aiml_requests_total":
                 served[int(sample.labels["status"])] += int(sample.value)
+            if sample.name == "aiml_request_duration_seconds_bucket":
+                within[sample.labels["le"]] += sample.value
     total = sum(statuses.values())
     print(f"\n{total} requests in {args.seconds} s at concurrency {args.concurrency}")
     print("client saw   :", dict(sorted(statuses.items())))
     print("aiml counted :", dict(sorted(served.items())))
     unexpected = {s: n for s, n in statuses.items() if s not in ALLOWED}
     print(f"outside {sorted(ALLOWED)}: {unexpected or 'none'}")
-    print(f"answered later than deadline + 1 s: {len(late)}")
+    print(f"answered later than deadline + 1 s, as the client measured: {len(late)}")
+    over = within["+Inf"] - within["2.5"]
+    print(f"taking over 2.5 s inside aiml (its request duration histogram): {over:.0f}")
     q = statistics.quantiles(latencies, n=100)
     print(
         f"latency p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
