@@ -86,6 +86,7 @@ async def _run(
     base: str, args: argparse.Namespace, pid: int, ollama: ServerThread, registry: object
 ) -> dict[str, object]:
     statuses: collections.Counter[int] = collections.Counter()
+    failures: collections.Counter[str] = collections.Counter()
     late: list[float] = []
     latencies: list[float] = []
     rss: list[int] = []
@@ -100,8 +101,9 @@ async def _run(
                 response = await http.post(path, json=body)
                 await response.aread()
                 status = _outcome(response)
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 status = -1  # no answer at all: never acceptable
+                failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
             took = time.monotonic() - started
             statuses[status] += 1
             latencies.append(took)
@@ -131,7 +133,13 @@ async def _run(
     )
     async with httpx.AsyncClient(base_url=base, timeout=DEADLINE_S + 5, limits=limits) as http:
         await asyncio.gather(faults(), memory(), *(client(http) for _ in range(args.concurrency)))
-    return {"statuses": statuses, "late": late, "latencies": latencies, "rss": rss}
+    return {
+        "statuses": statuses,
+        "late": late,
+        "latencies": latencies,
+        "rss": rss,
+        "failures": failures,
+    }
 
 
 def _outcome(response: httpx.Response) -> int:
@@ -201,7 +209,7 @@ def _report(
     print("client saw   :", dict(sorted(statuses.items())))
     print("aiml counted :", dict(sorted(served.items())))
     unexpected = {s: n for s, n in statuses.items() if s not in ALLOWED}
-    print(f"outside {sorted(ALLOWED)}: {unexpected or 'none'}")
+    print(f"outside {sorted(ALLOWED)}: {unexpected or 'none'} {dict(outcome['failures'])}")
     print(f"answered later than deadline + 1 s, as the client measured: {len(late)}")
     over = within["+Inf"] - within["2.5"]
     print(f"taking over 2.5 s inside aiml (its request duration histogram): {over:.0f}")
