@@ -26,7 +26,7 @@ from aiml.types import (
     Task,
 )
 
-from .local import LocalEngine, collect
+from .local import LocalEngine
 from .pool import Loaded
 
 __all__ = ["GGUF_TAG", "LlamaCppEngine"]
@@ -99,16 +99,6 @@ class LlamaCppEngine(LocalEngine):
         handle = _Llama(llm, formatter)
         return Loaded(handle=handle, size_bytes=self.estimate_bytes(model), close=llm.close)
 
-    async def generate(
-        self,
-        model: ResolvedModel,
-        prompt: str,
-        params: SamplingParams,
-        *,
-        images: Sequence[bytes] = (),
-    ) -> Generation:
-        return await collect(self.stream_generate(model, prompt, params, images=images))
-
     async def stream_generate(
         self,
         model: ResolvedModel,
@@ -125,11 +115,6 @@ class LlamaCppEngine(LocalEngine):
 
         async for chunk in self._completion(model, render, params):
             yield chunk
-
-    async def chat(
-        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
-    ) -> Generation:
-        return await collect(self.stream_chat(model, messages, params))
 
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiml.errors import EngineError, ModelNotFound, ModelNotServable
 from aiml.registry.artifacts import CONTENT_TAG, ArtifactCache
-from aiml.types import Generation, GenerationChunk, RegistryVersion, ResolvedModel
+from aiml.types import (
+    ChatMessage,
+    Generation,
+    GenerationChunk,
+    RegistryVersion,
+    ResolvedModel,
+    SamplingParams,
+)
 
 from .base import Engine
 from .pool import Loaded, ModelPool, PoolEntry, PoolKey
@@ -71,6 +78,22 @@ class LocalEngine(Engine):
 
     async def unload(self, model: ResolvedModel) -> bool:
         return await self._pool.unload(self.key(model))
+
+    # One code path per task: the non-streaming calls are the streams, collected.
+    async def generate(
+        self,
+        model: ResolvedModel,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        images: Sequence[bytes] = (),
+    ) -> Generation:
+        return await collect(self.stream_generate(model, prompt, params, images=images))
+
+    async def chat(
+        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> Generation:
+        return await collect(self.stream_chat(model, messages, params))
 
     @abstractmethod
     def load(self, model: ResolvedModel) -> Loaded:

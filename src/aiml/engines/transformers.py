@@ -31,7 +31,7 @@ from aiml.types import (
 )
 
 from .batching import MicroBatcher
-from .local import LocalEngine, collect
+from .local import LocalEngine
 from .pool import Loaded, ModelPool
 
 __all__ = ["Pooling", "TransformersEngine"]
@@ -154,16 +154,6 @@ class TransformersEngine(LocalEngine):
         size = sum(t.numel() * t.element_size() for t in (*loaded.parameters(), *loaded.buffers()))
         return Loaded(handle=_Model(kind, loaded, tokenizer, pooling), size_bytes=size)
 
-    async def generate(
-        self,
-        model: ResolvedModel,
-        prompt: str,
-        params: SamplingParams,
-        *,
-        images: Sequence[bytes] = (),
-    ) -> Generation:
-        return await collect(self.stream_generate(model, prompt, params, images=images))
-
     async def stream_generate(
         self,
         model: ResolvedModel,
@@ -180,11 +170,6 @@ class TransformersEngine(LocalEngine):
 
         async for chunk in self._generation(model, encode, params):
             yield chunk
-
-    async def chat(
-        self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
-    ) -> Generation:
-        return await collect(self.stream_chat(model, messages, params))
 
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams

@@ -153,6 +153,16 @@ class ModelCatalog:
     ) -> tuple[list[RegisteredModelInfo], str | None]:
         return await self._registry.list_models(max_results=max_results, page_token=page_token)
 
+    async def all_models(self) -> list[RegisteredModelInfo]:
+        """Every registered model, page after page (for the listings that cannot page)."""
+        models: list[RegisteredModelInfo] = []
+        token: str | None = None
+        while True:
+            page, token = await self.list_models(max_results=1000, page_token=token)
+            models.extend(page)
+            if not token:
+                return models
+
     async def get_model(self, name: str) -> RegisteredModelInfo:
         validate_registry_name(name, param="name")
         return await self._registry.get_model(name)

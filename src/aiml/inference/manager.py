@@ -133,6 +133,15 @@ class _Accounting:
         self._manager.stats_source.errors["internal_error"] += 1
         self.finish(500)
 
+    def settle(self, exc: BaseException) -> None:
+        """Count the call as ended by ``exc``."""
+        if isinstance(exc, AimlError):
+            self.failed(exc)
+        elif isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+            self.cancelled()  # the client hung up
+        else:
+            self.crashed()
+
 
 class StreamOutcome:
     """A started generation; iterate :meth:`chunks`, then read :attr:`final`."""
@@ -175,14 +184,8 @@ class StreamOutcome:
                 if chunk.final is not None:
                     self.final = chunk.final
                 yield chunk
-        except AimlError as exc:
-            self._account.failed(exc)
-            raise
-        except (GeneratorExit, asyncio.CancelledError):
-            self._account.cancelled()  # the client hung up
-            raise
-        except BaseException:
-            self._account.crashed()
+        except BaseException as exc:
+            self._account.settle(exc)
             raise
         else:
             self._account.finish(200, self.final)
@@ -233,13 +236,14 @@ class InferenceManager:
         """Like :meth:`infer`, streamed."""
         return await self.open(self._prepare_counted(request), counted=True)
 
-    async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
-        """Admit the call, resolve its model and run the task, within the deadline."""
-        started = time.perf_counter()
+    def _begin(self, call: TaskCall, counted: bool) -> tuple[_Accounting, float]:
         if not counted:
             self.stats_source.started += 1
-        account = _Accounting(self, call, started)
-        deadline_at = self.deadline_at()
+        return _Accounting(self, call, time.perf_counter()), self.deadline_at()
+
+    async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
+        """Admit the call, resolve its model and run the task, within the deadline."""
+        account, deadline_at = self._begin(call, counted)
         try:
             executor = self._admissible(call)
             gate = self.admission[call.engine]
@@ -248,30 +252,20 @@ class InferenceManager:
             execution: Execution = await _within(
                 executor.execute(call.ref, call.input), deadline_at
             )
-        except AimlError as exc:
-            account.failed(exc)
-            raise
-        except asyncio.CancelledError:
-            account.cancelled()
-            raise
-        except BaseException:
-            account.crashed()
+        except BaseException as exc:
+            account.settle(exc)
             raise
         account.finish(200, execution.generation)
         return InferenceOutcome(
             resolved=execution.resolved,
             result=execution.result,
             generation=execution.generation,
-            processing_time=time.perf_counter() - started,
+            processing_time=time.perf_counter() - account.started,
         )
 
     async def open(self, call: TaskCall, *, counted: bool = False) -> StreamOutcome:
         """Admit the call, resolve its model and start the generation; chunks follow."""
-        started = time.perf_counter()
-        if not counted:
-            self.stats_source.started += 1
-        account = _Accounting(self, call, started)
-        deadline_at = self.deadline_at()
+        account, deadline_at = self._begin(call, counted)
         try:
             executor = self._admissible(call)
             if not executor.spec.streams:
@@ -282,14 +276,8 @@ class InferenceManager:
             await _within(gate.enter(), deadline_at)
             account.admitted(gate)
             opened = await _within(executor.open_stream(call.ref, call.input), deadline_at)
-        except AimlError as exc:
-            account.failed(exc)
-            raise
-        except asyncio.CancelledError:
-            account.cancelled()
-            raise
-        except BaseException:
-            account.crashed()
+        except BaseException as exc:
+            account.settle(exc)
             raise
         return StreamOutcome(opened, account, deadline_at, self.metrics)
 

@@ -174,25 +174,10 @@ class MlflowRegistry:
         refuses sources such as ``ollama://...`` or a bare ``models:/`` URI.
         """
 
-        def work() -> RegistryVersion:
-            experiment_id = self._registration_experiment()
-            run = self._call(self._client.create_run, experiment_id, run_name=f"register-{name}")
-            run_id = run.info.run_id
+        def log(run_id: str) -> None:
             self._call(self._client.log_dict, run_id, dict(pointer), "model/aiml_pointer.json")
-            self._call(self._client.set_terminated, run_id)
-            self._ensure_registered_model(name)
-            mv = self._call(
-                self._client.create_model_version,
-                name,
-                f"runs:/{run_id}/model",
-                run_id=run_id,
-                tags=dict(tags),
-                description=description,
-                await_creation_for=0,
-            )
-            return _version(mv, {})
 
-        return await self._run(work)
+        return await self._run(lambda: self._record(name, tags, description, log))
 
     async def create_files_version(
         self,
@@ -206,10 +191,7 @@ class MlflowRegistry:
     ) -> RegistryVersion:
         """Log model files (relpath -> local file) and their manifest as a new version."""
 
-        def work() -> RegistryVersion:
-            experiment_id = self._registration_experiment()
-            run = self._call(self._client.create_run, experiment_id, run_name=f"register-{name}")
-            run_id = run.info.run_id
+        def log(run_id: str) -> None:
             total = sum(path.stat().st_size for path in files.values())
             done = 0
             for rel, path in sorted(files.items()):
@@ -222,20 +204,33 @@ class MlflowRegistry:
                 if progress is not None:
                     progress("uploading", done, total)
             self._call(self._client.log_text, run_id, manifest_json, "model/aiml_manifest.json")
-            self._call(self._client.set_terminated, run_id)
-            self._ensure_registered_model(name)
-            mv = self._call(
-                self._client.create_model_version,
-                name,
-                f"runs:/{run_id}/model",
-                run_id=run_id,
-                tags=dict(tags),
-                description=description,
-                await_creation_for=0,
-            )
-            return _version(mv, {})
 
-        return await self._run(work)
+        return await self._run(lambda: self._record(name, tags, description, log))
+
+    def _record(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        description: str | None,
+        log: Callable[[str], None],
+    ) -> RegistryVersion:
+        """A new version of ``name``: a finished run whose ``model/`` folder ``log`` filled."""
+        experiment_id = self._registration_experiment()
+        run = self._call(self._client.create_run, experiment_id, run_name=f"register-{name}")
+        run_id = run.info.run_id
+        log(run_id)
+        self._call(self._client.set_terminated, run_id)
+        self._ensure_registered_model(name)
+        mv = self._call(
+            self._client.create_model_version,
+            name,
+            f"runs:/{run_id}/model",
+            run_id=run_id,
+            tags=dict(tags),
+            description=description,
+            await_creation_for=0,
+        )
+        return _version(mv, {})
 
     async def find_version_with_tag(
         self, name: str, key: str, value: str

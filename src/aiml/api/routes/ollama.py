@@ -61,15 +61,10 @@ async def version() -> JSONResponse:
 async def tags(services: ServicesDep) -> JSONResponse:
     """Every registered model as ``name:latest``, and each alias as ``name:alias``."""
     models: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        page, token = await services.catalog.list_models(max_results=1000, page_token=token)
-        for info in page:
-            modified = _rfc3339(info.created_s)
-            for tag in ("latest", *sorted(info.aliases)):
-                models.append(_listing(f"{info.name}:{tag}", modified))
-        if not token:
-            break
+    for info in await services.catalog.all_models():
+        modified = _rfc3339(info.created_s)
+        for tag in ("latest", *sorted(info.aliases)):
+            models.append(_listing(f"{info.name}:{tag}", modified))
     return JSONResponse({"models": models})
 
 

@@ -23,6 +23,7 @@ from aiml.inference.targets import openai_target
 from aiml.inference.tasks.chat import ChatInput
 from aiml.inference.tasks.embeddings import EmbeddingsInput
 from aiml.inference.tasks.text_generation import TextGenerationInput
+from aiml.services import Services
 from aiml.types import Generation
 
 from ..deps import ServicesDep
@@ -40,15 +41,9 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def list_models(services: ServicesDep) -> JSONResponse:
     """Every registered model, and each of its aliases as ``name@alias``."""
     data: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        page, token = await services.catalog.list_models(max_results=1000, page_token=token)
-        for info in page:
-            created = info.created_s
-            data.append(_model(info.name, created))
-            data.extend(_model(f"{info.name}@{alias}", created) for alias in sorted(info.aliases))
-        if not token:
-            break
+    for info in await services.catalog.all_models():
+        data.append(_model(info.name, info.created_s))
+        data.extend(_model(f"{info.name}@{a}", info.created_s) for a in sorted(info.aliases))
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -66,11 +61,7 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep) -
     )
     call = TaskCall("chat", engine, ref, ChatInput(body.to_messages(), body.params()))
     reply = _Reply("chat.completion", body.model, body.include_usage)
-    if body.stream:
-        return streaming_response(reply.stream(await services.manager.open(call)), SSE)
-    outcome = await services.manager.run(call)
-    assert outcome.generation is not None
-    return JSONResponse(reply.whole(outcome.generation))
+    return await _answer(services, call, reply, stream=body.stream)
 
 
 @router.post("/completions")
@@ -80,7 +71,11 @@ async def completions(body: CompletionRequest, services: ServicesDep) -> Respons
     )
     call = TaskCall("text-generation", engine, ref, TextGenerationInput(body.text(), body.params()))
     reply = _Reply("text_completion", body.model, body.include_usage)
-    if body.stream:
+    return await _answer(services, call, reply, stream=body.stream)
+
+
+async def _answer(services: Services, call: TaskCall, reply: _Reply, *, stream: bool) -> Response:
+    if stream:
         return streaming_response(reply.stream(await services.manager.open(call)), SSE)
     outcome = await services.manager.run(call)
     assert outcome.generation is not None
