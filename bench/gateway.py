@@ -7,6 +7,10 @@ leaves the cores to the servers); each configuration runs ``--rounds`` times, in
 and medians are reported. Server CPU per request is read from /proc for the server process
 alone (not the backend, not wrk).
 
+Then the view of a user's program: the official ``ollama`` and ``openai`` clients at c=1,
+``--client-calls`` calls per path and round, each path compared with the same client
+calling the backend directly (so only the server path differs).
+
     .venv/bin/python -m bench.gateway --rounds 3 --seconds 8
     (LiteLLM: a separate venv with litellm[proxy]==1.108.7; --litellm PATH/TO/bin/litellm)
 """
@@ -22,6 +26,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +61,9 @@ def main() -> None:
         "--litellm", default=str(Path.home() / ".cache/aiml/litellm-venv/bin/litellm")
     )
     parser.add_argument("--only", default="", help="comma-separated target names")
+    parser.add_argument(
+        "--client-calls", type=int, default=1000, help="official-client calls per path and round"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark drives load with wrk: apt-get install wrk")
@@ -81,11 +90,15 @@ def main() -> None:
             ],
             args,
         )
+        clients = _official_clients(backend, targets, args) if args.client_calls else {}
     finally:
         for server in servers:
             server.stop()
         stub.stop()
-    _report(results, args)
+    if results:
+        _report(results, args)
+    if clients:
+        _report_clients(clients, args)
 
 
 def _uvicorn(
@@ -276,6 +289,70 @@ def _wrk(target: Target, concurrency: int, seconds: int) -> dict[str, float]:
         "cpu_ms": used / max(requests, 1) * 1000,
         "errors": errors,
     }
+
+
+def _official_clients(
+    backend: str, targets: list[Target], args: argparse.Namespace
+) -> dict[tuple[str, str], list[float]]:
+    """Per-call seconds through the official clients at c=1, keyed by (client, path)."""
+    import ollama
+    import openai
+
+    def origin(name: str) -> str | None:
+        target = next((t for t in targets if t.name == name), None)
+        return target.url.removesuffix(target.path) if target else None
+
+    calls: dict[tuple[str, str], Callable[[], object]] = {}
+    direct = ollama.Client(host=backend)
+    calls["ollama", "direct"] = lambda: direct.chat(model="llama2:7b", messages=MESSAGES)
+    if url := origin("aiml /api/chat"):
+        via_aiml = ollama.Client(host=url)
+        calls["ollama", "aiml /api/chat"] = lambda: via_aiml.chat(
+            model="llama2-7b-chat:production", messages=MESSAGES
+        )
+    oa_direct = openai.OpenAI(base_url=f"{backend}/v1", api_key="none", max_retries=0)
+    calls["openai", "direct"] = lambda: oa_direct.chat.completions.create(
+        model="llama2:7b",
+        messages=MESSAGES,  # type: ignore[arg-type]
+    )
+    if url := origin("aiml /v1"):
+        oa_aiml = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        calls["openai", "aiml /v1"] = lambda: oa_aiml.chat.completions.create(
+            model="llama2-7b-chat@production",
+            messages=MESSAGES,  # type: ignore[arg-type]
+        )
+    if url := origin("litellm"):
+        oa_litellm = openai.OpenAI(base_url=url, api_key="sk-bench", max_retries=0)
+        calls["openai", "litellm"] = lambda: oa_litellm.chat.completions.create(
+            model="llama2-7b-chat",
+            messages=MESSAGES,  # type: ignore[arg-type]
+        )
+    seconds: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    for round_ in range(max(args.rounds, 1)):
+        for key, call in calls.items():  # interleaved, as with wrk
+            for _ in range(20):  # connections up, caches warm
+                call()
+            for _ in range(args.client_calls):
+                started = time.perf_counter()
+                call()
+                seconds[key].append(time.perf_counter() - started)
+            print(f"round {round_ + 1} client {key[0]:<6} {key[1]:<16} done", flush=True)
+    return seconds
+
+
+def _report_clients(seconds: dict[tuple[str, str], list[float]], args: argparse.Namespace) -> None:
+    print(
+        f"\nofficial clients at c=1, {args.client_calls} calls x {max(args.rounds, 1)} rounds "
+        "per path; 'added' is p50 minus the same client's p50 calling the backend directly"
+    )
+    print(f"{'client':<7} {'path':<16} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10}")
+    for (client, name), values in seconds.items():
+        q = statistics.quantiles(values, n=100)
+        base = statistics.quantiles(seconds[client, "direct"], n=100)[49]
+        print(
+            f"{client:<7} {name:<16} {q[49] * 1000:>8.3f} {q[98] * 1000:>8.3f} "
+            f"{(q[49] - base) * 1000:>7.3f} ms"
+        )
 
 
 def _latency(out: str, label: str) -> float:

@@ -1,4 +1,9 @@
-"""An Ollama-API backend that answers at once: the common engine of every path measured."""
+"""An Ollama-API backend that answers at once: the common engine of every path measured.
+
+It also answers ``/v1/chat/completions`` so that the official ``openai`` client has a
+baseline of its own: a path measured with one client is compared with that client calling
+the backend directly, never with another client's overhead.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,29 @@ async def chat(request: Request) -> Response:
     )
 
 
+async def openai_chat(request: Request) -> Response:
+    body = orjson.loads(await request.body())
+    return _json(
+        {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": 1704067200,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Hello! How can I help you today?",
+                    },
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 9, "total_tokens": 17},
+        }
+    )
+
+
 async def tags(request: Request) -> Response:
     return _json(
         {"models": [{"name": m, "model": m, "modified_at": "2024-01-01T00:00:00Z", "size": 1,
@@ -56,6 +84,7 @@ async def version(request: Request) -> Response:
 app = Starlette(
     routes=[
         Route("/api/chat", chat, methods=["POST"]),
+        Route("/v1/chat/completions", openai_chat, methods=["POST"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/show", show, methods=["POST"]),
         Route("/api/ps", lambda r: _json({"models": []}), methods=["GET"]),
