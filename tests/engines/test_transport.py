@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
-from aiml.engines.transport import FastTransport
+from aiml.engines.transport import FastTransport, LeanAsyncClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -191,3 +192,26 @@ async def test_large_bodies_pass_through_flow_control(
     async with RawServer(keep_alive(body)) as server:
         response = await client(server.url).get("/big")
         assert response.content == body
+
+
+def test_the_lean_client_builds_what_httpx_builds() -> None:
+    """The fast path for ``path + JSON`` requests sends the same request httpx would."""
+    options = {
+        "base_url": "http://127.0.0.1:11434/prefix",
+        "headers": {"Accept": "application/json", "User-Agent": "ollama-python/0.6.3"},
+        "timeout": httpx.Timeout(30, connect=2),
+    }
+    lean = LeanAsyncClient(transport=FastTransport(), **options)  # type: ignore[arg-type]
+    plain = httpx.AsyncClient(**options)  # type: ignore[arg-type]
+    body = {"model": "llama2:7b", "messages": [{"role": "user", "content": "héllo"}]}
+    for method, path, kwargs in (
+        ("POST", "/api/chat", {"json": body}),
+        ("GET", "/api/tags", {}),
+        ("POST", "/api/chat", {"json": body, "params": {"a": "1"}}),  # httpx's own path
+    ):
+        ours = lean.build_request(method, path, **kwargs)  # type: ignore[arg-type]
+        theirs = plain.build_request(method, path, **kwargs)  # type: ignore[arg-type]
+        assert (ours.method, ours.url) == (theirs.method, theirs.url)
+        assert dict(ours.headers) == dict(theirs.headers)
+        assert json.loads(ours.read() or b"null") == json.loads(theirs.read() or b"null")
+        assert ours.extensions["timeout"] == theirs.extensions["timeout"]
