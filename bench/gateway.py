@@ -8,8 +8,8 @@ and medians are reported. Server CPU per request is read from /proc for the serv
 alone (not the backend, not wrk).
 
 Then the view of a user's program: the official ``ollama`` and ``openai`` clients at c=1,
-``--client-calls`` calls per path and round, each path compared with the same client
-calling the backend directly (so only the server path differs).
+``--client-calls`` calls per path and round, taken in turn call by call, each path compared
+with the same client calling the backend directly (so only the server path differs).
 
     .venv/bin/python -m bench.gateway --rounds 3 --seconds 8
     (LiteLLM: a separate venv with litellm[proxy]==1.108.7; --litellm PATH/TO/bin/litellm)
@@ -328,15 +328,18 @@ def _official_clients(
             messages=MESSAGES,  # type: ignore[arg-type]
         )
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    for call in calls.values():
+        for _ in range(20):  # connections up, caches warm
+            call()
     for round_ in range(max(args.rounds, 1)):
-        for key, call in calls.items():  # interleaved, as with wrk
-            for _ in range(20):  # connections up, caches warm
-                call()
-            for _ in range(args.client_calls):
+        # Call by call in turn: the machine's noise drifts over seconds, and each path
+        # must see the same noise as its baseline.
+        for _ in range(args.client_calls):
+            for key, call in calls.items():
                 started = time.perf_counter()
                 call()
                 seconds[key].append(time.perf_counter() - started)
-            print(f"round {round_ + 1} client {key[0]:<6} {key[1]:<16} done", flush=True)
+        print(f"round {round_ + 1} of the official clients done", flush=True)
     return seconds
 
 

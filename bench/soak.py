@@ -4,8 +4,11 @@ the process must stay up with flat memory, and /metrics must agree with the clie
 
     .venv/bin/python -m bench.soak --seconds 60 --concurrency 64
 
-aiml runs as ``aiml serve`` against a real ``mlflow server`` and the stand-in Ollama server,
-with small limits (8 running, 8 queued, a 2 s deadline) so that overload is constant.
+aiml runs as ``aiml serve`` against a real ``mlflow server`` and the stand-in Ollama server
+(each a process of its own), with small limits (8 running, 8 queued, a 2 s deadline) so that
+overload is constant. Latency is measured twice: by this client (which includes its own
+event-loop lag, also reported, and the network between) and by aiml's request-duration
+histogram; requests the client saw answered late are listed with when they were sent.
 """
 
 from __future__ import annotations
@@ -27,9 +30,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiml import errors
-from tests.fakes.ollama_server import OllamaStandIn
-from tests.fakes.processes import aiml_serve, mlflow_server
-from tests.fakes.servers import ServerThread
+from tests.fakes.processes import Process, aiml_serve, mlflow_server
+from tests.fakes.servers import free_port
 
 DEADLINE_S = 2.0
 ALLOWED = {200, 404, 429, 503, 504}
@@ -43,14 +45,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="aiml-soak-"))
     registry = mlflow_server(work / "mlflow")
     registry.start()
-    engine = OllamaStandIn(delay_s=0.02, token_delay_s=0.005)
-    for name in ("llama2:7b", "llama2:13b"):
-        engine.add(name)
-    ollama = ServerThread(engine.app(), lifespan="off").start()
+    ollama = _standin(work / "ollama")
+    ollama.start()
     url = registry.health_url.removesuffix("/health")
     env = {
         "MLFLOW_TRACKING_URI": url,
-        "OLLAMA_HOST": ollama.url,
+        "OLLAMA_HOST": ollama.health_url.removesuffix("/api/version"),
         "AIML_ENGINES": "ollama",
         "AIML_MAX_IN_FLIGHT": "8",
         "AIML_MAX_QUEUE": "8",
@@ -83,14 +83,15 @@ def main() -> None:
 
 
 async def _run(
-    base: str, args: argparse.Namespace, pid: int, ollama: ServerThread, registry: object
+    base: str, args: argparse.Namespace, pid: int, ollama: Process, registry: Process
 ) -> dict[str, object]:
     statuses: collections.Counter[int] = collections.Counter()
     failures: collections.Counter[str] = collections.Counter()
-    late: list[float] = []
+    late: list[tuple[float, float, int, str]] = []
     latencies: list[float] = []
     rss: list[int] = []
-    stop_at = time.monotonic() + args.seconds
+    began = time.monotonic()
+    stop_at = began + args.seconds
     bodies = _bodies()
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -108,7 +109,7 @@ async def _run(
             statuses[status] += 1
             latencies.append(took)
             if took > DEADLINE_S + 1.0:
-                late.append(took)
+                late.append((started - began, took, status, path))
 
     async def faults() -> None:
         plan = [
@@ -116,12 +117,21 @@ async def _run(
             (0.35, ollama.start, "engine back"),
             (0.5, registry.stop, "registry stopped"),
             (0.75, registry.start, "registry back"),
-        ]  # type: ignore[attr-defined]
+        ]
         began = time.monotonic()
         for at, action, label in plan:
             await asyncio.sleep(max(0.0, began + at * args.seconds - time.monotonic()))
             await asyncio.to_thread(action)
             print(f"{time.monotonic() - began:6.1f}s {label}", flush=True)
+
+    lags: list[float] = []
+
+    async def client_lag() -> None:
+        """How late this process's own loop wakes up: part of any latency it measures."""
+        while time.monotonic() < stop_at:
+            asked = time.monotonic()
+            await asyncio.sleep(0.05)
+            lags.append(time.monotonic() - asked - 0.05)
 
     async def memory() -> None:
         while time.monotonic() < stop_at:
@@ -132,14 +142,37 @@ async def _run(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
     async with httpx.AsyncClient(base_url=base, timeout=DEADLINE_S + 5, limits=limits) as http:
-        await asyncio.gather(faults(), memory(), *(client(http) for _ in range(args.concurrency)))
+        await asyncio.gather(
+            faults(), memory(), client_lag(), *(client(http) for _ in range(args.concurrency))
+        )
     return {
         "statuses": statuses,
         "late": late,
         "latencies": latencies,
         "rss": rss,
         "failures": failures,
+        "lags": lags,
     }
+
+
+def _standin(folder: Path) -> Process:
+    """The stand-in Ollama server in a process of its own, restartable on its port."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "uvicorn", "bench.peers.ollama_standin:app",
+        "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
+        "--log-level", "warning", "--timeout-graceful-shutdown", "1",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "STANDIN_MODELS": "llama2:7b,llama2:13b",
+        "STANDIN_DELAY_S": "0.02",
+        "STANDIN_TOKEN_DELAY_S": "0.005",
+    }
+    return Process(
+        argv, env=env, log=folder / "log", health_url=f"http://127.0.0.1:{port}/api/version"
+    )
 
 
 def _outcome(response: httpx.Response) -> int:
@@ -195,7 +228,7 @@ def _report(
     statuses: collections.Counter[int] = outcome["statuses"]  # type: ignore[assignment]
     latencies: list[float] = outcome["latencies"]  # type: ignore[assignment]
     rss: list[int] = outcome["rss"]  # type: ignore[assignment]
-    late: list[float] = outcome["late"]  # type: ignore[assignment]
+    late: list[tuple[float, float, int, str]] = outcome["late"]  # type: ignore[assignment]
     served: collections.Counter[int] = collections.Counter()
     within: dict[str, float] = collections.defaultdict(float)
     for family in text_string_to_metric_families(metrics):
@@ -211,6 +244,13 @@ def _report(
     unexpected = {s: n for s, n in statuses.items() if s not in ALLOWED}
     print(f"outside {sorted(ALLOWED)}: {unexpected or 'none'} {dict(outcome['failures'])}")
     print(f"answered later than deadline + 1 s, as the client measured: {len(late)}")
+    for at, took, status, path in late[:20]:
+        print(f"    sent at {at:6.1f}s  took {took:5.2f}s  status {status}  {path}")
+    lags: list[float] = outcome["lags"]  # type: ignore[assignment]
+    print(
+        f"the load client's own event-loop lag (part of what it measures): "
+        f"p50 {statistics.median(lags) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms"
+    )
     over = within["+Inf"] - within["2.5"]
     print(f"taking over 2.5 s inside aiml (its request duration histogram): {over:.0f}")
     q = statistics.quantiles(latencies, n=100)
