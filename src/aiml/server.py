@@ -20,7 +20,7 @@ from aiml.api.app import create_app
 from aiml.observability.logging import configure_logging
 from aiml.settings import Settings
 
-__all__ = ["run", "safe_host"]
+__all__ = ["run", "safe_host", "uvicorn_config"]
 
 log = logging.getLogger("aiml")
 
@@ -41,15 +41,20 @@ def run(settings: Settings) -> None:
     configure_logging(settings.log_format, settings.log_level)
     host = safe_host(settings)
     app = create_app(settings)
-    config = uvicorn.Config(
+    config = uvicorn_config(settings, app, host=host)
+    _DrainingServer(config, app, settings.drain_timeout_s).run()
+
+
+def uvicorn_config(settings: Settings, app: Any, *, host: str) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=host,
         port=settings.port,
-        log_config=None,  # ours, set above
+        log_config=None,  # ours, set by run()
         access_log=False,  # aiml logs each request itself, with its request id
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        timeout_keep_alive=settings.keep_alive_s,
     )
-    _DrainingServer(config, app, settings.drain_timeout_s).run()
 
 
 class _DrainingServer(uvicorn.Server):

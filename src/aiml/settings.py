@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        description="How long an idle client connection is kept open. Longer than clients' "
+        "own idle expiry (httpx, Node: 5 s; load balancers: often 60 s), so that the client "
+        "always closes first and never sends a request into a connection being closed.",
+    )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text.")
     log_level: str = Field(default="info", description="Log level of the service.")
 
