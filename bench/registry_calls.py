@@ -81,11 +81,12 @@ def main() -> None:
                 ("name@alias", lambda n: f"{n}@production"),
                 ("name/version", lambda n: f"{n}/1"),
                 ("models:/name/version", lambda n: f"models:/{n}/1"),
+                ("models:/name@alias", lambda n: f"models:/{n}@production"),
             ):
                 cold, warm = [], []
                 for name in targets:
                     reference = make(name)
-                    if form == "models:/name/version":  # same key as name/1: clear first
+                    if form.startswith("models:/"):  # same key as the short form: clear first
                         http.post("/inference/clear-cache")
                     before = arrived()
                     assert _infer(http, reference) == 200

@@ -94,7 +94,15 @@ async def _run(
     stop_at = began + args.seconds
     bodies = _bodies()
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client() -> None:
+        # One connection per client, as 64 separate users would have: a shared pool queues
+        # requests inside httpx (seen: 3-4 s before a request was even sent), which is the
+        # load generator's own latency, not the server's.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=base, timeout=DEADLINE_S + 5, limits=limits) as http:
+            await requests(http)
+
+    async def requests(http: httpx.AsyncClient) -> None:
         while time.monotonic() < stop_at:
             path, body = random.choice(bodies)
             started = time.monotonic()
@@ -138,13 +146,9 @@ async def _run(
             rss.append(_rss(pid))
             await asyncio.sleep(1)
 
-    limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    await asyncio.gather(
+        faults(), memory(), client_lag(), *(client() for _ in range(args.concurrency))
     )
-    async with httpx.AsyncClient(base_url=base, timeout=DEADLINE_S + 5, limits=limits) as http:
-        await asyncio.gather(
-            faults(), memory(), client_lag(), *(client(http) for _ in range(args.concurrency))
-        )
     return {
         "statuses": statuses,
         "late": late,
