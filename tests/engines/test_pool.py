@@ -57,8 +57,8 @@ def key(name: str) -> tuple[str, str, int]:
 
 
 async def use(p: ModelPool, loader: Loader, name: str, size: int = 10 * MB) -> None:
-    entry = await p.acquire(key(name), loader(name, size), estimate_bytes=size)
-    p.release(entry)
+    lease = await p.acquire(key(name), loader(name, size), estimate_bytes=size)
+    lease.release()
     await asyncio.sleep(0)  # let the release bookkeeping run
 
 
@@ -102,9 +102,9 @@ async def test_a_model_in_use_is_never_evicted() -> None:
     waiting = asyncio.ensure_future(p.acquire(key("b"), loader("b"), estimate_bytes=MB))
     await asyncio.sleep(0.05)
     assert not waiting.done()  # waits for room...
-    p.release(busy)  # ...which the release makes
-    entry = await asyncio.wait_for(waiting, 10)
-    assert entry.key == key("b")
+    busy.release()  # ...which the release makes
+    lease = await asyncio.wait_for(waiting, 10)
+    assert lease.entry.key == key("b")
     assert loader.closed == ["a"]
 
 
@@ -118,10 +118,10 @@ async def test_concurrent_first_uses_load_once() -> None:
     ]
     await asyncio.sleep(0.05)
     loader.gate.set()
-    entries = await asyncio.gather(*acquiring)
+    leases = await asyncio.gather(*acquiring)
     assert loader.loads == ["a"]
-    assert entries[0].users == 50
-    assert {id(e) for e in entries} == {id(entries[0])}
+    assert leases[0].entry.users == 50
+    assert {id(lease.entry) for lease in leases} == {id(leases[0].entry)}
 
 
 async def test_idle_models_are_unloaded_after_the_keep_alive() -> None:
@@ -134,7 +134,7 @@ async def test_idle_models_are_unloaded_after_the_keep_alive() -> None:
     clock.now = 301
     assert await p.reap_idle() == 1  # a went; b is in use however long
     assert [e.key[1] for e in p.entries()] == ["b"]
-    p.release(busy)
+    busy.release()
     clock.now = 700
     assert await p.reap_idle() == 1
     assert p.entries() == []
@@ -163,8 +163,8 @@ async def test_a_failed_load_leaves_nothing_behind() -> None:
     assert p.entries() == []
     assert p.used_bytes == 0
     # and the next attempt really tries again (no cached failure)
-    entry = await p.acquire(key("bad"), loader("bad"), estimate_bytes=MB)
-    assert entry.handle == "bad"
+    lease = await p.acquire(key("bad"), loader("bad"), estimate_bytes=MB)
+    assert lease.handle == "bad"
 
 
 async def test_explicit_unload_and_shutdown() -> None:
@@ -185,13 +185,13 @@ async def test_a_fresh_load_is_not_handed_out_after_being_evicted() -> None:
     results: list[object] = []
 
     async def use_once(name: str) -> None:
-        entry = await p.acquire(key(name), loader(name), estimate_bytes=MB)
+        lease = await p.acquire(key(name), loader(name), estimate_bytes=MB)
         closed_before = loader.closed.count(name)
         await asyncio.sleep(0.01)
-        assert p.get(key(name)) is entry, f"{name} was evicted while in use"
+        assert p.get(key(name)) is lease.entry, f"{name} was evicted while in use"
         assert loader.closed.count(name) == closed_before, f"{name} was closed while in use"
-        results.append(entry.handle)
-        p.release(entry)
+        results.append(lease.handle)
+        lease.release()
 
     await asyncio.gather(*(use_once(name) for name in ("a", "b", "a", "b")))
     assert sorted(map(str, results)) == ["a", "a", "b", "b"]
@@ -207,8 +207,8 @@ async def test_a_caller_that_gives_up_while_waiting_holds_nothing() -> None:
     leaves.cancel()
     await asyncio.sleep(0)
     loader.gate.set()
-    entry = await stays
-    assert entry.users == 1
-    p.release(entry)
+    lease = await stays
+    assert lease.entry.users == 1
+    lease.release()
     await asyncio.sleep(0)
     assert await p.unload(key("a")) is True  # idle: nobody's use leaked

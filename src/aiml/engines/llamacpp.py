@@ -8,6 +8,7 @@ token, and the model's slot is released only when the worker has really left it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -151,10 +152,11 @@ class LlamaCppEngine(LocalEngine):
         def run(handle: _Llama) -> Iterator[Any]:
             yield handle.llm.create_embedding(texts)
 
-        entry = await self.acquire(model)
+        lease = await self.acquire(model)
         result = None
-        async for item in self.exclusive(entry, run):
-            result = item
+        async with contextlib.aclosing(self.exclusive(lease, run)) as items:
+            async for item in items:
+                result = item
         assert result is not None
         vectors = [_pooled(row["embedding"]) for row in result["data"]]
         return Embeddings(vectors=vectors, prompt_tokens=result["usage"]["prompt_tokens"])
@@ -179,7 +181,7 @@ class LlamaCppEngine(LocalEngine):
     ) -> AsyncIterator[GenerationChunk]:
         if model.declared_task == Task.EMBEDDINGS:
             raise ModelNotServable(f"{model.engine_model} is an embeddings model", param="task")
-        entry = await self.acquire(model)
+        lease = await self.acquire(model)
         sampling = self._sampling(params)
         prompt_tokens = 0
 
@@ -205,11 +207,12 @@ class LlamaCppEngine(LocalEngine):
 
         text: list[str] = []
         finish: str | None = None
-        async for piece, reason in self.exclusive(entry, run):
-            finish = reason or finish
-            if piece:
-                text.append(piece)
-                yield GenerationChunk(text=piece)
+        async with contextlib.aclosing(self.exclusive(lease, run)) as items:
+            async for piece, reason in items:
+                finish = reason or finish
+                if piece:
+                    text.append(piece)
+                    yield GenerationChunk(text=piece)
         final = Generation(
             text="".join(text),
             finish_reason=finish,

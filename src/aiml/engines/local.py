@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from aiml.types import (
 )
 
 from .base import Engine
-from .pool import Loaded, ModelPool, PoolEntry, PoolKey
+from .pool import Lease, Loaded, ModelPool, PoolKey
 from .threads import iterate_in_thread
 
 __all__ = ["LocalEngine", "collect"]
@@ -35,6 +35,8 @@ class LocalEngine(Engine):
     version downloads and verifies its files once, and the first inference loads them into
     the shared :class:`ModelPool`.
     """
+
+    in_process = True
 
     def __init__(self, artifacts: ArtifactCache, pool: ModelPool) -> None:
         self._artifacts = artifacts
@@ -66,15 +68,15 @@ class LocalEngine(Engine):
         _, name, version = self.key(model)
         return self._artifacts.folder(name, version)
 
-    async def acquire(self, model: ResolvedModel) -> PoolEntry:
-        """The loaded model (loading it if needed); release it with ``self._pool.release``."""
+    async def acquire(self, model: ResolvedModel) -> Lease:
+        """A lease on the loaded model (loading it if needed); release it when done."""
         key = self.key(model)
         return await self._pool.acquire(
             key, lambda: self.load(model), estimate_bytes=self.estimate_bytes(model)
         )
 
     async def preload(self, model: ResolvedModel) -> None:
-        self._pool.release(await self.acquire(model))
+        (await self.acquire(model)).release()
 
     async def unload(self, model: ResolvedModel) -> bool:
         return await self._pool.unload(self.key(model))
@@ -111,24 +113,26 @@ class LocalEngine(Engine):
         return self._artifacts.file(name, version, value)
 
     async def exclusive(
-        self, entry: PoolEntry, run: Callable[[Any], Iterator[T]]
-    ) -> AsyncIterator[T]:
-        """Run ``run(model)`` alone on a loaded model, in a worker thread, item by item.
+        self, lease: Lease, run: Callable[[Any], Iterator[T]]
+    ) -> AsyncGenerator[T, None]:
+        """Run ``run(model)`` alone on a leased model, in a worker thread, item by item.
 
         Calls queue on a FIFO lock per model (first come, first served). The lock and the
-        pool slot are released when the worker thread has left the model, not when the
-        caller stops listening, so a cancelled request can never overlap the next one.
+        lease are released when the worker thread has left the model, not when the caller
+        stops listening, so a cancelled request can never overlap the next one, and the
+        model is never closed under a running thread.
         """
+        entry = lease.entry
         lock: asyncio.Lock = entry.extras.setdefault("lock", asyncio.Lock())
         try:
             await lock.acquire()
         except BaseException:
-            self._pool.release(entry)
+            lease.release()
             raise
 
         def finished() -> None:
             lock.release()
-            self._pool.release(entry)
+            lease.release()
 
         inner = iterate_in_thread(lambda: run(entry.handle), on_finished=finished)
         try:
@@ -141,9 +145,16 @@ class LocalEngine(Engine):
 async def collect(stream: AsyncIterator[GenerationChunk]) -> Generation:
     """The final :class:`Generation` of a chunk stream."""
     final: Generation | None = None
-    async for chunk in stream:
-        if chunk.final is not None:
-            final = chunk.final
+    # Closed on the way out, cancellation included: an abandoned generator would keep its
+    # worker thread generating (and the model leased) until the garbage collector ran.
+    try:
+        async for chunk in stream:
+            if chunk.final is not None:
+                final = chunk.final
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
     if final is None:
         raise EngineError("the generation ended without a result")
     return final

@@ -10,6 +10,7 @@ goes away; embeddings of concurrent requests are batched into one forward pass.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -191,7 +192,8 @@ class TransformersEngine(LocalEngine):
             yield chunk
 
     async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
-        entry = await self.acquire(model)
+        lease = await self.acquire(model)
+        entry = lease.entry
         try:
             handle: _Model = entry.handle
             if handle.kind != "encoder":
@@ -210,11 +212,11 @@ class TransformersEngine(LocalEngine):
                 entry.extras["batcher"] = batcher
             rows: list[tuple[list[float], int]] = await batcher.submit(list(inputs))
         finally:
-            self._pool.release(entry)
+            lease.release()
         return Embeddings(vectors=[row[0] for row in rows], prompt_tokens=sum(r[1] for r in rows))
 
     async def classify(self, model: ResolvedModel, inputs: Sequence[str]) -> list[list[Label]]:
-        entry = await self.acquire(model)
+        lease = await self.acquire(model)
         texts = list(inputs)
 
         def run(m: _Model) -> Iterator[list[list[Label]]]:
@@ -223,8 +225,9 @@ class TransformersEngine(LocalEngine):
             yield _classify(m, texts)
 
         result: list[list[Label]] = []
-        async for labels in self.exclusive(entry, run):
-            result = labels
+        async with contextlib.aclosing(self.exclusive(lease, run)) as items:
+            async for labels in items:
+                result = labels
         return result
 
     async def health(self) -> None:
@@ -233,7 +236,7 @@ class TransformersEngine(LocalEngine):
     async def _generation(
         self, model: ResolvedModel, encode: Any, params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
-        entry = await self.acquire(model)
+        lease = await self.acquire(model)
         max_new = params.max_tokens or self._default_max_tokens
         counts = {"prompt": 0, "completion": 0}
         limits = {"max_new": max_new}
@@ -253,9 +256,10 @@ class TransformersEngine(LocalEngine):
             yield from _generate(m, inputs, params, limits["max_new"], counts)
 
         text: list[str] = []
-        async for piece in self.exclusive(entry, run):
-            text.append(piece)
-            yield GenerationChunk(text=piece)
+        async with contextlib.aclosing(self.exclusive(lease, run)) as items:
+            async for piece in items:
+                text.append(piece)
+                yield GenerationChunk(text=piece)
         finish = "length" if counts["completion"] >= limits["max_new"] else "stop"
         final = Generation(
             text="".join(text),

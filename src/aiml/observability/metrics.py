@@ -127,6 +127,24 @@ class _Live(Collector):
             queued.add_metric([engine], gate.waiting)
         yield in_flight
         yield queued
+        yield CounterMetricFamily(
+            "aiml_requests_cancelled",
+            "Requests whose client hung up before the answer; their engine work was stopped.",
+            value=s.cancelled,
+        )
+        evictions = CounterMetricFamily(
+            "aiml_model_evictions",
+            "Local models unloaded, by reason (room, idle, budget, unload, shutdown).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._pool.evictions.items()):
+            evictions.add_metric([reason], count)
+        yield evictions
+        yield CounterMetricFamily(
+            "aiml_model_load_failures",
+            "Local model loads that failed (nothing of them stays loaded).",
+            value=self._pool.load_failures,
+        )
         yield GaugeMetricFamily(
             "aiml_loaded_models", "Local models loaded in memory.", value=len(self._pool.entries())
         )
