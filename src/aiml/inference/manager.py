@@ -1,30 +1,33 @@
-"""``InferenceManager``: validate -> admit -> route -> execute. Orchestration only.
+"""``InferenceManager``: the one gate every request that touches a model or the registry
+passes: draining -> limits -> locate -> admit -> execute, within the request's deadline.
 
 Every API surface (aiml's own, OpenAI's, Ollama's) turns its request into a
-:class:`TaskCall` (task, engine, model reference, the task's typed input) and hands it here,
-whole (:meth:`InferenceManager.run`) or streamed (:meth:`InferenceManager.open`). Here, for
-every surface alike: the limits, the per-engine admission queue (429 past it), the deadline
-(504, the engine's work cancelled), refusal while draining (503), and the counts behind
-``/inference/stats`` and ``/metrics``.
+:class:`TaskCall` (task, how to find its engine and model, the task's typed input) and hands
+it here, whole (:meth:`InferenceManager.run`) or streamed (:meth:`InferenceManager.open`).
+Finding the engine may ask the registry, and resolving a local model fetches its files, so
+both run inside the gate: refused while draining (503), bounded by the deadline (504, the
+work cancelled), counted exactly once in ``/inference/stats`` and ``/metrics``. Admin loads
+and model lookups go through the same gate (:meth:`InferenceManager.gated`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from aiml.errors import AimlError, DeadlineExceeded, Draining, InvalidRequest
+from aiml.errors import AimlError, Draining, InvalidRequest
 from aiml.observability.context import request_deadline, request_started
 from aiml.observability.metrics import Metrics
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
-from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel
+from aiml.types import Generation, ModelRef, ResolvedModel
 
+from .accounting import Accounting, StreamOutcome, deadline_error
 from .admission import Admission
-from .executor import Execution, OpenStream
+from .executor import Execution
 from .limits import Limits
 from .router import TaskRouter
 from .stats import Stats
@@ -35,12 +38,27 @@ __all__ = [
     "InferenceManager",
     "InferenceOutcome",
     "InferenceRequest",
+    "Locate",
     "StreamOutcome",
     "TaskCall",
+    "fixed",
 ]
 
 T = TypeVar("T")
 _HEALTH_TIMEOUT_S = 5.0
+_TASKS = frozenset(t.value for t in TASK_SPECS)
+
+#: Finds a call's (engine, model reference); may ask the registry.
+Locate = Callable[[], Awaitable[tuple[str, ModelRef]]]
+
+
+def fixed(engine: str, ref: ModelRef) -> Locate:
+    """A :data:`Locate` for a call whose engine and reference are already known."""
+
+    async def locate() -> tuple[str, ModelRef]:
+        return engine, ref
+
+    return locate
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +74,10 @@ class InferenceRequest:
 
 @dataclass(frozen=True, slots=True)
 class TaskCall:
-    """A validated call: the task's typed input for a model reference on an engine."""
+    """A validated call: the task's typed input, and how to find its engine and model."""
 
     task: str
-    engine: str
-    ref: ModelRef
+    locate: Locate
     input: Any
 
 
@@ -74,131 +91,29 @@ class InferenceOutcome:
 
 @dataclass(frozen=True, slots=True)
 class HealthReport:
-    """Reachability of the registry and of each engine; ``None`` means reachable."""
+    """Reachability of the registry and of each engine; ``None`` means reachable.
+
+    ``required`` names the engines the service cannot serve without; any other engine
+    that is down makes the service degraded, not unready.
+    """
 
     registry: str | None
     engines: dict[str, str | None]
+    required: frozenset[str] = frozenset()
     draining: bool = False
 
     @property
     def ok(self) -> bool:
-        healthy = self.registry is None and all(e is None for e in self.engines.values())
-        return healthy and not self.draining
-
-
-class _Accounting:
-    """Where one call's outcome is counted (stats, metrics) and its slot given back."""
-
-    def __init__(self, manager: InferenceManager, call: TaskCall, started: float) -> None:
-        self.task = call.task if call.task in {t.value for t in TASK_SPECS} else "unknown"
-        self.engine = call.engine if call.engine in manager.router.engines else "unknown"
-        self.started = started
-        self._manager = manager
-        self._gate: Admission | None = None
-        self._done = False
-
-    def admitted(self, gate: Admission) -> None:
-        self._gate = gate
-
-    def finish(self, status: int, generation: Generation | None = None) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self._gate is not None:
-            self._gate.leave()
-        stats = self._manager.stats_source
-        stats.finished[(self.task, self.engine, status)] += 1
-        if generation is not None and generation.completion_tokens:
-            stats.tokens[(self.task, self.engine)] += generation.completion_tokens
-        elapsed = time.perf_counter() - self.started
-        self._manager.metrics.request_duration.labels(self.task, self.engine).observe(elapsed)
-
-    def failed(self, exc: AimlError) -> None:
-        if self._done:
-            return
-        stats = self._manager.stats_source
-        stats.errors[exc.code] += 1
-        if exc.code in ("overloaded", "draining"):
-            stats.rejected[exc.code] += 1
-        self.finish(exc.status_code)
-
-    def cancelled(self) -> None:
-        if self._done:
-            return
-        self._manager.stats_source.cancelled += 1
-        self.finish(499)  # nginx's "client closed request"
-
-    def crashed(self) -> None:
-        """A bug, not an answer: still counted, and the slot still given back."""
-        self._manager.stats_source.errors["internal_error"] += 1
-        self.finish(500)
-
-    def settle(self, exc: BaseException) -> None:
-        """Count the call as ended by ``exc``."""
-        if isinstance(exc, AimlError):
-            self.failed(exc)
-        elif isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
-            self.cancelled()  # the client hung up
-        else:
-            self.crashed()
-
-
-class StreamOutcome:
-    """A started generation; iterate :meth:`chunks`, then read :attr:`final`."""
-
-    def __init__(
-        self, opened: OpenStream, account: _Accounting, deadline_at: float, metrics: Metrics
-    ) -> None:
-        self.resolved = opened.resolved
-        self.final: Generation | None = None
-        self._opened = opened
-        self._account = account
-        self._deadline_at = deadline_at
-        self._metrics = metrics
+        needed = all(self.engines.get(name) is None for name in self.required)
+        return self.registry is None and needed and not self.draining
 
     @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._account.started
-
-    def shape(self, generation: Generation) -> dict[str, Any]:
-        """The non-streaming ``result`` object for the finished generation."""
-        return self._opened.shape(generation)
-
-    async def chunks(self) -> AsyncIterator[GenerationChunk]:
-        """The text pieces; the final chunk (``done``) carries the whole generation."""
-        pieces = cast(AsyncGenerator[GenerationChunk, None], self._opened.chunks())
-        first = True
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(self._deadline_at):
-                        chunk = await anext(pieces)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise _deadline() from None
-                if first and chunk.text:
-                    first = False
-                    labels = (self._account.task, self._account.engine)
-                    self._metrics.time_to_first_token.labels(*labels).observe(self.elapsed)
-                if chunk.final is not None:
-                    self.final = chunk.final
-                yield chunk
-        except BaseException as exc:
-            self._account.settle(exc)
-            raise
-        else:
-            self._account.finish(200, self.final)
-        finally:
-            await pieces.aclose()
-
-    async def aclose(self) -> None:
-        await self._opened.aclose()
-        self._account.cancelled()
+    def degraded(self) -> list[str]:
+        return sorted(name for name, error in self.engines.items() if error is not None)
 
 
 class InferenceManager:
-    """The service's inference entry point."""
+    """The service's inference entry point and request gate."""
 
     def __init__(
         self,
@@ -210,6 +125,7 @@ class InferenceManager:
         admission: Mapping[str, Admission],
         metrics: Metrics,
         request_timeout_s: float,
+        required_engines: Callable[[], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
         self.router = router
         self.registry = registry
@@ -219,6 +135,7 @@ class InferenceManager:
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         self.draining = False
+        self._required_engines = required_engines
         self._started = time.monotonic()
 
     def prepare(self, request: InferenceRequest) -> TaskCall:
@@ -226,7 +143,7 @@ class InferenceManager:
         executor = self.router.route(request.task, request.engine)
         ref = parse_reference(request.model_name)
         parsed = executor.spec.parse(request.data, request.options)
-        return TaskCall(request.task, request.engine, ref, parsed)
+        return TaskCall(request.task, fixed(request.engine, ref), parsed)
 
     async def infer(self, request: InferenceRequest) -> InferenceOutcome:
         """The earlier system's call: validate, then :meth:`run`."""
@@ -236,22 +153,12 @@ class InferenceManager:
         """Like :meth:`infer`, streamed."""
         return await self.open(self._prepare_counted(request), counted=True)
 
-    def _begin(self, call: TaskCall, counted: bool) -> tuple[_Accounting, float]:
-        if not counted:
-            self.stats_source.started += 1
-        return _Accounting(self, call, time.perf_counter()), self.deadline_at()
-
     async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
-        """Admit the call, resolve its model and run the task, within the deadline."""
-        account, deadline_at = self._begin(call, counted)
+        """Locate, admit and run the call, within the deadline."""
+        account, deadline_at = self._begin(call.task, counted)
         try:
-            executor = self._admissible(call)
-            gate = self.admission[call.engine]
-            await _within(gate.enter(), deadline_at)
-            account.admitted(gate)
-            execution: Execution = await _within(
-                executor.execute(call.ref, call.input), deadline_at
-            )
+            executor, ref = await self._enter(call, account, deadline_at)
+            execution: Execution = await _within(executor.execute(ref, call.input), deadline_at)
         except BaseException as exc:
             account.settle(exc)
             raise
@@ -264,35 +171,69 @@ class InferenceManager:
         )
 
     async def open(self, call: TaskCall, *, counted: bool = False) -> StreamOutcome:
-        """Admit the call, resolve its model and start the generation; chunks follow."""
-        account, deadline_at = self._begin(call, counted)
+        """Locate and admit the call and start the generation; chunks follow."""
+        account, deadline_at = self._begin(call.task, counted)
         try:
-            executor = self._admissible(call)
+            executor, ref = await self._enter(call, account, deadline_at)
             if not executor.spec.streams:
                 raise InvalidRequest(
                     f"task {call.task!r} does not stream; leave out 'stream'", param="stream"
                 )
-            gate = self.admission[call.engine]
-            await _within(gate.enter(), deadline_at)
-            account.admitted(gate)
-            opened = await _within(executor.open_stream(call.ref, call.input), deadline_at)
+            opened = await _within(executor.open_stream(ref, call.input), deadline_at)
         except BaseException as exc:
             account.settle(exc)
             raise
         return StreamOutcome(opened, account, deadline_at, self.metrics)
 
-    async def load(self, engine: str, ref: ModelRef) -> ResolvedModel:
-        """Resolve and load a model into memory ahead of its first request."""
-        target = self.router.engine(engine)
-        resolved = await self.router.resolver.resolve(ref, engine)
-        await target.preload(resolved)
-        return resolved
+    async def gated(
+        self,
+        operation: str,
+        locate: Locate,
+        work: Callable[[str, ModelRef], Awaitable[T]],
+        *,
+        admit: bool = False,
+    ) -> T:
+        """``work(engine, ref)`` (a lookup, a load) through the gate: draining, the deadline
+        and accounting, and with ``admit`` a slot of the engine's admission."""
+        account, deadline_at = self._begin(operation, counted=False)
+        try:
+            self._check_draining()
+            engine, ref = await _within(locate(), deadline_at)
+            account.located(engine, self.router.engines)
+            if admit:
+                await self._admit(engine, account, deadline_at)
+            result = await _within(work(engine, ref), deadline_at)
+        except BaseException as exc:
+            account.settle(exc)
+            raise
+        account.finish(200)
+        return result
 
-    async def unload(self, engine: str, ref: ModelRef) -> tuple[ResolvedModel, bool]:
+    async def resolve(self, locate: Locate) -> ResolvedModel:
+        """The model a name means (``/v1/models/{model}``, ``/api/show``), through the gate."""
+        resolver = self.router.resolver
+        return await self.gated("lookup", locate, lambda engine, ref: resolver.resolve(ref, engine))
+
+    async def load(self, locate: Locate) -> ResolvedModel:
+        """Resolve and load a model into memory ahead of its first request."""
+
+        async def load(engine: str, ref: ModelRef) -> ResolvedModel:
+            target = self.router.engine(engine)
+            resolved = await self.router.resolver.resolve(ref, engine)
+            await target.preload(resolved)
+            return resolved
+
+        return await self.gated("load", locate, load, admit=True)
+
+    async def unload(self, locate: Locate) -> tuple[ResolvedModel, bool]:
         """Unload a model now; the flag says whether it was loaded."""
-        target = self.router.engine(engine)
-        resolved = await self.router.resolver.resolve(ref, engine)
-        return resolved, await target.unload(resolved)
+
+        async def unload(engine: str, ref: ModelRef) -> tuple[ResolvedModel, bool]:
+            target = self.router.engine(engine)
+            resolved = await self.router.resolver.resolve(ref, engine)
+            return resolved, await target.unload(resolved)
+
+        return await self.gated("unload", locate, unload)
 
     def clear_cache(self) -> dict[str, int]:
         """Drop executors and every cached reference mapping."""
@@ -333,20 +274,19 @@ class InferenceManager:
             checks[f"engine:{name}"] = engine.health()
         results = await asyncio.gather(*(_probe(check) for check in checks.values()))
         outcome = dict(zip(checks, results, strict=True))
+        registry = outcome.pop("registry")
+        required = frozenset(self.router.engines)  # without a policy: every engine
+        if self._required_engines is not None:
+            try:
+                required = await asyncio.wait_for(self._required_engines(), _HEALTH_TIMEOUT_S)
+            except (AimlError, TimeoutError) as exc:
+                registry = registry or f"cannot list the registered models: {exc}"
         return HealthReport(
-            registry=outcome.pop("registry"),
+            registry=registry,
             engines={key.removeprefix("engine:"): error for key, error in outcome.items()},
+            required=required,
             draining=self.draining,
         )
-
-    def _admissible(self, call: TaskCall) -> Any:
-        if self.draining:
-            raise Draining("the service is shutting down; retry on another instance")
-        executor = self.router.route(call.task, call.engine)
-        measure: Callable[[], Any] | None = getattr(call.input, "measure", None)
-        if measure is not None:
-            self.limits.check(measure())
-        return executor
 
     def deadline_at(self) -> float:
         """When the current request must be answered (the loop's clock): its arrival plus the
@@ -356,28 +296,48 @@ class InferenceManager:
         started = request_started.get()
         return (started if started is not None else asyncio.get_running_loop().time()) + timeout
 
-    async def within_deadline(self, work: Awaitable[T], *, task: str | None = None) -> T:
-        """``work`` (finding a model's engine, say) bounded by the request's deadline.
+    # -- the gate ----------------------------------------------------------------------
 
-        With ``task``, a failure is counted as that inference request's outcome (it ends
-        there, before :meth:`run`), so the stats and metrics still see every request.
-        """
-        try:
-            return await _within(work, self.deadline_at())
-        except AimlError as exc:
-            if task is not None:
-                self.stats_source.started += 1
-                call = TaskCall(task, "-", ModelRef("-"), None)
-                _Accounting(self, call, time.perf_counter()).failed(exc)
-            raise
+    def _begin(self, task: str, counted: bool) -> tuple[Accounting, float]:
+        if not counted:
+            self.stats_source.started += 1
+        account = Accounting(self.stats_source, self.metrics, task, tasks=_TASKS)
+        return account, self.deadline_at()
+
+    def _check_draining(self) -> None:
+        if self.draining:
+            raise Draining("the service is shutting down; retry on another instance")
+
+    async def _enter(
+        self, call: TaskCall, account: Accounting, deadline_at: float
+    ) -> tuple[Any, ModelRef]:
+        """Draining, limits, locate (inside the deadline), then the engine's admission."""
+        self._check_draining()
+        measure: Callable[[], Any] | None = getattr(call.input, "measure", None)
+        if measure is not None:
+            self.limits.check(measure())
+        engine, ref = await _within(call.locate(), deadline_at)
+        account.located(engine, self.router.engines)
+        executor = self.router.route(call.task, engine)
+        await self._admit(engine, account, deadline_at)
+        return executor, ref
+
+    async def _admit(self, engine: str, account: Accounting, deadline_at: float) -> None:
+        gate = self.admission.get(engine)
+        if gate is None:
+            self.router.engine(engine)  # the error naming the missing engine
+            return
+        await _within(gate.enter(), deadline_at)
+        account.admitted(gate)
 
     def _prepare_counted(self, request: InferenceRequest) -> TaskCall:
         self.stats_source.started += 1
         try:
             return self.prepare(request)
         except AimlError as exc:
-            call = TaskCall(request.task, request.engine, ModelRef("-"), None)
-            _Accounting(self, call, time.perf_counter()).failed(exc)
+            account = Accounting(self.stats_source, self.metrics, request.task, tasks=_TASKS)
+            account.located(request.engine, self.router.engines)
+            account.failed(exc)
             raise
 
 
@@ -387,14 +347,7 @@ async def _within(work: Awaitable[T], deadline_at: float) -> T:
         async with asyncio.timeout_at(deadline_at):
             return await work
     except TimeoutError:
-        raise _deadline() from None
-
-
-def _deadline() -> DeadlineExceeded:
-    return DeadlineExceeded(
-        "the request's deadline passed; its work was cancelled (AIML_REQUEST_TIMEOUT_S, "
-        "or X-Request-Timeout)"
-    )
+        raise deadline_error() from None
 
 
 async def _probe(check: Awaitable[None]) -> str | None:

@@ -1,4 +1,6 @@
-"""Liveness (no I/O) and readiness (registry and engines reachable)."""
+"""Liveness (no I/O) and readiness: ready when the registry answers and every required
+engine is up (``AIML_REQUIRED_ENGINES``); an optional engine that is down makes the body say
+``degraded`` while the status stays 200."""
 
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ async def ready(services: ServicesDep) -> JSONResponse:
     checks = {
         "registry": report.registry or "ok",
         "engines": {name: error or "ok" for name, error in report.engines.items()},
+        "required": sorted(report.required),
+        "degraded": report.degraded,
     }
     if report.ok:
-        return JSONResponse({"status": "ready", **checks})
+        return JSONResponse({"status": "degraded" if report.degraded else "ready", **checks})
     if report.draining:
         return error_response(503, "draining", "shutting down", extra={"draining": True, **checks})
     return error_response(503, "not_ready", "a dependency is unreachable", extra=checks)

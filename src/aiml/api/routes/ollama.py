@@ -18,14 +18,14 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from aiml.errors import AimlError, EngineError
-from aiml.inference.manager import StreamOutcome, TaskCall
+from aiml.inference.manager import Locate, StreamOutcome, TaskCall
 from aiml.inference.targets import ollama_target
 from aiml.inference.tasks.chat import ChatInput
 from aiml.inference.tasks.embeddings import EmbeddingsInput
 from aiml.inference.tasks.text_generation import TextGenerationInput
 from aiml.inference.tasks.vlm import VlmInput
 from aiml.services import Services
-from aiml.types import ChatMessage, Generation, ModelRef
+from aiml.types import ChatMessage, Generation
 
 from ..deps import ServicesDep
 from ..ollama_schemas import (
@@ -70,8 +70,8 @@ async def tags(services: ServicesDep) -> JSONResponse:
 
 @router.post("/show")
 async def show(body: ShowBody, services: ServicesDep) -> JSONResponse:
-    engine, ref = await services.manager.within_deadline(ollama_target(services.router, body.model))
-    resolved = await services.router.resolver.resolve(ref, engine)
+    resolved = await services.manager.resolve(_target(services, body.model))
+    engine = resolved.engine
     embedding = resolved.declared_task == "embeddings"
     info = {
         "general.architecture": resolved.tags.get("inference_engine", engine),
@@ -117,43 +117,37 @@ async def ps(services: ServicesDep) -> JSONResponse:
 @router.post("/generate")
 async def generate(body: GenerateBody, services: ServicesDep) -> Response:
     body.check()
-    engine, ref = await services.manager.within_deadline(
-        ollama_target(services.router, body.model), task="text-generation"
-    )
+    locate = _target(services, body.model)
     if not body.prompt and not body.images:  # Ollama: an empty prompt loads or unloads
-        return await _load_or_unload(services, engine, ref, body.model, body.keep_alive, chat=False)
+        return await _load_or_unload(services, locate, body.model, body.keep_alive, chat=False)
     params = sampling(body.options)
     if body.images:
         image = decode_image(body.images[0], "images.0")
-        call = TaskCall("vlm", engine, ref, VlmInput(image, body.prompt, params))
+        call = TaskCall("vlm", locate, VlmInput(image, body.prompt, params))
     elif body.system:
         turns = (ChatMessage("system", body.system), ChatMessage("user", body.prompt))
-        call = TaskCall("chat", engine, ref, ChatInput(turns, params))
+        call = TaskCall("chat", locate, ChatInput(turns, params))
     else:
-        call = TaskCall("text-generation", engine, ref, TextGenerationInput(body.prompt, params))
+        call = TaskCall("text-generation", locate, TextGenerationInput(body.prompt, params))
     return await _answer(services, call, body.model, body.stream, chat=False)
 
 
 @router.post("/chat")
 async def chat(body: ChatBody, services: ServicesDep) -> Response:
     messages = body.to_messages()
-    engine, ref = await services.manager.within_deadline(
-        ollama_target(services.router, body.model), task="chat"
-    )
+    locate = _target(services, body.model)
     if not messages:  # Ollama: no messages loads or unloads
-        return await _load_or_unload(services, engine, ref, body.model, body.keep_alive, chat=True)
-    call = TaskCall("chat", engine, ref, ChatInput(messages, sampling(body.options)))
+        return await _load_or_unload(services, locate, body.model, body.keep_alive, chat=True)
+    call = TaskCall("chat", locate, ChatInput(messages, sampling(body.options)))
     return await _answer(services, call, body.model, body.stream, chat=True)
 
 
 @router.post("/embed")
 async def embed(body: EmbedBody, services: ServicesDep) -> JSONResponse:
     started = time.perf_counter()
-    engine, ref = await services.manager.within_deadline(
-        ollama_target(services.router, body.model), task="embeddings"
-    )
+    locate = _target(services, body.model)
     outcome = await services.manager.run(
-        TaskCall("embeddings", engine, ref, EmbeddingsInput(body.texts()))
+        TaskCall("embeddings", locate, EmbeddingsInput(body.texts()))
     )
     return JSONResponse(
         {
@@ -169,11 +163,9 @@ async def embed(body: EmbedBody, services: ServicesDep) -> JSONResponse:
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsBody, services: ServicesDep) -> JSONResponse:
     """Ollama's superseded single-prompt embeddings route."""
-    engine, ref = await services.manager.within_deadline(
-        ollama_target(services.router, body.model), task="embeddings"
-    )
+    locate = _target(services, body.model)
     outcome = await services.manager.run(
-        TaskCall("embeddings", engine, ref, EmbeddingsInput((body.prompt,)))
+        TaskCall("embeddings", locate, EmbeddingsInput((body.prompt,)))
     )
     return JSONResponse({"embedding": outcome.result["embeddings"][0]})
 
@@ -185,6 +177,11 @@ async def embeddings(body: EmbeddingsBody, services: ServicesDep) -> JSONRespons
 @router.api_route("/delete", methods=["DELETE"], include_in_schema=False)
 async def not_here() -> JSONResponse:
     return JSONResponse({"error": _NOT_HERE}, status_code=501)
+
+
+def _target(services: Services, model: str) -> Locate:
+    """Finding the engine may ask the registry: the manager runs it inside its gate."""
+    return lambda: ollama_target(services.router, model)
 
 
 async def _answer(
@@ -256,8 +253,7 @@ def _final(
 
 async def _load_or_unload(
     services: Services,
-    engine: str,
-    ref: ModelRef,
+    locate: Locate,
     model: str,
     keep_alive: float | str | None,
     *,
@@ -265,9 +261,9 @@ async def _load_or_unload(
 ) -> JSONResponse:
     unload = keep_alive in (0, "0", "0s", "0m")
     if unload:
-        await services.manager.unload(engine, ref)
+        await services.manager.unload(locate)
     else:
-        await services.manager.load(engine, ref)
+        await services.manager.load(locate)
     frame = {**_piece(model, "", chat), "done_reason": "unload" if unload else "load", "done": True}
     return JSONResponse(frame)
 

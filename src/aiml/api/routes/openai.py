@@ -18,7 +18,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from aiml.errors import AimlError, EngineError
-from aiml.inference.manager import StreamOutcome, TaskCall
+from aiml.inference.manager import Locate, StreamOutcome, TaskCall
 from aiml.inference.targets import openai_target
 from aiml.inference.tasks.chat import ChatInput
 from aiml.inference.tasks.embeddings import EmbeddingsInput
@@ -49,29 +49,29 @@ async def list_models(services: ServicesDep) -> JSONResponse:
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, services: ServicesDep) -> JSONResponse:
-    engine, ref = await services.manager.within_deadline(openai_target(services.router, model))
-    await services.router.resolver.resolve(ref, engine)  # 404 when it does not exist
-    return JSONResponse(_model(model, 0, owned_by=engine))
+    resolved = await services.manager.resolve(_target(services, model))  # 404 if it is not
+    return JSONResponse(_model(model, 0, owned_by=resolved.engine))
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, services: ServicesDep) -> Response:
-    engine, ref = await services.manager.within_deadline(
-        openai_target(services.router, body.model), task="chat"
-    )
-    call = TaskCall("chat", engine, ref, ChatInput(body.to_messages(), body.params()))
+    locate = _target(services, body.model)
+    call = TaskCall("chat", locate, ChatInput(body.to_messages(), body.params()))
     reply = _Reply("chat.completion", body.model, body.include_usage)
     return await _answer(services, call, reply, stream=body.stream)
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, services: ServicesDep) -> Response:
-    engine, ref = await services.manager.within_deadline(
-        openai_target(services.router, body.model), task="text-generation"
-    )
-    call = TaskCall("text-generation", engine, ref, TextGenerationInput(body.text(), body.params()))
+    locate = _target(services, body.model)
+    call = TaskCall("text-generation", locate, TextGenerationInput(body.text(), body.params()))
     reply = _Reply("text_completion", body.model, body.include_usage)
     return await _answer(services, call, reply, stream=body.stream)
+
+
+def _target(services: Services, model: str) -> Locate:
+    """Finding the engine may ask the registry: the manager runs it inside its gate."""
+    return lambda: openai_target(services.router, model)
 
 
 async def _answer(services: Services, call: TaskCall, reply: _Reply, *, stream: bool) -> Response:
@@ -84,11 +84,9 @@ async def _answer(services: Services, call: TaskCall, reply: _Reply, *, stream: 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, services: ServicesDep) -> JSONResponse:
-    engine, ref = await services.manager.within_deadline(
-        openai_target(services.router, body.model), task="embeddings"
-    )
+    locate = _target(services, body.model)
     outcome = await services.manager.run(
-        TaskCall("embeddings", engine, ref, EmbeddingsInput(body.texts()))
+        TaskCall("embeddings", locate, EmbeddingsInput(body.texts()))
     )
     vectors: list[list[float]] = outcome.result["embeddings"]
     tokens = outcome.result["metadata"].get("prompt_tokens") or 0

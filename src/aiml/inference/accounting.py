@@ -1,0 +1,154 @@
+"""One request's passage through the gate: counted exactly once, its slot given back once.
+
+:class:`Accounting` is where a request's outcome lands in the stats and metrics, whatever
+ends it (an answer, an error, a client hanging up, a bug); :class:`StreamOutcome` is a
+started generation, which settles its accounting when the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
+
+from aiml.errors import AimlError, DeadlineExceeded
+from aiml.observability.metrics import Metrics
+from aiml.types import Generation, GenerationChunk
+
+from .admission import Admission
+from .executor import OpenStream
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+__all__ = ["Accounting", "StreamOutcome", "deadline_error"]
+
+#: Gated operations that are not tasks (their label in stats and metrics).
+OPERATIONS = frozenset({"lookup", "load", "unload"})
+
+
+class Accounting:
+    """Where one call's outcome is counted (stats, metrics) and its admission slot given back."""
+
+    def __init__(
+        self, stats: Stats, metrics: Metrics, task: str, *, tasks: Collection[str]
+    ) -> None:
+        self.task = task if task in tasks or task in OPERATIONS else "unknown"
+        self.engine = "-"  # until the call's engine is known
+        self.started = time.perf_counter()
+        self._stats = stats
+        self._metrics = metrics
+        self._gate: Admission | None = None
+        self._done = False
+
+    def located(self, engine: str, engines: Collection[str]) -> None:
+        self.engine = engine if engine in engines else "unknown"
+
+    def admitted(self, gate: Admission) -> None:
+        self._gate = gate
+
+    def finish(self, status: int, generation: Generation | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._gate is not None:
+            self._gate.leave()
+        stats = self._stats
+        stats.finished[(self.task, self.engine, status)] += 1
+        if generation is not None and generation.completion_tokens:
+            stats.tokens[(self.task, self.engine)] += generation.completion_tokens
+        elapsed = time.perf_counter() - self.started
+        self._metrics.request_duration.labels(self.task, self.engine).observe(elapsed)
+
+    def failed(self, exc: AimlError) -> None:
+        if self._done:
+            return
+        self._stats.errors[exc.code] += 1
+        if exc.code in ("overloaded", "draining"):
+            self._stats.rejected[exc.code] += 1
+        self.finish(exc.status_code)
+
+    def cancelled(self) -> None:
+        if self._done:
+            return
+        self._stats.cancelled += 1
+        self.finish(499)  # nginx's "client closed request"
+
+    def crashed(self) -> None:
+        """A bug, not an answer: still counted, and the slot still given back."""
+        if self._done:
+            return
+        self._stats.errors["internal_error"] += 1
+        self.finish(500)
+
+    def settle(self, exc: BaseException) -> None:
+        """Count the call as ended by ``exc``."""
+        if isinstance(exc, AimlError):
+            self.failed(exc)
+        elif isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+            self.cancelled()  # the client hung up
+        else:
+            self.crashed()
+
+
+class StreamOutcome:
+    """A started generation; iterate :meth:`chunks`, then read :attr:`final`."""
+
+    def __init__(
+        self, opened: OpenStream, account: Accounting, deadline_at: float, metrics: Metrics
+    ) -> None:
+        self.resolved = opened.resolved
+        self.final: Generation | None = None
+        self._opened = opened
+        self._account = account
+        self._deadline_at = deadline_at
+        self._metrics = metrics
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._account.started
+
+    def shape(self, generation: Generation) -> dict[str, Any]:
+        """The non-streaming ``result`` object for the finished generation."""
+        return self._opened.shape(generation)
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        """The text pieces; the final chunk (``done``) carries the whole generation."""
+        pieces = cast(AsyncGenerator[GenerationChunk, None], self._opened.chunks())
+        first = True
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(self._deadline_at):
+                        chunk = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise deadline_error() from None
+                if first and chunk.text:
+                    first = False
+                    labels = (self._account.task, self._account.engine)
+                    self._metrics.time_to_first_token.labels(*labels).observe(self.elapsed)
+                if chunk.final is not None:
+                    self.final = chunk.final
+                yield chunk
+        except BaseException as exc:
+            self._account.settle(exc)
+            raise
+        else:
+            self._account.finish(200, self.final)
+        finally:
+            await pieces.aclose()
+
+    async def aclose(self) -> None:
+        await self._opened.aclose()
+        self._account.cancelled()
+
+
+def deadline_error() -> DeadlineExceeded:
+    return DeadlineExceeded(
+        "the request's deadline passed; its work was cancelled (AIML_REQUEST_TIMEOUT_S, "
+        "or X-Request-Timeout)"
+    )
