@@ -7,10 +7,14 @@ from pathlib import Path
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from aiml.api.ollama_schemas import sampling
+from aiml.api.ollama_schemas import EmbedBody, sampling
+from aiml.api.openai_schemas import ChatCompletionRequest
+from aiml.api.schemas import InferRequest
 from aiml.engines.ollama import is_valid_ollama_name, normalize_ollama_name
 from aiml.errors import InvalidRequest
+from aiml.inference.tasks.base import GenerationOptions, text_problem
 from aiml.registry.artifacts import safe_relpath
 from aiml.registry.references import parse_reference, validate_alias
 from aiml.types import ModelRef
@@ -120,3 +124,62 @@ def test_ollama_options_map_or_are_refused_by_name(options: dict[str, object]) -
         assert params.max_tokens >= 1
     if params.temperature is not None:
         assert 0 <= params.temperature <= 2
+
+
+def _is_clean(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+#: Any code point, lone surrogates included (hypothesis leaves them out by default).
+any_text = st.text(st.characters(exclude_categories=()), max_size=20)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(value=json_values)
+@example("\ud800")
+@example({"a": ["ok", {"b\x00": 1}]})
+def test_text_is_refused_exactly_when_some_string_in_it_is_not_clean(value: object) -> None:
+    strings: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings.append(item)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            strings.extend(item)
+            stack.extend(item.values())
+    problem = text_problem(value)
+    assert (problem is None) == all(_is_clean(s) for s in strings)
+    if problem is not None:
+        problem.encode("utf-8")  # the reason itself never quotes the bad text
+
+
+@settings(max_examples=200)
+@given(text=any_text)
+def test_every_request_model_refuses_unclean_text_as_a_validation_error(text: str) -> None:
+    bodies = [
+        (InferRequest, {"task": "chat", "engine": "e", "model_name": "m",
+                        "data": {"messages": [{"role": "user", "content": text}]}}),
+        (ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": text}]}),
+        (EmbedBody, {"model": "m", "input": [text]}),
+        (GenerationOptions, {"stop": [text]}),
+    ]  # fmt: skip
+    for model, body in bodies:
+        try:
+            model.model_validate(body)
+        except ValidationError as exc:
+            assert not _is_clean(text)
+            assert exc.errors()[0]["type"] == "invalid_text"
+            continue
+        assert _is_clean(text)

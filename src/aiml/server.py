@@ -4,6 +4,9 @@ On the first SIGTERM (or Ctrl-C) aiml stops taking work: readiness turns false a
 inference requests get 503 ``draining`` with ``Retry-After``, while the requests in flight
 finish, for at most ``AIML_DRAIN_TIMEOUT_S``. Then uvicorn shuts down, the lifespan unloads
 every model, and the process exits 0. A second signal stops at once.
+
+Connections: a client must complete its request headers within ``AIML_HEADER_TIMEOUT_S`` and
+may hold at most ``AIML_MAX_CONNECTIONS_PER_CLIENT`` connections (:mod:`aiml.connections`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from aiml.api.app import create_app
+from aiml.connections import ConnectionGuard
 from aiml.observability.logging import configure_logging
 from aiml.settings import Settings
 
@@ -46,10 +51,18 @@ def run(settings: Settings) -> None:
 
 
 def uvicorn_config(settings: Settings, app: Any, *, host: str) -> uvicorn.Config:
+    # uvicorn has no header-read deadline nor a per-client cap; the guard adds both around
+    # uvicorn's own HTTP protocol (the one its default http="auto" names): see connections.py.
+    guard = ConnectionGuard(
+        header_timeout_s=settings.header_timeout_s,
+        max_per_client=settings.max_connections_per_client,
+    )
     return uvicorn.Config(
-        app,
+        guard.app(app),
         host=host,
         port=settings.port,
+        http=guard.protocol(AutoHTTPProtocol),
+        ws="none",  # no WebSocket routes: an upgrade never takes a connection from the guard
         log_config=None,  # ours, set by run()
         access_log=False,  # aiml logs each request itself, with its request id
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),

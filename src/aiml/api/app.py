@@ -17,6 +17,7 @@ from aiml.services import Services, build_services
 from aiml.settings import Settings
 
 from .auth import KeyRing
+from .disconnect import CancelOnDisconnect
 from .errors import install_error_handlers
 from .middleware import Access, Authentication, BodyLimit, RequestContext, Traffic, access_of
 from .responses import JSONResponse
@@ -86,11 +87,15 @@ def create_app(
             health.metrics_router,
         ),
     )
-    # Outermost last: the request id wraps everything, then the body limit, then the keys.
-    app.add_middleware(Authentication, api_keys=api_keys, admin_keys=admin_keys)
+    # Outermost last: the request id wraps everything, then the keys, then the body limit.
+    # Keys come before anything reads the body: a client without one never gets aiml to
+    # read (let alone hold) a byte of it.
+    # Innermost: a request whose client hung up is cancelled, streaming or not.
+    app.add_middleware(CancelOnDisconnect)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes
     )
+    app.add_middleware(Authentication, api_keys=api_keys, admin_keys=admin_keys)
     app.add_middleware(RequestContext, traffic=traffic)
     if api_keys or admin_keys:
         _document_bearer_auth(app)

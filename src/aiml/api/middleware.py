@@ -4,8 +4,11 @@
   one) returned in the response header and put on every log line; the client's
   ``X-Request-Timeout`` (seconds, only ever shortening the deadline); one access log line;
   the count of requests in flight that a graceful shutdown waits for.
-* :class:`Authentication`: bearer keys; admin routes need an admin key.
-* :class:`BodyLimit`: request bodies over the limit are refused with 413 before they are read.
+* :class:`Authentication`: bearer keys; admin routes need an admin key. It runs before
+  anything reads the body, so a refused client's body is never read (and the connection is
+  closed rather than drained).
+* :class:`BodyLimit`: request bodies are counted as they stream through to the app, never
+  buffered here; past the route's limit, 413.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = ["Access", "Authentication", "BodyLimit", "RequestContext", "Traffic",
 log = logging.getLogger("aiml.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,64}")
 _QUIET = ("/health/", "/metrics")
+_UPLOAD_PATH = "/admin/models/register"  # the one route with AIML_MAX_UPLOAD_BYTES
 
 
 @dataclass
@@ -102,12 +106,14 @@ class RequestContext:
                 timeout = value
         rid = rid or next(self._ids)
         status = 500
+        answered = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answered = True
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
             await send(message)
 
@@ -127,6 +133,8 @@ class RequestContext:
                 await response(scope, receive, send_with_id)
                 return
             await self.app(scope, receive, send_with_id)
+            if status == 500 and not answered:
+                status = 499  # no answer and no error: the client hung up (nginx's code)
         finally:
             self.traffic.leave()
             if not scope["path"].startswith(_QUIET) and log.isEnabledFor(logging.INFO):
@@ -174,11 +182,25 @@ class Authentication:
             else:
                 refusal = (401, "unauthorized", "the key is not valid")
         status, code, message = refusal
-        headers = {"www-authenticate": "Bearer"} if status == 401 else None
-        await render_error(path, status, code, message, headers=headers)(scope, receive, send)
+        headers = {"www-authenticate": "Bearer"} if status == 401 else {}
+        await render_error(path, status, code, message, headers=headers | _close_if_body(scope))(
+            scope, receive, send
+        )
 
 
 class BodyLimit:
+    """Counts a request body as it streams through to the app; past the limit, 413.
+
+    A declared ``Content-Length`` over the route's limit is refused before a byte is read (the
+    server itself stops reading at ``Content-Length``). A chunked body is counted chunk by
+    chunk as the app reads it: at most one chunk is ever held here. Once the count passes
+    the limit the app is told the client went away (``http.disconnect``) and whatever it
+    answers is dropped for our 413. Why not raise from ``receive``: FastAPI turns any error
+    raised while it reads a body into a 400 (and a route reading its own body may catch it),
+    whereas a disconnect is the one thing every ASGI body reader already handles; the 413
+    is then decided here, in one place, whoever read the body.
+    """
+
     def __init__(self, app: ASGIApp, *, max_bytes: int, upload_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -189,45 +211,73 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        limit = self.upload_bytes if path == "/admin/models/register" else self.max_bytes
+        limit = self.upload_bytes if path == _UPLOAD_PATH else self.max_bytes
+        declared, chunked = b"", False
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if value.isdigit() and int(value) > limit:
-                    await _too_large(path, limit)(scope, receive, send)
-                    return
-                await self.app(scope, receive, send)  # the server stops at Content-Length
-                return
-        # No Content-Length (chunked): read up to the limit here, then hand the body on.
-        body = bytearray()
-        more = True
-        while more:
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(path, limit)(scope, receive, send)
+            return
+        if not chunked:  # the server stops at Content-Length (or there is no body)
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+        overflow = started = False
+
+        async def counted() -> Message:
+            nonlocal seen, overflow
+            if overflow:
+                return {"type": "http.disconnect"}
             message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                await _too_large(path, limit)(scope, receive, send)
-                return
-        replayed = False
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    overflow = True
+                    return {"type": "http.disconnect"}
+            return message
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        async def answer(message: Message) -> None:
+            nonlocal started
+            if overflow and not started:
+                return  # the app's reply to a body cut short: the 413 below replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, counted, answer)
+        except Exception:
+            if not overflow or started:
+                raise
+            # A reader that did not expect the disconnect: the body was too large, that's all.
+        if overflow and not started:
+            await _too_large(path, limit)(scope, receive, send)
 
 
 def _too_large(path: str, limit: int) -> Any:
+    setting = "AIML_MAX_UPLOAD_BYTES" if path == _UPLOAD_PATH else "AIML_MAX_BODY_BYTES"
+    # The rest of the body is never read: close the connection rather than drain it.
     return render_error(
         path,
         413,
         "payload_too_large",
-        f"the request body is over {limit} bytes (AIML_MAX_BODY_BYTES)",
+        f"the request body is over {limit} bytes ({setting})",
+        headers={"connection": "close"},
     )
+
+
+def _close_if_body(scope: Scope) -> dict[str, str]:
+    """``Connection: close`` for an answer given without reading the request's body.
+
+    Otherwise the server would go on reading (and dropping) the whole body to reach the next
+    request on the connection: a refused client could still make aiml read gigabytes.
+    """
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return {"connection": "close"}
+    return {}
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -11,10 +11,10 @@ import base64
 import binascii
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aiml.errors import InvalidRequest
-from aiml.inference.tasks.base import GenerationOptions, parse_model
+from aiml.inference.tasks.base import CleanText, GenerationOptions, parse_model
 from aiml.types import ChatMessage, SamplingParams
 
 __all__ = ["ChatBody", "EmbedBody", "EmbeddingsBody", "GenerateBody", "ShowBody", "sampling"]
@@ -33,7 +33,9 @@ _MAPPED = {
 }
 
 
-class _Body(BaseModel):
+class _Body(CleanText):
+    """Ignores unknown fields; no text may hold NUL or a lone surrogate (400, never a 500)."""
+
     model_config = ConfigDict(extra="ignore")
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import base64
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aiml.errors import InvalidRequest
+from aiml.inference.tasks.base import CleanText
 from aiml.types import ChatMessage, SamplingParams
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"]
 
 
-class _Body(BaseModel):
+class _Body(CleanText):
+    """Ignores unknown fields; no text may hold NUL or a lone surrogate (400, never a 500)."""
+
     model_config = ConfigDict(extra="ignore")
 
 

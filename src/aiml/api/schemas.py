@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiml.inference.tasks.base import CleanText
+
 __all__ = [
     "AliasBody",
     "ErrorBody",
@@ -17,7 +19,7 @@ __all__ = [
 ]
 
 
-class InferRequest(BaseModel):
+class InferRequest(CleanText):
     """``POST /inference/infer``. ``data`` and ``options`` are checked by the task."""
 
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +61,7 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class RegisterOllamaRequest(BaseModel):
+class RegisterOllamaRequest(CleanText):
     model_config = ConfigDict(extra="forbid")
 
     local_model_name: str = Field(max_length=256, examples=["llama2:7b"])
@@ -69,7 +71,7 @@ class RegisterOllamaRequest(BaseModel):
     description: str | None = Field(default=None, max_length=5000)
 
 
-class AliasBody(BaseModel):
+class AliasBody(CleanText):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1)

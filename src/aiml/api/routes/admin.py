@@ -8,15 +8,16 @@ from pathlib import Path
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
+from pydantic import ConfigDict, Field
 
 from aiml.errors import InvalidRequest
-from aiml.registry.artifacts import safe_relpath
+from aiml.inference.manager import fixed
+from aiml.inference.tasks.base import CleanText
 from aiml.registry.references import parse_reference
 
 from ..deps import ERROR_RESPONSES, ServicesDep
 from ..responses import JSONResponse
+from ..uploads import receive_upload
 
 __all__ = ["router"]
 
@@ -24,7 +25,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/admin", tags=["admin"], responses=ERROR_RESPONSES)
 
 
-class ModelTarget(BaseModel):
+class ModelTarget(CleanText):
     model_config = ConfigDict(extra="forbid")
 
     engine: str = Field(max_length=64, examples=["llamacpp"])
@@ -35,7 +36,7 @@ class ModelTarget(BaseModel):
 async def load(body: ModelTarget, services: ServicesDep) -> JSONResponse:
     """Resolve a model and load it into memory before its first request."""
     ref = parse_reference(body.model_name)
-    resolved = await services.manager.load(body.engine, ref)
+    resolved = await services.manager.load(fixed(body.engine, ref))
     return JSONResponse({"success": True, "resolved": resolved.describe()})
 
 
@@ -43,7 +44,7 @@ async def load(body: ModelTarget, services: ServicesDep) -> JSONResponse:
 async def unload(body: ModelTarget, services: ServicesDep) -> JSONResponse:
     """Free a loaded model now (409 while it serves requests)."""
     ref = parse_reference(body.model_name)
-    resolved, was_loaded = await services.manager.unload(body.engine, ref)
+    resolved, was_loaded = await services.manager.unload(fixed(body.engine, ref))
     return JSONResponse({"success": True, "resolved": resolved.describe(), "unloaded": was_loaded})
 
 
@@ -54,28 +55,20 @@ async def register(request: Request, services: ServicesDep) -> JSONResponse:
     Fields: ``registered_name``, optional ``engine``, ``task``, ``alias``, ``description``,
     ``force``; one or more ``files`` whose file names are their paths inside the model (one
     ``.gguf``, or a Hugging Face folder's files such as ``config.json``,
-    ``1_Pooling/config.json``). Nothing is read from the server's own disk.
+    ``1_Pooling/config.json``). Nothing is read from the server's own disk. The files are
+    written to disk as they arrive (under ``AIML_HOME``, not the system temp folder, which
+    is often in RAM).
     """
-    form = await request.form()
-    uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
-    if not uploads:
-        raise InvalidRequest("upload the model's files in 'files'", param="files")
-    fields = {key: str(form[key]) for key in form if key != "files"}
-    unknown = set(fields) - {"registered_name", "engine", "task", "alias", "description", "force"}
-    if unknown:
-        raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}", param=sorted(unknown)[0])
-    if "registered_name" not in fields:
-        raise InvalidRequest("registered_name is required", param="registered_name")
-    staging = Path(tempfile.mkdtemp(prefix="aiml-upload-"))
+    uploads = services.settings.home_dir / "uploads"
+    staging = Path(await anyio.to_thread.run_sync(_staging_folder, uploads))
     try:
-        for upload in uploads:
-            relpath = safe_relpath(upload.filename or "")
-            target = staging / relpath
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("wb") as out:
-                while chunk := await upload.read(1 << 20):
-                    await anyio.to_thread.run_sync(out.write, chunk)
-        names = [safe_relpath(u.filename or "") for u in uploads]
+        upload = await receive_upload(request, staging, fields=_REGISTER_FIELDS, files="files")
+        if not upload.files:
+            raise InvalidRequest("upload the model's files in 'files'", param="files")
+        fields = upload.fields
+        if "registered_name" not in fields:
+            raise InvalidRequest("registered_name is required", param="registered_name")
+        names = upload.files
         single_gguf = len(names) == 1 and names[0].endswith(".gguf")
         source = staging / names[0] if single_gguf else staging
         registration = await services.catalog.register_files(
@@ -102,3 +95,11 @@ async def register(request: Request, services: ServicesDep) -> JSONResponse:
         },
         status_code=201 if registration.created else 200,
     )
+
+
+_REGISTER_FIELDS = frozenset({"registered_name", "engine", "task", "alias", "description", "force"})
+
+
+def _staging_folder(parent: Path) -> str:
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="upload-", dir=parent)

@@ -1,0 +1,83 @@
+"""The streaming multipart reader behind /admin/models/register: what it refuses, and that
+a refused or broken upload leaves nothing behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningAiml
+
+B = "edge-boundary"
+TYPE = {"content-type": f"multipart/form-data; boundary={B}"}
+
+
+def field(name: str, value: str) -> bytes:
+    return f'--{B}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+
+def file(name: str, filename: str, content: bytes) -> bytes:
+    head = f'--{B}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n\r\n'
+    return head.encode() + content + b"\r\n"
+
+
+END = f"--{B}--\r\n".encode()
+GGUF = file("files", "m.gguf", b"GGUF" + bytes(4096))
+
+
+@pytest.fixture
+def aiml(start_aiml: Callable[..., RunningAiml]) -> RunningAiml:
+    return start_aiml()
+
+
+def uploads_left(aiml: RunningAiml) -> list[Path]:
+    folder = aiml.services.settings.home_dir / "uploads"
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+WRONG = [
+    (field("registered_name", "m") + GGUF + END, {"content-type": "application/json"},
+     "multipart/form-data"),
+    (field("registered_name", "m") + field("colour", "red") + GGUF + END, TYPE,
+     "unknown field 'colour'"),
+    (field("registered_name", "m") + field("files", "x") + END, TYPE, "takes files"),
+    (field("registered_name", "m") + file("model", "m.gguf", b"x") + END, TYPE,
+     "files go in 'files'"),
+    (field("registered_name", "m") + GGUF + GGUF + END, TYPE, "uploaded twice"),
+    (field("registered_name", "m") + GGUF, TYPE, "no closing boundary"),
+    (field("registered_name", "a\x00b") + GGUF + END, TYPE, "NUL"),
+    (field("registered_name", "m") + END, TYPE, "upload the model's files"),
+    (GGUF + END, TYPE, "registered_name is required"),
+    (field("registered_name", "m") + file("files", "../x.gguf", b"x") + END, TYPE,
+     "not an allowed model file path"),
+]  # fmt: skip
+
+
+def test_a_wrong_upload_is_a_422_and_leaves_nothing_behind(aiml: RunningAiml) -> None:
+    with aiml.client() as client:
+        for body, headers, says in WRONG:
+            answer = client.post("/admin/models/register", content=body, headers=headers)
+            assert answer.status_code == 422, (says, answer.text)
+            assert says in answer.json()["error"]["message"], (says, answer.text)
+    assert uploads_left(aiml) == []
+
+
+def test_a_streamed_upload_registers_what_arrived(aiml: RunningAiml) -> None:
+    def pieces() -> object:  # chunked, split across part boundaries
+        body = field("registered_name", "streamed") + field("alias", "prod") + GGUF + END
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    with aiml.client() as client:
+        created = client.post("/admin/models/register", content=pieces(), headers=TYPE)
+        assert created.status_code == 201, created.text
+        assert created.json()["alias"] == "prod"
+        again = client.post(
+            "/admin/models/register",
+            content=field("registered_name", "streamed") + GGUF + END,
+            headers=TYPE,
+        )
+        assert again.json()["created"] is False  # the same bytes arrived
+    assert uploads_left(aiml) == []
