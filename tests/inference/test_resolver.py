@@ -1,9 +1,12 @@
-"""The resolver: TTL by a controlled clock, single-flight, outages, clear during a lookup."""
+"""The resolver: TTL by a controlled clock, single-flight, stale-while-revalidate, outages,
+invalidation and clear during a lookup."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -25,6 +28,37 @@ class Clock:
         return self.now
 
 
+class Gate:
+    """An MLflow client whose first call of ``method`` is held, once it has read the
+    registry, until the test opens the gate: a lookup caught in flight."""
+
+    def __init__(self, inner: Any, method: str) -> None:
+        self._inner = inner
+        self._method = method
+        self._armed = True
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if self._armed:
+                self._armed = False
+                self.entered.set()
+                self.opened.wait(timeout=30)
+            return result
+
+        return held
+
+    async def reached(self) -> None:
+        """Until the held call has read the registry (a condition, not a guessed delay)."""
+        assert await asyncio.to_thread(self.entered.wait, 30)
+
+
 class Harness:
     def __init__(self, registry: Registry, ollama: RunningOllama, ttl_s: float = 30.0) -> None:
         self.spy = CountingClient(registry.client)
@@ -44,7 +78,7 @@ async def harness(registry: Registry, ollama: RunningOllama) -> AsyncIterator[Ha
     await h.engine.aclose()
 
 
-async def test_alias_expires_after_ttl_and_pinned_never(
+async def test_alias_is_looked_up_again_after_the_ttl_and_pinned_never(
     harness: Harness, registry: Registry
 ) -> None:
     registry.register("m", "llama2:7b", alias="prod")
@@ -57,15 +91,19 @@ async def test_alias_expires_after_ttl_and_pinned_never(
     ).engine_model == "llama2:7b"
     registry.client.set_registered_model_alias("m", "prod", "2")
 
-    harness.clock.now += 29.9  # within the TTL the cached answer stands, at no registry cost
+    harness.clock.now += 24.9  # within the TTL the cached answer stands, at no registry cost
     calls = harness.spy.total
     assert (
         await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
     ).engine_model == "llama2:7b"
     assert harness.spy.total == calls
 
-    harness.clock.now += 0.2  # past it: the move is seen
+    harness.clock.now += 5.2  # past it: answered from the stale entry while it is refreshed,
     assert (
+        await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
+    ).engine_model == "llama2:7b"
+    await asyncio.gather(*harness.resolver._background)
+    assert (  # and then the move is seen
         await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
     ).engine_model == "llama2:13b"
     harness.clock.now += 10_000
@@ -130,6 +168,7 @@ async def test_outage_serves_known_references_and_refuses_new_ones(
     assert (
         await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
     ).engine_model == "llama2:7b"
+    await asyncio.gather(*harness.resolver._background)
     assert harness.stats.stale_served == 1
     with pytest.raises(RegistryUnavailable):
         await harness.resolver.resolve(ModelRef("new"), "ollama")
@@ -138,6 +177,7 @@ async def test_outage_serves_known_references_and_refuses_new_ones(
     registry.client.set_registered_model_alias("known", "prod", "1")
     harness.clock.now += 1.1
     await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
+    await asyncio.gather(*harness.resolver._background)
     assert harness.stats.stale_served == 1
 
 
@@ -209,3 +249,83 @@ async def test_a_warm_reference_is_refreshed_before_it_expires(
     assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
     await asyncio.gather(*harness.resolver._background)
     harness.registry._client = real
+
+
+async def test_past_the_ttl_the_stale_mapping_answers_at_once_while_one_lookup_refreshes_it(
+    harness: Harness, registry: Registry
+) -> None:
+    registry.register("m", "llama2:7b", alias="prod")
+    registry.register("m", "llama2:13b")
+    ref = ModelRef("m", alias="prod")
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
+    registry.client.set_registered_model_alias("m", "prod", "2")
+    gate = Gate(harness.spy, "get_model_version_by_alias")
+    harness.registry._client = gate  # type: ignore[assignment]
+    harness.clock.now += 31  # past the TTL, well within the stale bound
+    calls = harness.spy.total
+    try:
+        # Bounded only so that a resolver waiting for the held lookup fails instead of hanging.
+        async with asyncio.timeout(5):
+            answers = await asyncio.gather(
+                *(harness.resolver.resolve(ref, "ollama") for _ in range(50))
+            )
+        assert {a.engine_model for a in answers} == {"llama2:7b"}  # no caller waited
+        await gate.reached()
+        assert harness.spy.total == calls + 1  # one lookup behind all fifty, still held
+    finally:
+        gate.opened.set()
+    await asyncio.gather(*harness.resolver._background)
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    assert harness.spy.total == calls + 1  # the refreshed entry answers
+
+    # Older than TTL + the stale bound: too stale to answer, the request waits for the registry.
+    registry.client.set_registered_model_alias("m", "prod", "1")
+    harness.clock.now += 30 + 300 + 0.1
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
+    assert not harness.resolver._background
+
+
+async def test_an_invalidation_during_a_lookup_keeps_its_answer_out_of_the_cache(
+    harness: Harness, registry: Registry
+) -> None:
+    registry.register("m", "llama2:7b", alias="prod")
+    registry.register("m", "llama2:13b")
+    ref = ModelRef("m", alias="prod")
+    gate = Gate(harness.spy, "get_model_version_by_alias")
+    harness.registry._client = gate  # type: ignore[assignment]
+    try:
+        first = asyncio.ensure_future(harness.resolver.resolve(ref, "ollama"))
+        await gate.reached()  # the lookup has read version 1 and is still in flight
+        registry.client.set_registered_model_alias("m", "prod", "2")  # moved, as the admin
+        harness.resolver.invalidate_name("m")  # routes do, and the resolver is told
+    finally:
+        gate.opened.set()
+    assert (await first).engine_model == "llama2:7b"  # it asked before the move
+    calls = harness.spy.total
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    assert harness.spy.total == calls + 1  # what the first lookup read was not kept
+
+
+async def test_a_request_after_an_invalidation_does_not_join_the_lookup_before_it(
+    harness: Harness, registry: Registry
+) -> None:
+    registry.register("m", "llama2:7b", alias="prod")
+    registry.register("m", "llama2:13b")
+    ref = ModelRef("m", alias="prod")
+    gate = Gate(harness.spy, "get_model_version_by_alias")
+    harness.registry._client = gate  # type: ignore[assignment]
+    try:
+        first = asyncio.ensure_future(harness.resolver.version(ref))
+        await gate.reached()
+        registry.client.set_registered_model_alias("m", "prod", "2")
+        harness.resolver.invalidate(ref)
+        # Bounded only so that joining the held lookup fails instead of hanging.
+        async with asyncio.timeout(5):
+            assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    finally:
+        gate.opened.set()
+    version = await first
+    assert version is not None and version.version == 1
+    calls = harness.spy.total
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    assert harness.spy.total == calls  # the later lookup's answer is the one kept

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import pytest
@@ -12,6 +14,7 @@ from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
 from tests.conftest import CountingClient, Registry
 from tests.fakes.servers import free_port
+from tests.registry.locking import locked
 
 
 def adapter(registry: Registry) -> tuple[MlflowRegistry, CountingClient]:
@@ -89,3 +92,28 @@ async def test_credentials_never_appear_in_messages() -> None:
         artifact_location=None,
     )
     assert reg.uri == "https://mlflow.example"
+
+
+async def test_a_locked_sqlite_registry_answers_within_the_timeout_on_few_threads(
+    registry: Registry,
+) -> None:
+    registry.register("m", "llama2:7b")
+    before = set(threading.enumerate())
+    reg = MlflowRegistry(
+        registry.client, uri=registry.uri, artifact_location=None, timeout_s=1, threads=2
+    )
+    ref = parse_reference("m")
+    assert await reg.find_version(ref) is not None
+    with locked(registry):
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(reg.find_version(ref) for _ in range(6)), reg.ping(), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        assert all(isinstance(o, RegistryUnavailable) for o in outcomes), outcomes
+        assert "did not answer within 1 s" in str(outcomes[0])
+        assert elapsed < 1.5  # MLflow alone waits out its sqlite busy timeout, 20 s
+        threads = [t for t in threading.enumerate() if t not in before]
+        assert len([t for t in threads if t.name.startswith("aiml-registry")]) <= 2
+    found = await reg.find_version(ref)  # the stalled calls end with the lock
+    assert found is not None and found.version == 1

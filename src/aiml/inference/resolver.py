@@ -7,10 +7,18 @@ it, so a model resolved for ``chat`` is warm for ``text-generation`` and the ver
 
 * Single-flight: concurrent first requests for one reference share one registry lookup and,
   per engine, one engine check.
-* A pinned version (``name/3``) never expires; an alias or "latest" expires after the TTL,
-  and so do the engine results kept in its entry, so a moved alias is seen within the TTL.
+* A pinned version (``name/3``) never expires; an alias or "latest" is fresh for the TTL,
+  and so are the engine results kept in its entry. Past the TTL a known entry is still
+  served at once, for up to ``stale_s`` more, while one lookup in the background replaces
+  it (stale-while-revalidate): a request waits for the registry only for a reference never
+  resolved, or one unused for longer than TTL + ``stale_s``. So a moved alias is seen once
+  that refresh has answered; the first request past the TTL still gets the old mapping.
+* Invalidation wins: a lookup in flight when its name is invalidated (or the cache cleared)
+  still answers the callers already waiting on it, but its result is not kept, and later
+  callers start a lookup of their own.
 * When the registry is unreachable, a reference resolved before keeps being served from
-  the cache; a new one fails with 503. A registry error is never turned into a guess.
+  the cache (asked again at most once a second); a new one fails with 503. A registry error
+  is never turned into a guess.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
+from aiml.engines.table import engine_for_name_tags
 from aiml.errors import InvalidRequest, ModelNotFound, ModelNotServable, RegistryUnavailable
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import ModelRef, RegistryVersion, ResolvedModel, Source
@@ -34,21 +43,19 @@ __all__ = ["ModelResolver", "engine_of"]
 
 T = TypeVar("T")
 log = logging.getLogger("aiml.resolver")
-# After a failed refresh, the stale mapping is re-checked this often rather than per request.
-_OUTAGE_RETRY_S = 1.0
+# After a failed lookup, the registry is asked again this often per reference, not per request.
+_RETRY_S = 1.0
 # Tags that name an engine's model, for versions registered without an inference_engine tag.
-_ENGINE_NAME_TAGS = {
-    "ollama_model_name": "ollama",
-    "openai_model_name": "openai",
-    "gguf_file": "llamacpp",
-}
+_ENGINE_NAME_TAGS = engine_for_name_tags()
 
 
 @dataclass(slots=True)
 class _Entry:
     version: RegistryVersion | None  # None: the registry does not hold the name
-    expires_at: float
+    expires_at: float  # fresh until then
+    stale_until: float  # past expiry, still served at once (while a refresh runs) until then
     models: dict[str, ResolvedModel] = field(default_factory=dict)
+    retry_at: float = -math.inf  # no refresh before then: the last one failed
 
 
 def engine_of(version: RegistryVersion) -> str | None:
@@ -72,20 +79,21 @@ class ModelResolver:
         *,
         ttl_s: float,
         stats: Stats,
+        stale_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engines = engines
         self._registry = registry
         self._ttl_s = ttl_s
+        self._stale_s = stale_s
         self._stats = stats
         self._clock = clock
         self._entries: dict[ModelRef, _Entry] = {}
         self._inflight: dict[tuple[ModelRef, str | None], asyncio.Future[Any]] = {}
-        self._epoch = 0
         # Entries still in use are looked up again this long before they expire, in the
-        # background, so no request waits for the registry once a reference is warm.
+        # background, so a steadily used reference is never even served stale.
         self._ahead_s = min(ttl_s / 5, 5.0)
-        self._refreshing: set[ModelRef] = set()
+        self._refreshing: dict[ModelRef, asyncio.Future[None]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._tag_keys = tuple(sorted({k for e in engines.values() for k in e.model_tag_keys}))
 
@@ -94,26 +102,21 @@ class ModelResolver:
 
     async def resolve(self, ref: ModelRef, engine: str) -> ResolvedModel:
         """The model ``ref`` names on ``engine``."""
-        entry = self._fresh(ref)
+        entry = self._usable(ref)
         if entry is not None and engine in entry.models:
             self._stats.cache_hits += 1
-            if entry.expires_at - self._clock() < self._ahead_s:
-                self._refresh_soon(ref, entry)
             return entry.models[engine]
         self._stats.cache_misses += 1
-        epoch = self._epoch  # what a clear() after this point must not see repopulated
-        if entry is None:
-            entry = await self._single((ref, None), lambda: self._lookup(ref, epoch))
-        if engine in entry.models:  # a concurrent caller got here first
-            return entry.models[engine]
-        return await self._single((ref, engine), lambda: self._check(ref, entry, engine, epoch))
+        found = entry if entry is not None else await self._lookup_once(ref)
+        if engine in found.models:  # a concurrent caller got here first
+            return found.models[engine]
+        return await self._single((ref, engine), lambda: self._check(ref, found, engine))
 
     async def version(self, ref: ModelRef) -> RegistryVersion | None:
         """The registry version ``ref`` names, or ``None`` when the name is not registered."""
-        entry = self._fresh(ref)
+        entry = self._usable(ref)
         if entry is None:
-            epoch = self._epoch
-            entry = await self._single((ref, None), lambda: self._lookup(ref, epoch))
+            entry = await self._lookup_once(ref)
         return entry.version
 
     async def engine_for(self, ref: ModelRef) -> str:
@@ -136,73 +139,106 @@ class ModelResolver:
 
     def invalidate(self, ref: ModelRef) -> None:
         """Forget one reference (its model vanished from the engine, say)."""
-        self._entries.pop(ref, None)
+        self._forget(lambda cached: cached == ref)
 
     def invalidate_name(self, name: str) -> None:
         """Forget every reference to a registered model (an alias moved, a version was added)."""
-        for ref in [ref for ref in self._entries if ref.name == name]:
-            del self._entries[ref]
+        self._forget(lambda cached: cached.name == name)
 
     def clear(self) -> int:
         """Forget everything, including lookups in flight; returns how many mappings went."""
         count = len(self)
-        self._entries.clear()
-        self._inflight.clear()  # later requests start their own lookup
-        self._epoch += 1
+        self._forget(lambda cached: True)
         return count
 
     # -- internals ---------------------------------------------------------------------
 
-    def _fresh(self, ref: ModelRef) -> _Entry | None:
+    def _forget(self, matches: Callable[[ModelRef], bool]) -> None:
+        """Drop the matching entries and the lookups in flight for them.
+
+        A lookup dropped here still answers the callers already waiting on it (they asked
+        before the change), but it is no longer current, so it does not store its result,
+        and later callers start their own lookup instead of joining it. An entry dropped
+        here is unreachable, so an engine check or refresh still holding it changes nothing.
+        """
+        for ref in [ref for ref in self._entries if matches(ref)]:
+            del self._entries[ref]
+        for key in [key for key in self._inflight if matches(key[0])]:
+            del self._inflight[key]
+        for ref in [ref for ref in self._refreshing if matches(ref)]:
+            del self._refreshing[ref]
+
+    def _usable(self, ref: ModelRef) -> _Entry | None:
+        """The entry to answer from at once, fresh or not too stale; starts its refresh."""
         entry = self._entries.get(ref)
-        if entry is not None and entry.expires_at > self._clock():
-            return entry
-        return None
+        if entry is None:
+            return None
+        now = self._clock()
+        if now >= entry.stale_until:
+            return None
+        if now >= entry.expires_at - self._ahead_s and now >= entry.retry_at:
+            self._refresh_soon(ref, entry)
+        return entry
+
+    async def _lookup_once(self, ref: ModelRef) -> _Entry:
+        return await self._single((ref, None), lambda: self._lookup(ref))
 
     async def _single(
         self, key: tuple[ModelRef, str | None], work: Callable[[], Awaitable[T]]
     ) -> T:
+        """``work`` once for all concurrent callers, as a task of its own kept under ``key``
+        while it runs (so the work can tell whether it is still current)."""
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(work())
             self._inflight[key] = future
-            future.add_done_callback(lambda done: self._forget(key, done))
+            future.add_done_callback(lambda done: self._done(key, done))
         # Shielded: one caller hanging up must not cancel the lookup the others wait on.
         result: T = await asyncio.shield(future)
         return result
 
-    def _forget(self, key: tuple[ModelRef, str | None], done: asyncio.Future[Any]) -> None:
+    def _done(self, key: tuple[ModelRef, str | None], done: asyncio.Future[Any]) -> None:
         if self._inflight.get(key) is done:
             del self._inflight[key]
         if not done.cancelled():
             done.exception()  # retrieved here so a failure nobody awaited is not logged as lost
 
-    async def _lookup(self, ref: ModelRef, epoch: int) -> _Entry:
+    def _new_entry(self, ref: ModelRef, version: RegistryVersion | None) -> _Entry:
+        if ref.pinned:
+            return _Entry(version, math.inf, math.inf)
+        expires_at = self._clock() + self._ttl_s
+        return _Entry(version, expires_at, expires_at + self._stale_s)
+
+    async def _find(self, ref: ModelRef) -> RegistryVersion | None:
+        if not ref.registry_eligible:  # an engine's own name: the registry cannot hold it
+            return None
+        return await self._registry.find_version(ref, model_tag_keys=self._tag_keys)
+
+    async def _lookup(self, ref: ModelRef) -> _Entry:
         """Ask the registry (once for all engines); keep serving a stale entry in an outage."""
         stale = self._entries.get(ref)
         self._stats.resolutions += 1
         try:
-            version = None
-            if ref.registry_eligible:
-                version = await self._registry.find_version(ref, model_tag_keys=self._tag_keys)
+            version = await self._find(ref)
         except RegistryUnavailable:
             if stale is None:
                 raise
-            self._stats.stale_served += 1
-            stale.expires_at = self._clock() + min(self._ttl_s, _OUTAGE_RETRY_S)
+            self._outage(stale)
             return stale
-        ttl = math.inf if ref.pinned else self._ttl_s
-        entry = _Entry(version, self._clock() + ttl)
-        if epoch == self._epoch:  # a clear() during the lookup wins
+        entry = self._new_entry(ref, version)
+        if self._inflight.get((ref, None)) is asyncio.current_task():  # not invalidated since
             self._entries[ref] = entry
         return entry
 
-    async def _check(
-        self, ref: ModelRef, entry: _Entry, engine_name: str, epoch: int
-    ) -> ResolvedModel:
+    def _outage(self, entry: _Entry) -> None:
+        """The registry is unreachable: serve ``entry`` on, and ask again in a second."""
+        self._stats.stale_served += 1
+        entry.retry_at = self._clock() + min(self._ttl_s, _RETRY_S)
+        entry.stale_until = max(entry.stale_until, entry.retry_at + self._stale_s)
+
+    async def _check(self, ref: ModelRef, entry: _Entry, engine_name: str) -> ResolvedModel:
         model = await self._engine_model(ref, entry.version, engine_name)
-        if epoch == self._epoch:
-            entry.models[engine_name] = model
+        entry.models[engine_name] = model
         return model
 
     async def _engine_model(
@@ -217,37 +253,45 @@ class ModelResolver:
         return await self._from_registry(version, engine)
 
     def _refresh_soon(self, ref: ModelRef, entry: _Entry) -> None:
-        if ref in self._refreshing:
+        if ref in self._refreshing:  # one refresh per reference, whoever asks
             return
-        self._refreshing.add(ref)
-        task = asyncio.ensure_future(self._refresh_ahead(ref, entry, self._epoch))
+        task = asyncio.ensure_future(self._refresh(ref, entry))
+        self._refreshing[ref] = task
         self._background.add(task)
 
         def done(finished: asyncio.Future[None]) -> None:
             self._background.discard(finished)
-            self._refreshing.discard(ref)
+            if self._refreshing.get(ref) is finished:
+                del self._refreshing[ref]
 
         task.add_done_callback(done)
 
-    async def _refresh_ahead(self, ref: ModelRef, old: _Entry, epoch: int) -> None:
-        """Replace an entry about to expire with a fresh one, engine results included.
+    async def _refresh(self, ref: ModelRef, old: _Entry) -> None:
+        """Replace an entry expiring or expired with a fresh one, engine results included.
 
-        Any failure leaves the old entry to expire as usual: the request path then looks up
-        (and reports) for itself.
+        In an outage the old entry is served on. Any other failure (the alias was deleted,
+        the engine lacks the new version's model) ends the old entry's service at its
+        expiry: the request path then looks up, and reports, for itself.
         """
         self._stats.resolutions += 1
         try:
-            version = await self._registry.find_version(ref, model_tag_keys=self._tag_keys)
-            fresh = _Entry(version, self._clock() + self._ttl_s)
+            version = await self._find(ref)
+            fresh = self._new_entry(ref, version)
             if version == old.version:
                 fresh.models = dict(old.models)
             else:
                 for engine_name in list(old.models):
                     fresh.models[engine_name] = await self._engine_model(ref, version, engine_name)
-        except Exception as exc:  # the background must never raise into the void
-            log.debug("refreshing %s ahead of its expiry failed: %s", ref, exc)
+        except RegistryUnavailable:
+            if self._entries.get(ref) is old:
+                self._outage(old)
             return
-        if epoch == self._epoch and self._entries.get(ref) is old:
+        except Exception as exc:  # the background must never raise into the void
+            log.debug("refreshing %s failed: %s", ref, exc)
+            old.stale_until = min(old.stale_until, old.expires_at)
+            old.retry_at = self._clock() + _RETRY_S
+            return
+        if self._entries.get(ref) is old:  # neither invalidated nor replaced meanwhile
             self._entries[ref] = fresh
 
     async def _direct(self, ref: ModelRef, engine: Engine) -> ResolvedModel:

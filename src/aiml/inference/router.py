@@ -28,11 +28,14 @@ class TaskRouter:
         *,
         ttl_s: float,
         stats: Stats,
+        stale_s: float = 300.0,
         unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self._engines = dict(engines)
         self._unavailable = dict(unavailable or {})
-        self.resolver = ModelResolver(self._engines, registry, ttl_s=ttl_s, stats=stats)
+        self.resolver = ModelResolver(
+            self._engines, registry, ttl_s=ttl_s, stale_s=stale_s, stats=stats
+        )
         self._table: dict[Task, tuple[str, ...]] = {
             task: tuple(name for name, engine in self._engines.items() if task in engine.tasks)
             for task in TASK_SPECS

@@ -1,9 +1,10 @@
 """The MLflow model registry, behind an async facade.
 
-Every public method runs the blocking ``MlflowClient`` call in a worker thread and turns
-MLflow's exceptions into ours: "does not exist" becomes :class:`ModelNotFound` (or ``None``
-where absence is an answer), an unreachable registry :class:`RegistryUnavailable`, anything
-else :class:`RegistryError`. Nothing is ever swallowed into a guess.
+Every public method runs the blocking ``MlflowClient`` call in a worker thread
+(:mod:`aiml.registry.calls`): lookups, listings and alias changes are answered within the
+registry timeout, sqlite included, or fail with :class:`RegistryUnavailable`. MLflow's
+exceptions become ours: "does not exist" is :class:`ModelNotFound` (or ``None`` where absence
+is an answer), anything else :class:`RegistryError`. Nothing is swallowed into a guess.
 
 One reference costs a constant number of MLflow calls: one by alias, one by version, or one
 ``search_model_versions`` ordered by version for "latest"; plus one ``get_registered_model``
@@ -12,7 +13,6 @@ only when the version lacks a tag that may live on the registered model instead.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -20,26 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio.to_thread
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from aiml.errors import (
-    AimlError,
-    InvalidRequest,
-    ModelNotFound,
-    RegistryError,
-    RegistryUnavailable,
-)
+from aiml.errors import ModelNotFound
 from aiml.settings import Settings
 from aiml.types import ModelRef, RegistryVersion
 from aiml.urls import redact
+
+from .calls import RegistryCalls, apply_http_bounds, is_missing
 
 __all__ = ["MlflowRegistry", "RegisteredModelInfo", "apply_http_bounds"]
 
 T = TypeVar("T")
 REGISTRATION_EXPERIMENT = "aiml-registrations"
-_UNAVAILABLE_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+# Threads of one registry's bounded calls: lookups are rare once references are cached, so a
+# few suffice, and they are all that a stalled registry (a locked sqlite file) can hold.
+_THREADS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,27 +52,22 @@ class RegisteredModelInfo:
     created_s: int = 0  # creation time, seconds since the epoch
 
 
-def apply_http_bounds(settings: Settings) -> None:
-    """Bound MLflow's REST client, whose defaults retry for minutes.
-
-    MLflow reads these from the environment on every request and offers no per-client
-    setting, so the only place to set them is the process environment. A value the operator
-    set explicitly is kept.
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.registry_timeout_s))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_max_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    # A download bar per model in the server log helps nobody; the CLI shows its own.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
 class MlflowRegistry:
     """Async access to one MLflow model registry; counts the calls it makes."""
 
-    def __init__(self, client: MlflowClient, *, uri: str, artifact_location: str | None) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        *,
+        uri: str,
+        artifact_location: str | None,
+        timeout_s: float = 5.0,
+        threads: int = _THREADS,
+    ) -> None:
         self._client = client
         self._uri = redact(uri)
         self._artifact_location = artifact_location
+        self._runner = RegistryCalls(self._uri, timeout_s=timeout_s, threads=threads)
         self._lock = threading.Lock()
         self._calls = 0
 
@@ -89,7 +81,12 @@ class MlflowRegistry:
         client = MlflowClient(
             tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri
         )
-        return cls(client, uri=settings.registry_uri, artifact_location=artifact_location)
+        return cls(
+            client,
+            uri=settings.registry_uri,
+            artifact_location=artifact_location,
+            timeout_s=settings.registry_timeout_s,
+        )
 
     @property
     def uri(self) -> str:
@@ -110,11 +107,13 @@ class MlflowRegistry:
         specifically. ``model_tag_keys`` are tags that may sit on the registered model
         instead of the version; the model is fetched only if the version lacks one.
         """
-        return await self._run(self._find_version, ref, tuple(model_tag_keys))
+        return await self._runner.run(self._find_version, ref, tuple(model_tag_keys))
 
     async def ping(self) -> None:
         """One cheap call that fails the way a lookup would when the registry is down."""
-        await self._run(lambda: self._call(self._client.search_registered_models, max_results=1))
+        await self._runner.run(
+            lambda: self._call(self._client.search_registered_models, max_results=1)
+        )
 
     async def list_models(
         self, *, max_results: int = 100, page_token: str | None = None
@@ -128,7 +127,7 @@ class MlflowRegistry:
             token = page.token.decode() if isinstance(page.token, bytes) else page.token
             return [_model_info(m) for m in page], token or None
 
-        return await self._run(work, invalid="page_token")
+        return await self._runner.run(work, invalid="page_token")
 
     async def get_model(self, name: str) -> RegisteredModelInfo:
         """A registered model with all its versions; :class:`ModelNotFound` if absent."""
@@ -158,7 +157,9 @@ class MlflowRegistry:
                 ),
             )
 
-        return await self._run(work, not_found=f"no registered model {name!r} in {self._uri}")
+        return await self._runner.run(
+            work, not_found=f"no registered model {name!r} in {self._uri}"
+        )
 
     async def create_pointer_version(
         self,
@@ -177,7 +178,9 @@ class MlflowRegistry:
         def log(run_id: str) -> None:
             self._call(self._client.log_dict, run_id, dict(pointer), "model/aiml_pointer.json")
 
-        return await self._run(lambda: self._record(name, tags, description, log))
+        return await self._runner.run(
+            lambda: self._record(name, tags, description, log), bounded=False
+        )
 
     async def create_files_version(
         self,
@@ -205,7 +208,9 @@ class MlflowRegistry:
                     progress("uploading", done, total)
             self._call(self._client.log_text, run_id, manifest_json, "model/aiml_manifest.json")
 
-        return await self._run(lambda: self._record(name, tags, description, log))
+        return await self._runner.run(
+            lambda: self._record(name, tags, description, log), bounded=False
+        )
 
     def _record(
         self,
@@ -246,7 +251,18 @@ class MlflowRegistry:
             )
             return _version(found[0], {}) if found else None
 
-        return await self._run(work)
+        return await self._runner.run(work)
+
+    async def any_version_tagged(self, key: str, value: str) -> bool:
+        """Whether any version of any model has tag ``key`` = ``value`` (one call)."""
+
+        def work() -> bool:
+            found = self._call(
+                self._client.search_model_versions, f"tags.`{key}` = '{value}'", max_results=1
+            )
+            return bool(found)
+
+        return await self._runner.run(work)
 
     async def download_version(self, name: str, version: int, destination: Path) -> Path:
         """Download a version's artifacts under ``destination``; returns the local folder."""
@@ -263,18 +279,18 @@ class MlflowRegistry:
             )
             return Path(local)
 
-        return await self._run(
-            work, not_found=f"registered model {name!r} has no version {version}"
+        return await self._runner.run(
+            work, bounded=False, not_found=f"registered model {name!r} has no version {version}"
         )
 
     async def set_alias(self, name: str, alias: str, version: int) -> None:
-        await self._run(
+        await self._runner.run(
             lambda: self._call(self._client.set_registered_model_alias, name, alias, str(version)),
             not_found=f"registered model {name!r} has no version {version} in {self._uri}",
         )
 
     async def delete_alias(self, name: str, alias: str) -> None:
-        await self._run(
+        await self._runner.run(
             lambda: self._call(self._client.delete_registered_model_alias, name, alias),
             not_found=f"registered model {name!r} has no alias {alias!r} in {self._uri}",
         )
@@ -289,7 +305,7 @@ class MlflowRegistry:
                 mv = self._call(self._client.get_model_version_by_alias, ref.name, ref.alias)
             except MlflowException as exc:
                 # MLflow answers a missing alias with INVALID_PARAMETER_VALUE (HTTP 400).
-                if _is_missing(exc) or (
+                if is_missing(exc) or (
                     exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message
                 ):
                     raise ModelNotFound(
@@ -300,7 +316,7 @@ class MlflowRegistry:
             try:
                 mv = self._call(self._client.get_model_version, ref.name, str(ref.version))
             except MlflowException as exc:
-                if _is_missing(exc):
+                if is_missing(exc):
                     raise ModelNotFound(
                         f"registered model {ref.name!r} has no version {ref.version} in {self._uri}"
                     ) from exc
@@ -355,68 +371,6 @@ class MlflowRegistry:
             self._calls += 1
         return fn(*args, **kwargs)
 
-    async def _run(
-        self,
-        fn: Callable[..., T],
-        *args: Any,
-        not_found: str | None = None,
-        invalid: str | None = None,
-    ) -> T:
-        """Run ``fn`` in a worker thread; ``not_found``/``invalid`` say how to read refusals."""
-        try:
-            return await anyio.to_thread.run_sync(fn, *args)
-        except AimlError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, not_found, invalid) from exc
-
-    def _translate(self, exc: Exception, not_found: str | None, invalid: str | None) -> AimlError:
-        if _is_unreachable(exc):
-            return RegistryUnavailable(
-                f"model registry at {self._uri} is unavailable: {_short(exc)}"
-            )
-        if isinstance(exc, MlflowException) and _is_missing(exc) and not_found is not None:
-            return ModelNotFound(not_found)
-        refused = isinstance(exc, ValueError) or (
-            isinstance(exc, MlflowException) and exc.error_code == "INVALID_PARAMETER_VALUE"
-        )
-        if refused and invalid is not None:
-            return InvalidRequest(f"{invalid}: {_short(exc)}", param=invalid)
-        return RegistryError(f"model registry at {self._uri} failed: {_short(exc)}")
-
-
-def _is_missing(exc: MlflowException) -> bool:
-    return bool(exc.error_code == "RESOURCE_DOES_NOT_EXIST")
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    """True if the chain of causes shows a network failure, timeout or a locked database."""
-    import requests
-    import sqlalchemy.exc
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(
-            current,
-            requests.exceptions.ConnectionError
-            | requests.exceptions.Timeout
-            | requests.exceptions.RetryError
-            | sqlalchemy.exc.OperationalError
-            | ConnectionError
-            | TimeoutError,
-        ):
-            return True
-        if isinstance(current, MlflowException) and (
-            current.error_code in _UNAVAILABLE_CODES
-            or "failed with exception" in current.message
-            or "failed with timeout" in current.message
-        ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
 
 def _version(
     mv: Any, model_tags: Mapping[str, str], aliases: Collection[str] | None = None
@@ -442,8 +396,3 @@ def _model_info(model: Any) -> RegisteredModelInfo:
         latest_version=max(latest) if latest else None,
         created_s=int(getattr(model, "creation_timestamp", 0) or 0) // 1000,
     )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
