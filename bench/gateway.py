@@ -13,6 +13,11 @@ with the same client calling the backend directly (so only the server path diffe
 
     .venv/bin/python -m bench.gateway --rounds 3 --seconds 8
     (LiteLLM: a separate venv with litellm[proxy]==1.108.7; --litellm PATH/TO/bin/litellm)
+
+An A/B of two versions of aiml, side by side in one run: ``--also NAME=DIR`` serves a second
+aiml from the source tree DIR (e.g. ``git archive COMMIT | tar -x -C DIR``), its paths named
+``NAME /api/chat``, ``NAME /v1``, ``NAME /v1 openai`` (through the openai engine) and
+``NAME /inference``.
 """
 
 from __future__ import annotations
@@ -63,6 +68,13 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated target names")
     parser.add_argument(
         "--client-calls", type=int, default=1000, help="official-client calls per path and round"
+    )
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also serve aiml from the source tree DIR, its paths prefixed NAME (A/B runs)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -150,7 +162,8 @@ def _targets(work: Path, backend: str, args: argparse.Namespace) -> list[Target]
     aiml_env = {
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'registry.db'}",
         "OLLAMA_HOST": backend,
-        "AIML_ENGINES": "ollama",
+        "AIML_ENGINES": "ollama,openai",
+        "AIML_OPENAI_BASE_URL": f"{backend}/v1",
         "AIML_HOME": str(work / "aiml-home"),
     }
     subprocess.run(
@@ -168,34 +181,11 @@ def _targets(work: Path, backend: str, args: argparse.Namespace) -> list[Target]
         check=True,
         capture_output=True,
     )
-    port = free_port()
-    aiml = Process(
-        [sys.executable, "-m", "aiml", "serve", "--port", str(port)],
-        env={**os.environ, **aiml_env},
-        log=work / "aiml.log",
-        health_url=f"http://127.0.0.1:{port}/health/live",
-    )
-    registered = {"model": "llama2-7b-chat@production", "messages": MESSAGES, "stream": False}
-    targets += [
-        Target(
-            "aiml /api/chat",
-            aiml,
-            "/api/chat",
-            {**registered, "model": "llama2-7b-chat:production"},
-        ),
-        Target("aiml /v1", aiml, "/v1/chat/completions", registered),
-        Target(
-            "aiml /inference",
-            aiml,
-            "/inference/infer",
-            {
-                "task": "chat",
-                "engine": "ollama",
-                "model_name": "llama2-7b-chat@production",
-                "data": {"messages": MESSAGES},
-            },
-        ),
-    ]
+    targets += _aiml_targets("aiml", work / "aiml.log", aiml_env)
+    for also in args.also:
+        name, _, source = also.partition("=")
+        env = {**aiml_env, "PYTHONPATH": str(Path(source).resolve() / "src")}
+        targets += _aiml_targets(name, work / f"aiml-{name}.log", env)
     if Path(args.litellm).exists():
         config = work / "litellm.yaml"
         config.write_text(
@@ -229,6 +219,45 @@ def _targets(work: Path, backend: str, args: argparse.Namespace) -> list[Target]
             )
         )
     return targets
+
+
+def _aiml_targets(name: str, log: Path, env: dict[str, str]) -> list[Target]:
+    """One aiml server (from the source tree on env's PYTHONPATH, if any) and its paths."""
+    port = free_port()
+    aiml = Process(
+        [sys.executable, "-m", "aiml", "serve", "--port", str(port)],
+        env={**os.environ, **env},
+        log=log,
+        health_url=f"http://127.0.0.1:{port}/health/live",
+    )
+    registered = {"model": "llama2-7b-chat@production", "messages": MESSAGES, "stream": False}
+    return [
+        Target(
+            f"{name} /api/chat",
+            aiml,
+            "/api/chat",
+            {**registered, "model": "llama2-7b-chat:production"},
+        ),
+        Target(f"{name} /v1", aiml, "/v1/chat/completions", registered),
+        # The same surface through the openai engine (the stub's own /v1).
+        Target(
+            f"{name} /v1 openai",
+            aiml,
+            "/v1/chat/completions",
+            {**registered, "model": "openai/llama2:7b"},
+        ),
+        Target(
+            f"{name} /inference",
+            aiml,
+            "/inference/infer",
+            {
+                "task": "chat",
+                "engine": "ollama",
+                "model_name": "llama2-7b-chat@production",
+                "data": {"messages": MESSAGES},
+            },
+        ),
+    ]
 
 
 def _measure(
@@ -389,7 +418,7 @@ def _report(
         f"\nmedians of {args.rounds} rounds, {args.seconds} s each, wrk -t1; "
         f"'added' is p50 minus the backend's own p50 at c={levels[0]}"
     )
-    head = f"{'path':<18} {'added p50 c=1':>13}"
+    head = f"{'path':<18} {f'added p50 c={levels[0]}':>13}"
     for c in levels:
         head += f" | {'p50':>7} {'p99':>7} {'req/s':>7} {'cpu/req':>8} (c={c})"
     print(head)

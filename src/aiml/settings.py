@@ -42,7 +42,9 @@ class Settings(BaseSettings):
         description="Model registry URI when it differs from the tracking URI.",
     )
     registry_timeout_s: PositiveInt = Field(
-        default=5, description="Per-request timeout for a remote MLflow registry (seconds)."
+        default=5,
+        description="Every MLflow registry lookup, remote or sqlite, is answered within this "
+        "(seconds), else 503 registry_unavailable; also a remote request's timeout.",
     )
     registry_max_retries: int = Field(
         default=1,
@@ -55,6 +57,12 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a resolution of an alias or of 'latest' is trusted (seconds).",
     )
+    resolve_stale_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Past its TTL, how much longer a resolution is still served at once while "
+        "it is refreshed in the background (seconds); older ones wait for the registry.",
+    )
 
     ollama_host: str = Field(
         default="http://127.0.0.1:11434",
@@ -65,10 +73,6 @@ class Settings(BaseSettings):
     )
     ollama_connect_timeout_s: PositiveFloat = Field(
         default=5.0, description="Connect timeout for Ollama (seconds)."
-    )
-    ollama_fast_transport: bool = Field(
-        default=True,
-        description="Speak HTTP to Ollama through aiml's lean transport (httpx's own if false).",
     )
     ollama_allow_pull: bool = Field(
         default=False,
@@ -91,6 +95,12 @@ class Settings(BaseSettings):
     engines: str = Field(
         default="ollama,llamacpp,transformers,openai",
         description="Engines to run, comma-separated; local ones need the [local] extra.",
+    )
+    required_engines: str = Field(
+        default="auto",
+        description="Engines readiness needs, comma-separated; 'auto': the in-process ones "
+        "and each remote engine some registered version is tagged for. Others that are down "
+        "show as degraded.",
     )
     max_loaded_models: PositiveInt = Field(
         default=3, description="Models the local engines keep loaded at once."
@@ -163,6 +173,17 @@ class Settings(BaseSettings):
         description="How long an idle client connection is kept open. Longer than clients' "
         "own idle expiry (httpx, Node: 5 s; load balancers: often 60 s), so that the client "
         "always closes first and never sends a request into a connection being closed.",
+    )
+    header_timeout_s: PositiveFloat = Field(
+        default=10.0,
+        description="How long a client may take to send a request's headers (from its first "
+        "byte, or from connecting) before its connection is closed.",
+    )
+    max_connections_per_client: int = Field(
+        default=64,
+        ge=0,
+        description="Open connections one client address may hold; past it, new ones get 503 "
+        "and are closed (0: no cap). Behind a reverse proxy every client shares its address.",
     )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text.")
     log_level: str = Field(default="info", description="Log level of the service.")

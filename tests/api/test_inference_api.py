@@ -144,7 +144,8 @@ def test_engine_failures_map_to_meaningful_statuses(
     assert (timed_out.status_code, timed_out.json()["error"]["code"]) == (504, "engine_timeout")
     ollama.state.delay_s = 0.0
     rejected = aiml.infer("nomic-embed-text")  # an embedding-only model asked to generate
-    assert (rejected.status_code, rejected.json()["error"]["code"]) == (502, "engine_error")
+    # Ollama's own 400, passed on: the request was at fault, not the gateway
+    assert (rejected.status_code, rejected.json()["error"]["code"]) == (400, "engine_rejected")
     ollama.state.remove("llama2:7b")  # vanished from the engine after we resolved it
     gone = aiml.infer("llama2-7b-chat")
     assert (gone.status_code, gone.json()["error"]["code"]) == (404, "model_not_found")

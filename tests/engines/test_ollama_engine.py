@@ -9,7 +9,10 @@ import pytest
 
 from aiml.engines.ollama import OllamaEngine, is_valid_ollama_name, normalize_ollama_name
 from aiml.errors import (
+    AimlError,
     EngineError,
+    EngineOverloaded,
+    EngineRejected,
     EngineTimeout,
     EngineUnavailable,
     ModelNotFound,
@@ -110,8 +113,9 @@ async def test_closing_a_stream_closes_the_request(
 async def test_error_mapping(engine: OllamaEngine, ollama: RunningOllama) -> None:
     with pytest.raises(ModelNotFound):
         await engine.generate(model("absent:1b"), "x", SamplingParams())
-    with pytest.raises(EngineError, match="does not support generate"):
+    with pytest.raises(EngineRejected, match="does not support generate") as rejected:
         await engine.generate(model("nomic-embed-text"), "x", SamplingParams())
+    assert rejected.value.status_code == 400  # Ollama's own status, passed on
     ollama.state.fail_mid_stream = "model runner crashed"
     with pytest.raises(EngineError, match="model runner crashed"):
         async for _ in engine.stream_generate(model("llama2:7b"), "a b", SamplingParams()):
@@ -156,3 +160,52 @@ async def test_tag_values_that_are_not_ollama_names_are_refused(engine: OllamaEn
         name="m", version=1, tags={}, model_tags={"ollama_model_name": "llama2:7b"}
     )
     assert await engine.model_for_version(good) == "llama2:7b"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "expected", "aiml_status", "retry_after"),
+    [
+        (400, {}, EngineRejected, 400, None),
+        (413, {}, EngineRejected, 413, None),
+        (422, {}, EngineRejected, 422, None),
+        (429, {"Retry-After": "7"}, EngineOverloaded, 429, 7),
+        (503, {"Retry-After": "3"}, EngineUnavailable, 503, 3),
+        (503, {}, EngineUnavailable, 503, None),
+        (500, {}, EngineError, 502, None),
+        (401, {}, EngineError, 502, None),  # aiml's credentials, not the client's request
+        (504, {}, EngineTimeout, 504, None),
+    ],
+)
+async def test_upstream_statuses_by_the_engine_contract(
+    engine: OllamaEngine,
+    ollama: RunningOllama,
+    status: int,
+    headers: dict[str, str],
+    expected: type[AimlError],
+    aiml_status: int,
+    retry_after: int | None,
+) -> None:
+    ollama.state.answer = (status, "the prompt is longer than the context (4096)", headers)
+    for call in (
+        engine.chat(model("llama2:7b"), [ChatMessage("user", "hi")], SamplingParams()),
+        anext(engine.stream_generate(model("llama2:7b"), "hi", SamplingParams())),
+        engine.embed(model("nomic-embed-text"), ["a"]),
+    ):
+        with pytest.raises(expected) as raised:
+            await call
+        assert type(raised.value) is expected
+        assert (raised.value.status_code, raised.value.retry_after) == (aiml_status, retry_after)
+        assert "the prompt is longer than the context (4096)" in raised.value.message
+
+
+async def test_a_python_error_in_the_engine_is_not_an_engine_error(
+    engine: OllamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiml's own bug stays a bug (500), never a 502 that blames the engine."""
+
+    async def broken(**kwargs: object) -> object:
+        raise KeyError("a bug in aiml")
+
+    monkeypatch.setattr(engine._client, "chat", broken)
+    with pytest.raises(KeyError):
+        await engine.chat(model("llama2:7b"), [ChatMessage("user", "hi")], SamplingParams())

@@ -76,6 +76,8 @@ class OllamaStandIn:
     abort_mid_stream: bool = False
     streams_closed_early: int = 0
     embedding_dims: int = 8
+    #: when set, every POST is answered with this (status, error message, headers)
+    answer: tuple[int, str, dict[str, str]] | None = None
 
     def add(self, name: str, **kwargs: Any) -> StandInModel:
         model = StandInModel(canonical(name), **kwargs)
@@ -225,6 +227,9 @@ class OllamaStandIn:
         if not isinstance(body, dict):
             return {}, _error(400, "request body must be a JSON object")
         self.received.append((key, body))
+        if self.answer is not None:
+            status, message, headers = self.answer
+            return body, JSONResponse({"error": message}, status_code=status, headers=headers)
         return body, None
 
     def _model_for(

@@ -5,6 +5,9 @@ Each API surface keeps its own error body, so its clients understand it:
 * aiml's routes: ``{"success": false, "error": {"code", "message", "param"?}}``
 * ``/v1`` (OpenAI): ``{"error": {"message", "type", "param", "code"}}``, 400 for bad input
 * ``/api`` (Ollama): ``{"error": "message"}``, 400 for bad input
+
+An exception that is not an :class:`~aiml.errors.AimlError` is a bug in aiml: 500
+``internal_error`` whose message carries the request id, the id its logged traceback has.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiml.errors import AimlError
+from aiml.observability.context import request_id
 
 from .responses import JSONResponse, error_response
 
@@ -63,6 +68,10 @@ def render_error(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """The error response in the shape the API surface of ``path`` uses."""
+    # Messages and params can quote a client's own field names, which may hold lone
+    # surrogates (JSON's "\\ud800"): escaped, so the error itself can always be encoded.
+    message = message.encode("utf-8", "backslashreplace").decode()
+    param = param.encode("utf-8", "backslashreplace").decode() if param is not None else None
     if path.startswith("/v1/"):
         status = 400 if status == 422 else status  # OpenAI reports bad input as 400
         response: Response = JSONResponse(
@@ -111,15 +120,56 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+def _internal_error(path: str) -> Response:
     return render_error(
-        request.url.path, 500, "internal_error", "internal error; see the server log"
+        path,
+        500,
+        "internal_error",
+        f"internal error (request id {request_id.get()}); see the server log",
     )
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Reached only for errors in the middleware outside _InternalErrors.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _internal_error(request.url.path)
+
+
+class _InternalErrors:
+    """A bug's 500, answered inside the request's context.
+
+    Starlette hands a handler registered for ``Exception`` to its outermost middleware,
+    which runs after the request context (the id, the access log) has been left: its 500
+    would carry no request id. This sits inside that context instead.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:  # mid-stream: only closing the connection can tell the client
+                raise
+            await _internal_error(scope["path"])(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Call before adding any other middleware: the bug handler must be the innermost."""
     app.add_exception_handler(AimlError, _aiml_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(_InternalErrors)

@@ -1,19 +1,47 @@
-"""The engine interface every backend implements.
+"""The engine interface every backend implements, and how engines report failures.
 
 An engine knows models by its own names. It answers whether it has a model
 (:meth:`Engine.find_model`), makes a registry version available under its own name
 (:meth:`Engine.model_for_version`) and runs the generative, embedding and classification
-calls, generation either whole or as an async stream. Engines raise only
-:mod:`aiml.errors` exceptions.
+calls, generation either whole or as an async stream.
+
+The error contract. Engines raise :mod:`aiml.errors` exceptions for what the upstream
+(a server, a library) said or did, mapped by :func:`upstream_error` for HTTP engines:
+
+* the engine's 4xx is passed on with its status and the engine's message
+  (:class:`~aiml.errors.EngineRejected`: a prompt past the context length stays a 400),
+  except 404, which is :class:`~aiml.errors.ModelNotFound`; 429 is
+  :class:`~aiml.errors.EngineOverloaded` with the engine's ``Retry-After``;
+* 401, 403, 405 and 407 are about aiml's own credentials or configuration, not the
+  client's request: 502 :class:`~aiml.errors.EngineError`, as is any other 5xx but
+  503 (:class:`~aiml.errors.EngineUnavailable`, with its ``Retry-After``) and 504/408
+  (:class:`~aiml.errors.EngineTimeout`);
+* unreachable or a dropped connection: 503; no answer in time: 504.
+
+Anything else, a Python exception in aiml's own code included, is not translated: it
+propagates, and the API answers 500 with the request id (never a 502 that would blame
+the engine for aiml's bug).
 """
 
 from __future__ import annotations
 
+import email.utils
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
 from typing import ClassVar
 
-from aiml.errors import ModelNotServable
+from aiml.errors import (
+    AimlError,
+    EngineError,
+    EngineOverloaded,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+    ModelNotFound,
+    ModelNotServable,
+)
 from aiml.types import (
     ChatMessage,
     Embeddings,
@@ -26,7 +54,10 @@ from aiml.types import (
     Task,
 )
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "UpstreamErrors", "retry_after_seconds", "upstream_error"]
+
+# Statuses about aiml's own credentials or configuration, never the client's request.
+_OURS = frozenset({401, 403, 405, 407})
 
 
 class Engine(ABC):
@@ -36,6 +67,8 @@ class Engine(ABC):
     tasks: ClassVar[frozenset[Task]]
     #: Tags that may sit on the registered model instead of the version (fetched if missing).
     model_tag_keys: ClassVar[tuple[str, ...]] = ()
+    #: Runs in this process (up while the process is); remote engines can be down.
+    in_process: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -116,3 +149,75 @@ class Engine(ABC):
     async def aclose(self) -> None:
         """Release connections and loaded models."""
         return None
+
+
+def upstream_error(
+    location: str,
+    status: int,
+    message: str,
+    *,
+    retry_after: str | None = None,
+    model: str | None = None,
+) -> AimlError:
+    """The :mod:`aiml.errors` exception for an engine's HTTP error answer (the contract above).
+
+    ``location`` says which engine ("the Ollama server at ..."), ``message`` is the engine's
+    own text, ``retry_after`` its ``Retry-After`` header if it sent one, ``model`` the model
+    the request named, if any.
+    """
+    said = f"{location} answered {status}: {message}"
+    if status == 404:
+        if model is not None:
+            return ModelNotFound(f"{location} does not have model {model!r}: {message}")
+        return ModelNotFound(said)
+    if status == 429:
+        return EngineOverloaded(said, retry_after=retry_after_seconds(retry_after))
+    if status == 503:
+        return EngineUnavailable(said, retry_after=retry_after_seconds(retry_after))
+    if status in (408, 504):
+        return EngineTimeout(said)
+    if 400 <= status < 500 and status not in _OURS:
+        return EngineRejected(said, status_code=status)
+    return EngineError(said)
+
+
+def retry_after_seconds(value: str | None) -> int | None:
+    """``Retry-After`` as whole seconds: delta-seconds or an HTTP date; ``None`` if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0, round(when.timestamp() - time.time()))
+
+
+class UpstreamErrors:
+    """``with``: an exception ``translate`` maps is raised as its :mod:`aiml.errors` error.
+
+    ``translate`` returns ``None`` for what is not the upstream's doing (aiml's own bug),
+    which then propagates as it is. A class rather than a generator-based context manager:
+    it wraps every engine call, and costs a fraction of one.
+    """
+
+    __slots__ = ("_translate",)
+
+    def __init__(self, translate: Callable[[Exception], AimlError | None]) -> None:
+        self._translate = translate
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, AimlError):
+            mapped = self._translate(exc)
+            if mapped is not None:
+                raise mapped from exc

@@ -1,14 +1,16 @@
-"""The Ollama engine, on the official ``ollama`` AsyncClient.
+"""The Ollama engine, on the official ``ollama`` AsyncClient over aiml's HTTP layer.
 
-Ollama's client has no timeout by default and leaks httpx's exceptions on some paths
-(streams, timeouts); every call here goes through :func:`_translate` so the service sees
-only :mod:`aiml.errors`: model not found -> 404, connection refused -> 503, timeout -> 504,
-anything else the server says -> 502.
+Ollama's client has no timeout by default, keeps no headers of an error answer and leaks
+httpx's exceptions on some paths (streams, timeouts). So an error status is mapped as the
+response arrives (a response hook, with the ``Retry-After`` the client would drop), and
+every call runs inside :class:`~aiml.engines.base.UpstreamErrors`, which turns what the
+server or the connection did into :mod:`aiml.errors` by the contract in
+:mod:`aiml.engines.base`.
 """
 
 from __future__ import annotations
 
-import http.cookiejar
+import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
@@ -35,8 +37,9 @@ from aiml.types import (
     Task,
 )
 
-from .base import Engine
-from .transport import FastTransport, LeanAsyncClient
+from .base import Engine, UpstreamErrors, upstream_error
+from .httpclient import LeanAsyncClient
+from .transport import FastTransport
 
 __all__ = ["MODEL_NAME_TAG", "OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]
 
@@ -75,18 +78,17 @@ class OllamaEngine(Engine):
         timeout_s: float,
         connect_timeout_s: float,
         allow_pull: bool = False,
-        fast_transport: bool = True,
     ) -> None:
         self._host = host
         self._allow_pull = allow_pull
         # Ollama's default timeout is None: a stuck server would hold a request forever.
-        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        if fast_transport:
-            self._client: ollama.AsyncClient = _LeanOllamaClient(
-                host, timeout=timeout, transport=FastTransport()
-            )
-        else:
-            self._client = ollama.AsyncClient(host=host, timeout=timeout, cookies=_NoCookies())
+        self._client = _LeanOllamaClient(
+            host,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            transport=FastTransport(),
+            event_hooks={"response": [self._raise_for_status]},
+        )
+        self._mapped = UpstreamErrors(self._translate)
 
     @property
     def location(self) -> str:
@@ -116,10 +118,8 @@ class OllamaEngine(Engine):
 
     async def find_model(self, name: str) -> str | None:
         wanted = normalize_ollama_name(name)
-        try:
+        with self._mapped:
             listing = await self._client.list()
-        except Exception as exc:
-            raise self._translate(exc, name) from exc
         for model in listing.models:
             if model.model and normalize_ollama_name(model.model) == wanted:
                 return model.model
@@ -129,10 +129,8 @@ class OllamaEngine(Engine):
         """Pull ``name`` when configured to; ``None`` when pulling is off."""
         if not self._allow_pull:
             return None
-        try:
+        with self._mapped:
             await self._client.pull(name, stream=False)
-        except Exception as exc:
-            raise self._translate(exc, name) from exc
         return await self.find_model(name)
 
     async def generate(
@@ -143,7 +141,7 @@ class OllamaEngine(Engine):
         *,
         images: Sequence[bytes] = (),
     ) -> Generation:
-        try:
+        with self._mapped:
             response = await self._client.generate(
                 model=model.engine_model,
                 prompt=prompt,
@@ -152,8 +150,6 @@ class OllamaEngine(Engine):
                 options=_options(params),
                 stream=False,
             )
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
         return _generation(response, response.response or "")
 
     async def stream_generate(
@@ -164,7 +160,7 @@ class OllamaEngine(Engine):
         *,
         images: Sequence[bytes] = (),
     ) -> AsyncIterator[GenerationChunk]:
-        try:
+        with self._mapped:
             stream = cast(
                 AsyncGenerator[ollama.GenerateResponse, None],
                 await self._client.generate(
@@ -184,29 +180,23 @@ class OllamaEngine(Engine):
                     yield GenerationChunk(text=piece, done=bool(part.done), final=final)
             finally:
                 await stream.aclose()  # closes the HTTP response: Ollama stops generating
-        except AimlError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
 
     async def chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> Generation:
-        try:
+        with self._mapped:
             response = await self._client.chat(
                 model=model.engine_model,
                 messages=_messages(messages),
                 options=_options(params),
                 stream=False,
             )
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
         return _generation(response, response.message.content or "")
 
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
-        try:
+        with self._mapped:
             stream = cast(
                 AsyncGenerator[ollama.ChatResponse, None],
                 await self._client.chat(
@@ -225,52 +215,58 @@ class OllamaEngine(Engine):
                     yield GenerationChunk(text=piece, done=bool(part.done), final=final)
             finally:
                 await stream.aclose()
-        except AimlError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
 
     async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
-        try:
+        with self._mapped:
             response = await self._client.embed(model=model.engine_model, input=list(inputs))
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
         vectors = [list(map(float, vector)) for vector in response.embeddings]
         return Embeddings(vectors=vectors, prompt_tokens=response.prompt_eval_count)
 
     async def preload(self, model: ResolvedModel) -> None:
         """Ollama loads a model when asked to generate from an empty prompt."""
-        try:
+        with self._mapped:
             await self._client.generate(model=model.engine_model, prompt="")
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
 
     async def unload(self, model: ResolvedModel) -> bool:
         """... and unloads it for an empty prompt with ``keep_alive`` 0."""
-        try:
+        with self._mapped:
             await self._client.generate(model=model.engine_model, prompt="", keep_alive=0)
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
         return True
 
     async def health(self) -> None:
-        try:
+        with self._mapped:
             await self._client.ps()
-        except Exception as exc:
-            raise self._translate(exc, None) from exc
 
     async def aclose(self) -> None:
         await self._client.close()  # type: ignore[no-untyped-call]
 
-    def _translate(self, exc: BaseException, model: str | None) -> AimlError:
-        """Map the ollama client's and httpx's exceptions onto ours."""
-        if isinstance(exc, AimlError):
-            return exc
-        if isinstance(exc, ollama.ResponseError):
-            if exc.status_code == 404:
-                return ModelNotFound(f"{self.location} does not have model {model!r}: {exc.error}")
-            status = f" {exc.status_code}" if exc.status_code > 0 else ""
-            return EngineError(f"{self.location} answered{status}: {exc.error}")
+    async def _raise_for_status(self, response: httpx.Response) -> None:
+        """An error answer, mapped while its headers (``Retry-After``) are at hand."""
+        if response.status_code < 400:
+            return
+        await response.aread()
+        try:
+            body = response.json()
+            message = str(body.get("error") or body) if isinstance(body, dict) else str(body)
+        except ValueError:
+            message = response.text
+        raise upstream_error(
+            self.location,
+            response.status_code,
+            message,
+            retry_after=response.headers.get("retry-after"),
+        )
+
+    def _translate(self, exc: Exception) -> AimlError | None:
+        """What the server or the connection did, as :mod:`aiml.errors`; else ``None``.
+
+        An exception that is neither the server's answer nor the connection's failure is
+        aiml's own bug: it propagates as it is (500), never as a 502.
+        """
+        if isinstance(exc, ollama.ResponseError):  # an error in a stream, after the status
+            if exc.status_code >= 400:
+                return upstream_error(self.location, exc.status_code, exc.error)
+            return EngineError(f"{self.location} answered: {exc.error}")
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | ConnectionError):
             return EngineUnavailable(f"{self.location} is unreachable")
         if isinstance(exc, httpx.TimeoutException):
@@ -279,7 +275,9 @@ class OllamaEngine(Engine):
             return EngineUnavailable(
                 f"{self.location} dropped the connection: {type(exc).__name__}"
             )
-        return EngineError(f"{self.location} failed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, httpx.DecodingError | json.JSONDecodeError):
+            return EngineError(f"{self.location} answered something unreadable: {exc}")
+        return None
 
 
 class _LeanOllamaClient(ollama.AsyncClient):
@@ -288,17 +286,6 @@ class _LeanOllamaClient(ollama.AsyncClient):
     def __init__(self, host: str, **kwargs: Any) -> None:
         # ollama.AsyncClient passes httpx.AsyncClient to the shared base; ours instead.
         super(ollama.AsyncClient, self).__init__(LeanAsyncClient, host, **kwargs)
-
-
-class _NoCookies(http.cookiejar.CookieJar):
-    """Ollama sets no cookies; httpx would still parse every response for them (measured:
-    a visible share of a gateway request's CPU)."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-    def add_cookie_header(self, request: Any) -> None:
-        return None
 
 
 def _options(params: SamplingParams) -> dict[str, Any]:

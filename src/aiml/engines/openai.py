@@ -2,10 +2,11 @@
 
 Its base URL and key come from settings only: no request can point aiml at another host
 (server-side request forgery). A registry version maps to the server's model through the
-tag ``openai_model_name``. Calls go through the official ``openai`` client with explicit
-timeouts and no retries (a retry belongs to the caller, who knows its deadline); its errors
-are mapped onto aiml's: model not found -> 404, unreachable -> 503, timeout -> 504, any
-other answer -> 502.
+tag ``openai_model_name``. Calls go through the official ``openai`` client, over the same
+HTTP layer as the Ollama engine (:mod:`aiml.engines.httpclient`), with explicit timeouts
+and no retries (a retry belongs to the caller, who knows its deadline). Its errors are
+mapped by the contract in :mod:`aiml.engines.base`: the server's 4xx passed on, 429 with
+its ``Retry-After``, 503 unavailable, unreachable 503, timeout 504.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
+import httpx
 import openai
 
 from aiml.errors import (
@@ -37,7 +39,8 @@ from aiml.types import (
 )
 from aiml.urls import redact
 
-from .base import Engine
+from .base import Engine, UpstreamErrors, upstream_error
+from .httpclient import lean_client
 
 __all__ = ["MODEL_NAME_TAG", "OpenAIEngine"]
 
@@ -57,12 +60,17 @@ class OpenAIEngine(Engine):
         self, base_url: str, *, api_key: str | None, timeout_s: float, connect_timeout_s: float
     ) -> None:
         self._base_url = redact(base_url)
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "unused",
             timeout=openai.Timeout(timeout_s, connect=connect_timeout_s),
             max_retries=0,
+            # openai's types name httpx2's client; it takes httpx's as well (and says so in
+            # the TypeError it raises for anything else).
+            http_client=cast(Any, lean_client(timeout=timeout)),
         )
+        self._mapped = UpstreamErrors(self._translate)
 
     @property
     def location(self) -> str:
@@ -71,10 +79,8 @@ class OpenAIEngine(Engine):
     async def find_model(self, name: str) -> str | None:
         if not _MODEL_ID.fullmatch(name) or ".." in name:
             return None
-        try:
+        with self._mapped:
             page = await self._client.models.list()
-        except Exception as exc:
-            raise self._translate(exc, name) from exc
         return name if any(model.id == name for model in page.data) else None
 
     async def model_for_version(self, version: RegistryVersion) -> str:
@@ -103,12 +109,10 @@ class OpenAIEngine(Engine):
         if images:
             messages = [ChatMessage("user", prompt, tuple(images))]
             return await self.chat(model, messages, params)
-        try:
+        with self._mapped:
             response = await self._client.completions.create(
                 model=model.engine_model, prompt=prompt, **_sampling(params)
             )
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
         choice = response.choices[0]
         return _generation(choice.text, choice.finish_reason, response.usage)
 
@@ -126,7 +130,7 @@ class OpenAIEngine(Engine):
             ):
                 yield chunk
             return
-        try:
+        with self._mapped:
             stream = await self._client.completions.create(
                 model=model.engine_model,
                 prompt=prompt,
@@ -137,29 +141,23 @@ class OpenAIEngine(Engine):
             async with stream:
                 async for piece in _pieces(stream, lambda c: c.text):
                     yield piece
-        except AimlError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
 
     async def chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> Generation:
-        try:
+        with self._mapped:
             response = await self._client.chat.completions.create(
                 model=model.engine_model,
                 messages=cast(Any, _messages(messages)),
                 **_sampling(params),
             )
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
         choice = response.choices[0]
         return _generation(choice.message.content or "", choice.finish_reason, response.usage)
 
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
-        try:
+        with self._mapped:
             stream = await self._client.chat.completions.create(
                 model=model.engine_model,
                 messages=cast(Any, _messages(messages)),
@@ -170,43 +168,41 @@ class OpenAIEngine(Engine):
             async with stream:  # leaving closes the HTTP response: the server stops
                 async for piece in _pieces(stream, lambda c: c.delta.content):
                     yield piece
-        except AimlError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
 
     async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
-        try:
+        with self._mapped:
             response = await self._client.embeddings.create(
                 model=model.engine_model, input=list(inputs), encoding_format="float"
             )
-        except Exception as exc:
-            raise self._translate(exc, model.engine_model) from exc
         ordered = sorted(response.data, key=lambda item: item.index)
         tokens = response.usage.prompt_tokens if response.usage else None
         return Embeddings(vectors=[list(item.embedding) for item in ordered], prompt_tokens=tokens)
 
     async def health(self) -> None:
-        try:
+        with self._mapped:
             await self._client.models.list()
-        except Exception as exc:
-            raise self._translate(exc, None) from exc
 
     async def aclose(self) -> None:
         await self._client.close()
 
-    def _translate(self, exc: BaseException, model: str | None) -> AimlError:
-        if isinstance(exc, AimlError):
-            return exc
-        if isinstance(exc, openai.NotFoundError):
-            return ModelNotFound(f"{self.location} does not serve {model!r}: {_message(exc)}")
+    def _translate(self, exc: Exception) -> AimlError | None:
+        """What the server or the connection did, as :mod:`aiml.errors`; else ``None``.
+
+        An exception that is not the openai client's is aiml's own bug: it propagates as
+        it is (500), never as a 502.
+        """
+        if isinstance(exc, openai.APIStatusError):
+            retry_after = exc.response.headers.get("retry-after")
+            return upstream_error(
+                self.location, exc.status_code, _message(exc), retry_after=retry_after
+            )
         if isinstance(exc, openai.APITimeoutError):
             return EngineTimeout(f"{self.location} did not answer in time")
         if isinstance(exc, openai.APIConnectionError):
             return EngineUnavailable(f"{self.location} is unreachable")
-        if isinstance(exc, openai.APIStatusError):
-            return EngineError(f"{self.location} answered {exc.status_code}: {_message(exc)}")
-        return EngineError(f"{self.location} failed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, openai.APIError):  # an error event mid-stream, an unreadable answer
+            return EngineError(f"{self.location} answered: {exc.message}")
+        return None
 
 
 async def _pieces(stream: Any, text_of: Any) -> AsyncIterator[GenerationChunk]:

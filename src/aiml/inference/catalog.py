@@ -15,7 +15,8 @@ import anyio.to_thread
 
 from aiml.engines.base import Engine
 from aiml.engines.llamacpp import GGUF_TAG
-from aiml.engines.ollama import OllamaEngine, is_valid_ollama_name
+from aiml.engines.ollama import MODEL_NAME_TAG, OllamaEngine, is_valid_ollama_name
+from aiml.engines.table import ENGINES, EngineSpec, engine_for_format
 from aiml.errors import InvalidRequest, ModelNotFound
 from aiml.registry.artifacts import CONTENT_TAG, Progress, build_manifest, tags_for
 from aiml.registry.mlflow import MlflowRegistry, RegisteredModelInfo
@@ -44,11 +45,14 @@ class ModelCatalog:
         engines: Mapping[str, Engine],
         *,
         on_change: Callable[[str], None] = lambda name: None,
+        table: Mapping[str, EngineSpec] = ENGINES,
     ) -> None:
-        """``on_change(name)`` runs after a model's versions or aliases change."""
+        """``on_change(name)`` runs after a model's versions or aliases change; ``table``
+        says which engine serves which registered-file format."""
         self._registry = registry
         self._engines = engines
         self._on_change = on_change
+        self._table = table
 
     async def register_ollama(
         self,
@@ -78,10 +82,10 @@ class ModelCatalog:
                 f"{engine.location} does not have model {local_model_name!r}",
                 param="local_model_name",
             )
-        tags = {"ollama_model_name": found, "inference_engine": engine.name, "inference_task": task}
+        tags = {MODEL_NAME_TAG: found, "inference_engine": engine.name, "inference_task": task}
         version = await self._registry.create_pointer_version(
             registered_name,
-            pointer={"engine": engine.name, "ollama_model_name": found, "task": task},
+            pointer={"engine": engine.name, MODEL_NAME_TAG: found, "task": task},
             tags=tags,
             description=description,
         )
@@ -113,8 +117,10 @@ class ModelCatalog:
         manifest, files, skipped = await anyio.to_thread.run_sync(
             build_manifest, source, progress or _quiet
         )
-        engine = engine or ("llamacpp" if manifest.format == "gguf" else "transformers")
-        expected = {"gguf": "llamacpp", "hf": "transformers"}[manifest.format]
+        expected = engine_for_format(manifest.format, self._table)
+        if expected is None:
+            raise InvalidRequest(f"no engine serves {manifest.format} files", param="engine")
+        engine = engine or expected
         if engine != expected:
             raise InvalidRequest(
                 f"a {manifest.format} model is served by {expected!r}, not {engine!r}",

@@ -1,0 +1,177 @@
+"""The engine table: every engine aiml can run, in one place.
+
+Each :class:`EngineSpec` says how to build the engine from the settings (and which settings
+it reads), which packages it needs, which registry tags name a model for it (a version with
+``ollama_model_name`` and no ``inference_engine`` tag is an Ollama model), which
+registered-file formats it serves, and its tasks. ``services.build_engines``, the resolver
+and the catalog read this table; none of them names engines one by one.
+
+Factories import their engine's module when called, so reading the table costs no import of
+``openai``, llama.cpp or torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiml.settings import Settings
+from aiml.types import Task
+
+from .base import Engine
+
+if TYPE_CHECKING:
+    from aiml.registry.artifacts import ArtifactCache
+
+    from .pool import ModelPool
+
+__all__ = [
+    "ENGINES",
+    "EngineDeps",
+    "EngineSpec",
+    "engine_for_format",
+    "engine_for_name_tags",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineDeps:
+    """What the composition root shares with engines besides settings."""
+
+    artifacts: ArtifactCache
+    pool: ModelPool
+
+
+def _configured(settings: Settings) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    name: str
+    tasks: frozenset[Task]
+    build: Callable[[Settings, EngineDeps], Engine]
+    #: The settings fields ``build`` reads.
+    settings: tuple[str, ...] = ()
+    #: Version tags naming this engine's model (they pick the engine when no
+    #: ``inference_engine`` tag does).
+    name_tags: tuple[str, ...] = ()
+    #: Formats of registered files this engine serves (``gguf``, ``hf``).
+    formats: tuple[str, ...] = ()
+    #: Importable modules the engine needs (the ``[local]`` extra).
+    requires: tuple[str, ...] = ()
+    #: Why the settings do not allow this engine to run, or ``None`` when they do.
+    unconfigured: Callable[[Settings], str | None] = _configured
+
+
+def _ollama(settings: Settings, deps: EngineDeps) -> Engine:
+    from .ollama import OllamaEngine
+
+    return OllamaEngine(
+        settings.ollama_host,
+        timeout_s=settings.ollama_timeout_s,
+        connect_timeout_s=settings.ollama_connect_timeout_s,
+        allow_pull=settings.ollama_allow_pull,
+    )
+
+
+def _openai(settings: Settings, deps: EngineDeps) -> Engine:
+    from .openai import OpenAIEngine
+
+    assert settings.openai_base_url is not None  # see _openai_unconfigured
+    return OpenAIEngine(
+        settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout_s=settings.openai_timeout_s,
+        connect_timeout_s=settings.ollama_connect_timeout_s,
+    )
+
+
+def _openai_unconfigured(settings: Settings) -> str | None:
+    return None if settings.openai_base_url else "engine 'openai' needs AIML_OPENAI_BASE_URL"
+
+
+def _llamacpp(settings: Settings, deps: EngineDeps) -> Engine:
+    from .llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine(
+        deps.artifacts,
+        deps.pool,
+        n_ctx=settings.llamacpp_n_ctx,
+        n_threads=settings.llamacpp_threads,
+        default_max_tokens=settings.default_max_tokens,
+    )
+
+
+def _transformers(settings: Settings, deps: EngineDeps) -> Engine:
+    from .transformers import TransformersEngine
+
+    return TransformersEngine(
+        deps.artifacts,
+        deps.pool,
+        embed_max_batch=settings.embed_max_batch,
+        embed_max_wait_ms=settings.embed_max_wait_ms,
+        default_max_tokens=settings.default_max_tokens,
+    )
+
+
+_SPECS = (
+    EngineSpec(
+        name="ollama",
+        tasks=frozenset(Task) - {Task.TEXT_CLASSIFICATION},
+        build=_ollama,
+        settings=(
+            "ollama_host",
+            "ollama_timeout_s",
+            "ollama_connect_timeout_s",
+            "ollama_allow_pull",
+        ),
+        name_tags=("ollama_model_name",),
+    ),
+    EngineSpec(
+        name="openai",
+        tasks=frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM}),
+        build=_openai,
+        settings=(
+            "openai_base_url",
+            "openai_api_key",
+            "openai_timeout_s",
+            "ollama_connect_timeout_s",
+        ),
+        name_tags=("openai_model_name",),
+        unconfigured=_openai_unconfigured,
+    ),
+    EngineSpec(
+        name="llamacpp",
+        tasks=frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS}),
+        build=_llamacpp,
+        settings=("llamacpp_n_ctx", "llamacpp_threads", "default_max_tokens"),
+        name_tags=("gguf_file",),
+        formats=("gguf",),
+        requires=("llama_cpp",),
+    ),
+    EngineSpec(
+        name="transformers",
+        tasks=frozenset(
+            {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.TEXT_CLASSIFICATION}
+        ),
+        build=_transformers,
+        settings=("embed_max_batch", "embed_max_wait_ms", "default_max_tokens"),
+        formats=("hf",),
+        requires=("transformers", "torch"),
+    ),
+)
+
+#: Every engine aiml knows, by name; ``AIML_ENGINES`` picks which of them run.
+ENGINES: Mapping[str, EngineSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def engine_for_name_tags(table: Mapping[str, EngineSpec] = ENGINES) -> dict[str, str]:
+    """Name tag -> engine, in table order (the first engine whose tag a version has wins)."""
+    return {tag: spec.name for spec in table.values() for tag in spec.name_tags}
+
+
+def engine_for_format(fmt: str, table: Mapping[str, EngineSpec] = ENGINES) -> str | None:
+    """The engine that serves registered files of format ``fmt``."""
+    return next((spec.name for spec in table.values() if fmt in spec.formats), None)
