@@ -122,7 +122,11 @@ class _Guarded(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client = ""
         self._admitted = False
-        self._busy = False  # the app has a request of this connection
+        # Requests of this connection the app has now. A count, not a flag: the next request
+        # can start before the previous one's app call has returned (uvicorn starts it once
+        # the last body byte is sent), and a flag cleared by the old one would leave the new
+        # one unguarded, so its body bytes armed a header deadline that cut its stream.
+        self._active = 0
         self._heard = False  # bytes arrived since the deadline was set
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -141,7 +145,7 @@ class _Guarded(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
-        if not self._busy and self._deadline is None:
+        if not self._active and self._deadline is None:
             self._arm()  # the first byte of a next request on a kept-alive connection
         self._heard = True
         token = _current.set(self)  # the request task uvicorn may start here inherits it
@@ -169,11 +173,11 @@ class _Guarded(asyncio.Protocol):
             self._inner.resume_writing()
 
     def request_started(self) -> None:
-        self._busy = True
+        self._active += 1
         self._disarm()
 
     def request_finished(self) -> None:
-        self._busy = False  # idle now: uvicorn's keep-alive timeout applies until a byte comes
+        self._active -= 1  # at 0, idle: uvicorn's keep-alive timeout applies until a byte comes
 
     def _arm(self) -> None:
         self._heard = False
@@ -188,7 +192,7 @@ class _Guarded(asyncio.Protocol):
     def _expire(self) -> None:
         self._deadline = None
         transport = self._transport
-        if self._busy or transport is None or transport.is_closing():
+        if self._active or transport is None or transport.is_closing():
             return
         self._guard.expired(self._client)
         if self._heard:

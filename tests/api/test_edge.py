@@ -348,3 +348,43 @@ def test_text_that_is_not_valid_unicode_is_a_4xx_on_every_surface(
                 assert answer.status_code == 422, where
                 assert body["error"]["code"] == "invalid_request", where
         assert client.get("/inference/loaded").json()["models"] == [], "text reached an engine"
+
+
+async def test_overlapping_requests_on_one_connection_keep_the_header_deadline_off() -> None:
+    """The next request's app call can start before the previous one's returns; its body
+    bytes arriving then must not arm a header deadline that cuts its (long) answer."""
+    import asyncio
+
+    from aiml.connections import ConnectionGuard
+
+    class Inner(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            return None
+
+    class Transport:
+        closed = False
+
+        def get_extra_info(self, name: str) -> object:
+            return ("127.0.0.1", 5000)
+
+        def write(self, data: bytes) -> None:
+            return None
+
+        def close(self) -> None:
+            self.closed = True
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+    guard = ConnectionGuard(header_timeout_s=0.05, max_per_client=0)
+    protocol = guard.protocol(Inner)()
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(b"POST / HTTP/1.1\r\n")  # the first request
+    protocol.request_started()  # type: ignore[attr-defined]
+    protocol.request_started()  # type: ignore[attr-defined]  # the next one, already going
+    protocol.request_finished()  # type: ignore[attr-defined]  # the first one's call returns
+    protocol.data_received(b'{"body": "of the second"}')
+    await asyncio.sleep(0.2)  # well past the header deadline, the answer still streaming
+    assert not transport.closed
+    assert guard.timed_out == 0
