@@ -59,7 +59,7 @@ def test_a_non_streaming_request_is_cancelled_when_its_client_hangs_up(
     while True:  # the slot, the lease and the model are free again at the next token
         current = stats(aiml)
         idle = current["in_flight"] == {"llamacpp": 0} and current["cancelled"] == 1
-        if idle and entry.users == 0 and not entry.extras["lock"].locked():
+        if idle and entry.users == 0 and not entry.loaded.stats().running:
             break
         assert time.monotonic() - hung_up < 2.0, (current, entry.users)
         time.sleep(0.05)

@@ -118,9 +118,24 @@ class Settings(BaseSettings):
     default_max_tokens: PositiveInt = Field(
         default=512, description="Local engines' generation limit when a request sets none."
     )
-    llamacpp_n_ctx: PositiveInt = Field(default=2048, description="llama.cpp context length.")
+    llamacpp_n_ctx: PositiveInt = Field(
+        default=2048, description="llama.cpp context per sequence (tokens, prompt included)."
+    )
+    llamacpp_parallel: PositiveInt = Field(
+        default=8,
+        description="Sequences a llama.cpp model decodes together (continuous batching); "
+        "each has its own AIML_LLAMACPP_N_CTX of KV cache.",
+    )
+    llamacpp_batch: PositiveInt = Field(
+        default=512, description="Most tokens in one llama.cpp decode step (prompt chunks)."
+    )
     llamacpp_threads: int | None = Field(
-        default=None, ge=1, description="llama.cpp threads (default: CPU count)."
+        default=None, ge=1, description="llama.cpp threads (default: the usable cores)."
+    )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads (default: half the usable cores beside llama.cpp, else all).",
     )
     embed_max_batch: PositiveInt = Field(
         default=32, description="Most texts in one batched embeddings forward pass."

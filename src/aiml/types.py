@@ -126,6 +126,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     repeat_penalty: float | None = None
+    #: Generate ``max_tokens`` whatever end-of-generation token comes (vLLM's option;
+    #: benchmarks use it so every request makes the same number of tokens).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True, slots=True)

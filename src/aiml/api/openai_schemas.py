@@ -69,6 +69,9 @@ class _Sampling(_Body):
     stop: str | list[str] | None = None
     seed: int | None = None
     repetition_penalty: float | None = Field(default=None, gt=0, description="As vLLM takes it.")
+    ignore_eos: bool = Field(
+        default=False, description="As vLLM takes it: generate max_tokens whatever comes."
+    )
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     n: int = Field(default=1, ge=1)
@@ -88,6 +91,7 @@ class _Sampling(_Body):
             stop=stop,
             seed=self.seed,
             repeat_penalty=self.repetition_penalty,
+            ignore_eos=self.ignore_eos,
         )
 
     @property

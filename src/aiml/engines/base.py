@@ -69,6 +69,8 @@ class Engine(ABC):
     model_tag_keys: ClassVar[tuple[str, ...]] = ()
     #: Runs in this process (up while the process is); remote engines can be down.
     in_process: ClassVar[bool] = False
+    #: Optional sampling options it honours beyond the common ones (``ignore_eos``).
+    extra_options: ClassVar[frozenset[str]] = frozenset()
 
     @property
     @abstractmethod

@@ -1,20 +1,22 @@
-"""GGUF models in this process, on llama-cpp-python.
+"""GGUF models in this process, on llama.cpp.
 
-A llama.cpp context is not thread-safe, so each loaded model serves one generation at a
-time: requests queue on a FIFO lock per model (fair: first come, first served) and run in a
-worker thread, token by token. A client that goes away stops its generation at the next
-token, and the model's slot is released only when the worker has really left it.
+A loaded generative model runs all its requests through one :class:`BatchScheduler`
+(continuous batching: up to ``AIML_LLAMACPP_PARALLEL`` sequences decoded together, new
+requests joining at the next step, prompts read in chunks, prefixes reused). A client that
+goes away frees its sequence at the next step. Embedding models run on llama-cpp-python's
+``Llama`` one batch at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from aiml.errors import InvalidRequest, ModelNotServable
+from aiml.errors import EngineError, InvalidRequest, ModelNotServable
 from aiml.registry.artifacts import safe_relpath
 from aiml.types import (
     ChatMessage,
@@ -34,14 +36,15 @@ __all__ = ["GGUF_TAG", "LlamaCppEngine"]
 
 #: The version tag naming the model's .gguf file among its artifacts.
 GGUF_TAG = "gguf_file"
-_OVERHEAD = 32 << 20
+_OVERHEAD = 96 << 20  # compute buffers (~50 MiB at a 512-token batch) and the rest
 
 
 class LlamaCppEngine(LocalEngine):
-    """Registered GGUF files, generated with llama.cpp."""
+    """Registered GGUF files, generated with llama.cpp, many sequences at once."""
 
     name = "llamacpp"
     tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS})
+    extra_options = frozenset({"ignore_eos"})
 
     def __init__(
         self,
@@ -49,13 +52,18 @@ class LlamaCppEngine(LocalEngine):
         pool: Any,
         *,
         n_ctx: int = 2048,
-        n_threads: int | None = None,
+        n_threads: int = 1,
+        parallel: int = 8,
+        n_batch: int = 512,
         default_max_tokens: int = 512,
     ) -> None:
         super().__init__(artifacts, pool)
         self._n_ctx = n_ctx
-        self._n_threads = n_threads or os.cpu_count() or 1
+        self._n_threads = n_threads
+        self._parallel = parallel
+        self._n_batch = n_batch
         self._default_max_tokens = default_max_tokens
+        self._kv_per_token: dict[Path, int] = {}
 
     def check_version(self, version: RegistryVersion) -> None:
         gguf = version.tag(GGUF_TAG)
@@ -68,37 +76,69 @@ class LlamaCppEngine(LocalEngine):
         safe_relpath(gguf)
 
     def estimate_bytes(self, model: ResolvedModel) -> int:
-        size = self.tagged_file(model, GGUF_TAG).stat().st_size
-        return int(size * 1.25) + _OVERHEAD  # weights + KV cache and compute buffers
-
-    def load(self, model: ResolvedModel) -> Loaded:
-        from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        """Weights, plus the KV cache of every sequence (f16), plus compute buffers."""
+        from .llama_native import kv_bytes_per_token, read_metadata
 
         path = self.tagged_file(model, GGUF_TAG)
-        embedding = model.declared_task == Task.EMBEDDINGS
+        weights = path.stat().st_size
+        if model.declared_task == Task.EMBEDDINGS:
+            return int(weights * 1.25) + _OVERHEAD
+        per_token = self._kv_per_token.get(path)
+        if per_token is None:  # read once per file: every request asks for the estimate
+            per_token = self._kv_per_token[path] = kv_bytes_per_token(read_metadata(path))
+        return weights + per_token * self._n_ctx * self._parallel + _OVERHEAD
+
+    def load(self, model: ResolvedModel) -> Loaded:
+        path = self.tagged_file(model, GGUF_TAG)
+        if model.declared_task == Task.EMBEDDINGS:
+            return self._load_embedder(model, path)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from .llama_native import NativeModel
+        from .llama_scheduler import BatchScheduler
+
+        native = NativeModel(
+            path,
+            n_seq=self._parallel,
+            n_ctx_seq=self._n_ctx,
+            n_batch=self._n_batch,
+            n_threads=self._n_threads,
+        )
+        formatter = None
+        template = native.meta("tokenizer.chat_template")
+        if template:
+            # The model's own chat template, rendered as llama-cpp-python does, so a model
+            # without one refuses chat instead of falling back to a guessed format.
+            formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=native.piece(native.eos, special=True).decode(errors="ignore"),
+                bos_token=native.piece(native.bos, special=True).decode(errors="ignore"),
+                stop_token_ids=[native.eos],
+            )
+        scheduler = BatchScheduler(native, name=f"{model.registry_name}/{model.registry_version}")
+
+        def close() -> None:
+            scheduler.close()  # its thread is the only user of the context: stop it first
+            native.close()
+
+        return Loaded(
+            handle=_Generator(native, scheduler, formatter),
+            size_bytes=self.estimate_bytes(model),
+            close=close,
+            stats=lambda: scheduler.stats,
+        )
+
+    def _load_embedder(self, model: ResolvedModel, path: Path) -> Loaded:
+        from llama_cpp import Llama
+
         llm = Llama(
             model_path=str(path),
             n_ctx=self._n_ctx,
             n_threads=self._n_threads,
-            embedding=embedding,
+            embedding=True,
             verbose=False,
         )
-        formatter = None
-        template = llm.metadata.get("tokenizer.chat_template")
-        if template:
-            # The model's own chat template, as llama-cpp-python builds it, kept here so the
-            # prompt is ours to count (usage) and a model without a template refuses chat
-            # instead of falling back to a guessed format.
-            eos, bos = llm.token_eos(), llm.token_bos()
-            formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=_token_text(llm, eos),
-                bos_token=_token_text(llm, bos),
-                stop_token_ids=[eos],
-            )
-        handle = _Llama(llm, formatter)
-        return Loaded(handle=handle, size_bytes=self.estimate_bytes(model), close=llm.close)
+        return Loaded(handle=llm, size_bytes=self.estimate_bytes(model), close=llm.close)
 
     async def stream_generate(
         self,
@@ -111,11 +151,14 @@ class LlamaCppEngine(LocalEngine):
         if images:
             raise ModelNotServable("llamacpp models here take no images", param="task")
 
-        def render(handle: _Llama) -> _Prompt:
-            return _Prompt(handle.llm.tokenize(prompt.encode()), [], None)
+        def render(handle: _Generator) -> _Prompt:
+            return _Prompt(handle.native.tokenize(prompt), ())
 
-        async for chunk in self._completion(model, render, params):
-            yield chunk
+        # Closed explicitly: a client hanging up must reach _generation's finally (which
+        # frees the sequence) now, not when the garbage collector finds the generator.
+        async with contextlib.aclosing(self._generation(model, render, params)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
@@ -124,21 +167,24 @@ class LlamaCppEngine(LocalEngine):
             raise ModelNotServable("llamacpp models here take no images", param="messages")
         payload = [{"role": m.role, "content": m.content} for m in messages]
 
-        def render(handle: _Llama) -> _Prompt:
+        def render(handle: _Generator) -> _Prompt:
             if handle.formatter is None:
                 raise ModelNotServable(
                     f"{model.engine_model} has no chat template in its GGUF; use text-generation",
                     param="task",
                 )
             result = handle.formatter(messages=payload)
-            tokens = handle.llm.tokenize(
-                result.prompt.encode(), add_bos=not result.added_special, special=True
+            tokens = handle.native.tokenize(
+                result.prompt, add_bos=not result.added_special, special=True
             )
             stop = result.stop if isinstance(result.stop, list) else [result.stop or ""]
-            return _Prompt(tokens, [s for s in stop if s], result.stopping_criteria)
+            return _Prompt(tokens, tuple(s for s in stop if s))
 
-        async for chunk in self._completion(model, render, params):
-            yield chunk
+        # Closed explicitly: a client hanging up must reach _generation's finally (which
+        # frees the sequence) now, not when the garbage collector finds the generator.
+        async with contextlib.aclosing(self._generation(model, render, params)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
         if model.declared_task != Task.EMBEDDINGS:
@@ -149,8 +195,8 @@ class LlamaCppEngine(LocalEngine):
             )
         texts = list(inputs)
 
-        def run(handle: _Llama) -> Iterator[Any]:
-            yield handle.llm.create_embedding(texts)
+        def run(llm: Any) -> Iterator[Any]:
+            yield llm.create_embedding(texts)
 
         lease = await self.acquire(model)
         result = None
@@ -164,79 +210,95 @@ class LlamaCppEngine(LocalEngine):
     async def health(self) -> None:
         return None  # in-process: alive while the process is
 
-    def _sampling(self, params: SamplingParams) -> dict[str, Any]:
-        sampling: dict[str, Any] = {
-            "max_tokens": params.max_tokens or self._default_max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": params.top_k,
-            "stop": list(params.stop) or None,
-            "seed": params.seed,
-            "repeat_penalty": params.repeat_penalty,
-        }
-        return {key: value for key, value in sampling.items() if value is not None}
+    def _sampling(self, params: SamplingParams) -> Any:
+        from .llama_native import Sampling
 
-    async def _completion(
-        self, model: ResolvedModel, render: Callable[[_Llama], _Prompt], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
+        defaults = Sampling()
+        return Sampling(
+            temperature=defaults.temperature if params.temperature is None else params.temperature,
+            top_p=defaults.top_p if params.top_p is None else params.top_p,
+            top_k=defaults.top_k if params.top_k is None else params.top_k,
+            seed=params.seed,
+            repeat_penalty=(
+                defaults.repeat_penalty if params.repeat_penalty is None else params.repeat_penalty
+            ),
+        )
+
+    async def _generation(
+        self, model: ResolvedModel, render: Callable[[_Generator], _Prompt], params: SamplingParams
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        from .llama_scheduler import Job
+
         if model.declared_task == Task.EMBEDDINGS:
             raise ModelNotServable(f"{model.engine_model} is an embeddings model", param="task")
-        lease = await self.acquire(model)
         sampling = self._sampling(params)
-        prompt_tokens = 0
-
-        def run(handle: _Llama) -> Iterator[tuple[str, str | None]]:
-            nonlocal prompt_tokens
+        lease = await self.acquire(model)
+        try:
+            handle: _Generator = lease.handle
             prompt = render(handle)
-            prompt_tokens = len(prompt.tokens)
-            window = handle.llm.n_ctx()  # llama.cpp may round the configured size up
-            if prompt_tokens >= window:
+            window = handle.scheduler.n_ctx_seq
+            if len(prompt.tokens) >= window:
                 raise InvalidRequest(
-                    f"the prompt is {prompt_tokens} tokens; {model.engine_model}'s context "
-                    f"holds {window} (AIML_LLAMACPP_N_CTX)",
+                    f"the prompt is {len(prompt.tokens)} tokens; {model.engine_model}'s context "
+                    f"holds {window} per sequence (AIML_LLAMACPP_N_CTX)",
                     param="data",
                 )
-            options = dict(sampling)
-            options["stop"] = [*options.get("stop", []), *prompt.stop] or None
-            stream = handle.llm.create_completion(
-                prompt.tokens, stream=True, stopping_criteria=prompt.stopping, **options
-            )
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                yield choice["text"], choice["finish_reason"]
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-        text: list[str] = []
-        finish: str | None = None
-        async with contextlib.aclosing(self.exclusive(lease, run)) as items:
-            async for piece, reason in items:
-                finish = reason or finish
-                if piece:
-                    text.append(piece)
-                    yield GenerationChunk(text=piece)
+            def emit(kind: str, value: Any) -> None:  # called on the scheduler's thread
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                    loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+            job = Job(
+                tokens=prompt.tokens,
+                sampling=sampling,
+                max_tokens=params.max_tokens or self._default_max_tokens,
+                stop=(*params.stop, *prompt.stop),
+                emit=emit,
+                ignore_eos=params.ignore_eos,
+            )
+            try:
+                handle.scheduler.submit(job)
+            except RuntimeError as exc:
+                raise EngineError(f"{model.engine_model} is being unloaded; retry") from exc
+            text: list[str] = []
+            try:
+                while True:
+                    kind, value = await events.get()
+                    if kind == "text":
+                        text.append(value)
+                        yield GenerationChunk(text=value)
+                    elif kind == "error":
+                        raise EngineError(f"llama.cpp failed: {value}")
+                    else:
+                        finish = value
+                        break
+            finally:
+                job.cancelled.set()  # a no-op when it finished; frees the sequence if not
+                handle.scheduler.wake()
+        finally:
+            lease.release()
         final = Generation(
             text="".join(text),
             finish_reason=finish,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(text),
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=job.completion_tokens,
         )
         yield GenerationChunk(text="", done=True, final=final)
 
 
 @dataclass(frozen=True, slots=True)
-class _Llama:
-    llm: Any
+class _Generator:
+    native: Any  # NativeModel
+    scheduler: Any  # BatchScheduler
     formatter: Any  # the model's chat template, or None when the GGUF has none
 
 
 @dataclass(frozen=True, slots=True)
 class _Prompt:
     tokens: list[int]
-    stop: list[str]
-    stopping: Any
-
-
-def _token_text(llm: Any, token: int) -> str:
-    return llm.detokenize([token], special=True).decode(errors="ignore") if token != -1 else ""
+    stop: tuple[str, ...]
 
 
 def _pooled(embedding: Any) -> list[float]:

@@ -52,6 +52,8 @@ class Loaded:
     handle: Any
     size_bytes: int
     close: Callable[[], None] = lambda: None
+    #: The model's live counters (a batch scheduler's), for /metrics and the stats route.
+    stats: Callable[[], Any] | None = None
 
 
 @dataclass(eq=False)
@@ -148,6 +150,14 @@ class ModelPool:
 
     def get(self, key: PoolKey) -> PoolEntry | None:
         return self._entries.get(key)
+
+    def model_stats(self) -> dict[str, Any]:
+        """Each loaded model's live counters, by ``engine:name/version``."""
+        return {
+            f"{e.key[0]}:{e.key[1]}/{e.key[2]}": e.loaded.stats()
+            for e in self.entries()
+            if e.loaded.stats is not None
+        }
 
     async def acquire(
         self, key: PoolKey, loader: Callable[[], Loaded], *, estimate_bytes: int

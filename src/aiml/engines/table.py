@@ -20,6 +20,7 @@ from aiml.settings import Settings
 from aiml.types import Task
 
 from .base import Engine
+from .cores import thread_budget
 
 if TYPE_CHECKING:
     from aiml.registry.artifacts import ArtifactCache
@@ -99,7 +100,9 @@ def _llamacpp(settings: Settings, deps: EngineDeps) -> Engine:
         deps.artifacts,
         deps.pool,
         n_ctx=settings.llamacpp_n_ctx,
-        n_threads=settings.llamacpp_threads,
+        n_threads=settings.llamacpp_threads or thread_budget(settings.engine_names)["llamacpp"],
+        parallel=settings.llamacpp_parallel,
+        n_batch=settings.llamacpp_batch,
         default_max_tokens=settings.default_max_tokens,
     )
 
@@ -113,6 +116,7 @@ def _transformers(settings: Settings, deps: EngineDeps) -> Engine:
         embed_max_batch=settings.embed_max_batch,
         embed_max_wait_ms=settings.embed_max_wait_ms,
         default_max_tokens=settings.default_max_tokens,
+        threads=settings.torch_threads or thread_budget(settings.engine_names)["transformers"],
     )
 
 
@@ -146,7 +150,13 @@ _SPECS = (
         name="llamacpp",
         tasks=frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS}),
         build=_llamacpp,
-        settings=("llamacpp_n_ctx", "llamacpp_threads", "default_max_tokens"),
+        settings=(
+            "llamacpp_n_ctx",
+            "llamacpp_parallel",
+            "llamacpp_batch",
+            "llamacpp_threads",
+            "default_max_tokens",
+        ),
         name_tags=("gguf_file",),
         formats=("gguf",),
         requires=("llama_cpp",),
@@ -157,7 +167,7 @@ _SPECS = (
             {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.TEXT_CLASSIFICATION}
         ),
         build=_transformers,
-        settings=("embed_max_batch", "embed_max_wait_ms", "default_max_tokens"),
+        settings=("embed_max_batch", "embed_max_wait_ms", "default_max_tokens", "torch_threads"),
         formats=("hf",),
         requires=("transformers", "torch"),
     ),

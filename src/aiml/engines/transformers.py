@@ -111,8 +111,10 @@ class TransformersEngine(LocalEngine):
         embed_max_batch: int = 32,
         embed_max_wait_ms: float = 5.0,
         default_max_tokens: int = 512,
+        threads: int | None = None,
     ) -> None:
         super().__init__(artifacts, pool)
+        self._threads = threads
         self._embed_max_batch = embed_max_batch
         self._embed_max_wait_s = embed_max_wait_ms / 1000
         self._default_max_tokens = default_max_tokens
@@ -136,6 +138,8 @@ class TransformersEngine(LocalEngine):
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        if self._threads:
+            torch.set_num_threads(self._threads)  # its share of the cores (engines/cores.py)
         folder = self.folder(model)
         kind = _kind(model.declared_task)
         try:

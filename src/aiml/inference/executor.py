@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiml.engines.base import Engine
-from aiml.errors import ModelNotFound
+from aiml.errors import InvalidRequest, ModelNotFound
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel
 
 from .resolver import ModelResolver
@@ -82,7 +82,16 @@ class ModelExecutor:
         self.engine = engine
         self.resolver = resolver
 
+    def _check_options(self, request: Any) -> None:
+        """Refuse, by name, an option this engine cannot honour (never drop it silently)."""
+        params = getattr(request, "params", None)
+        if getattr(params, "ignore_eos", False) and "ignore_eos" not in self.engine.extra_options:
+            raise InvalidRequest(
+                f"ignore_eos is not supported by the {self.engine.name} engine", param="ignore_eos"
+            )
+
     async def execute(self, ref: ModelRef, request: Any) -> Execution:
+        self._check_options(request)
         resolved = await self.resolver.resolve(ref, self.engine.name)
         handler = self.spec.handler_for(resolved)
         generation = None
@@ -100,6 +109,7 @@ class ModelExecutor:
 
     async def open_stream(self, ref: ModelRef, request: Any) -> OpenStream:
         """Resolve, start the generation and read its first chunk."""
+        self._check_options(request)
         resolved = await self.resolver.resolve(ref, self.engine.name)
         handler = self.spec.handler_for(resolved)
         rest = handler.stream(self.engine, resolved, request)

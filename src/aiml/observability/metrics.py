@@ -8,10 +8,15 @@ latencies are histograms observed as requests finish.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -148,8 +153,52 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "aiml_loaded_models", "Local models loaded in memory.", value=len(self._pool.entries())
         )
+        yield from _batching(self._pool.model_stats())
         yield GaugeMetricFamily(
             "aiml_loaded_model_bytes",
             "Memory counted against the model budget.",
             value=self._pool.used_bytes,
         )
+
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _batching(models: Mapping[str, Any]) -> Iterator[Metric]:
+    """Each loaded llama.cpp model's scheduler: sequences running and waiting, tokens per
+    second, prompt tokens read and reused, and the batch size of its decode steps."""
+    label = ["model"]
+    running = GaugeMetricFamily(
+        "aiml_llamacpp_sequences_running", "Sequences decoding together.", labels=label
+    )
+    waiting = GaugeMetricFamily(
+        "aiml_llamacpp_sequences_waiting", "Requests waiting for a free sequence.", labels=label
+    )
+    speed = GaugeMetricFamily(
+        "aiml_llamacpp_tokens_per_second", "Generated tokens per second (last 5 s).", labels=label
+    )
+    prompt = CounterMetricFamily(
+        "aiml_llamacpp_prompt_tokens", "Prompt tokens of the requests served.", labels=label
+    )
+    reused = CounterMetricFamily(
+        "aiml_llamacpp_prompt_tokens_reused",
+        "Prompt tokens whose KV cache was reused instead of computed.",
+        labels=label,
+    )
+    sizes = HistogramMetricFamily(
+        "aiml_llamacpp_batch_size", "Sequences in one decode step.", labels=label
+    )
+    for model, stats in sorted(models.items()):
+        running.add_metric([model], stats.running)
+        waiting.add_metric([model], stats.waiting)
+        speed.add_metric([model], stats.tokens_per_s)
+        prompt.add_metric([model], stats.prompt_tokens)
+        reused.add_metric([model], stats.reused_prompt_tokens)
+        counts = stats.batch_sizes
+        buckets = [
+            (str(le), sum(n for size, n in counts.items() if size <= le)) for le in _BATCH_BUCKETS
+        ]
+        buckets.append(("+Inf", sum(counts.values())))
+        total = sum(size * n for size, n in counts.items())
+        sizes.add_metric([model], buckets=buckets, sum_value=total)
+    yield from (running, waiting, speed, prompt, reused, sizes)

@@ -88,7 +88,8 @@ async def clear_cache(services: ServicesDep) -> JSONResponse:
 @router.get("/stats")
 async def stats(services: ServicesDep) -> JSONResponse:
     """Requests, registry lookups, cache hits and misses, executors."""
-    return JSONResponse({"success": True, "stats": services.manager.stats()})
+    models = {name: stats.as_dict() for name, stats in services.pool.model_stats().items()}
+    return JSONResponse({"success": True, "stats": {**services.manager.stats(), "models": models}})
 
 
 @router.get("/supported-tasks")
