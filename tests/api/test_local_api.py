@@ -105,8 +105,10 @@ def test_requests_cycling_through_more_models_than_the_budget_holds(
 ) -> None:
     registry.register_files(model_files.smollm2, "smol", task="chat")
     registry.register_files(model_files.gemma3, "gemma", task="text-generation")
-    budget = 450 * MB  # room for one of smol (~170 MB) and gemma (~350 MB), never both
-    aiml = start_aiml(max_model_memory_bytes=budget, max_loaded_models=3)
+    # Room for one of smol (~280 MB) and gemma (~420 MB) with the KV cache of 2 sequences
+    # of 2048 tokens each counted, never both.
+    budget = 450 * MB
+    aiml = start_aiml(max_model_memory_bytes=budget, max_loaded_models=3, llamacpp_parallel=2)
     baseline = rss_bytes()
     peaks = []
     for round_ in range(3):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiml.errors import EngineError, InvalidRequest, ModelNotServable
+from aiml.errors import EngineError, InvalidRequest, ModelLoadFailed, ModelNotServable
 from aiml.registry.artifacts import safe_relpath
 from aiml.types import (
     ChatMessage,
@@ -85,7 +85,11 @@ class LlamaCppEngine(LocalEngine):
             return int(weights * 1.25) + _OVERHEAD
         per_token = self._kv_per_token.get(path)
         if per_token is None:  # read once per file: every request asks for the estimate
-            per_token = self._kv_per_token[path] = kv_bytes_per_token(read_metadata(path))
+            try:
+                meta = read_metadata(path)
+            except ValueError as exc:  # not a GGUF llama.cpp can read: as a failed load
+                raise ModelLoadFailed(f"loading {model.engine_model} failed: {exc}") from exc
+            per_token = self._kv_per_token[path] = kv_bytes_per_token(meta)
         return weights + per_token * self._n_ctx * self._parallel + _OVERHEAD
 
     def load(self, model: ResolvedModel) -> Loaded:
