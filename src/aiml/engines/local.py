@@ -8,6 +8,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, S
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio.to_thread
+
 from aiml.errors import EngineError, ModelNotFound, ModelNotServable
 from aiml.registry.artifacts import CONTENT_TAG, ArtifactCache
 from aiml.types import (
@@ -71,9 +73,12 @@ class LocalEngine(Engine):
     async def acquire(self, model: ResolvedModel) -> Lease:
         """A lease on the loaded model (loading it if needed); release it when done."""
         key = self.key(model)
-        return await self._pool.acquire(
-            key, lambda: self.load(model), estimate_bytes=self.estimate_bytes(model)
-        )
+        loaded = self._pool.get(key)
+        if loaded is not None:  # warm: no file I/O on the request path
+            estimate = loaded.size_bytes
+        else:  # reading a model's files (a GGUF's metadata) blocks: off the event loop
+            estimate = await anyio.to_thread.run_sync(self.estimate_bytes, model)
+        return await self._pool.acquire(key, lambda: self.load(model), estimate_bytes=estimate)
 
     async def preload(self, model: ResolvedModel) -> None:
         (await self.acquire(model)).release()
