@@ -80,7 +80,8 @@ def test_the_deadline_frees_a_local_model_mid_generation(
     registry.register_files(model_files.smollm2, "smol", task="chat")
     aiml = start_aiml()
     body = {"task": "text-generation", "engine": "llamacpp", "model_name": "smol",
-            "data": {"inputs": "Once upon a time"}, "options": {"max_tokens": 2000}}  # fmt: skip
+            "data": {"inputs": "Once upon a time"},
+            "options": {"max_tokens": 2000, "ignore_eos": True}}  # fmt: skip
     with aiml.client() as client:
         assert (
             client.post("/inference/infer", json={**body, "options": {"max_tokens": 2}}).status_code

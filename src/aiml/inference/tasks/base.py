@@ -148,6 +148,7 @@ class GenerationOptions(StrictModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     repeat_penalty: float | None = Field(default=None, gt=0)
+    ignore_eos: bool = Field(default=False, description="Generate max_tokens whatever comes.")
 
     @model_validator(mode="after")
     def _one_length(self) -> GenerationOptions:
@@ -166,6 +167,7 @@ class GenerationOptions(StrictModel):
             stop=stop,
             seed=self.seed,
             repeat_penalty=self.repeat_penalty,
+            ignore_eos=self.ignore_eos,
         )
 
 
