@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -44,6 +45,13 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="Log level [default: AIML_LOG_LEVEL]")
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run local models on the Ray Serve cluster at RAY_ADDRESS (deployed if absent)",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP service (registry and engines from the environment).
 
@@ -58,7 +66,16 @@ def serve(
         for k, v in {"host": host, "port": port, "log_level": log_level}.items()
         if v is not None
     }
+    if ray:
+        overrides["ray"] = True
     settings = settings.model_copy(update=overrides)
+    if settings.ray:
+        from aiml.cluster.deploy import deploy
+
+        console.print(
+            f"aiml: model replicas on the Ray cluster at {os.environ.get('RAY_ADDRESS', 'auto')}"
+        )
+        deploy(settings)
     console.print(
         f"aiml: registry [bold]{settings.registry_uri}[/], Ollama [bold]{settings.ollama_host}[/]"
     )

@@ -29,6 +29,8 @@ API layer never has to guess a status from an arbitrary exception.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AimlError",
     "DeadlineExceeded",
@@ -67,6 +69,11 @@ class AimlError(Exception):
         self.message = message
         self.param = param
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword-only arguments, which Exception's own pickling drops: an
+        # error raised in a model replica (another process) must arrive whole at the front.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
     @property
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
@@ -76,6 +83,13 @@ class AimlError(Exception):
         if self.param is not None:
             body["param"] = self.param
         return body
+
+
+def _rebuild(kind: type[AimlError], args: tuple[Any, ...], state: dict[str, Any]) -> AimlError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidRequest(AimlError):

@@ -10,6 +10,7 @@ import importlib.util
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiml.engines.base import Engine
 from aiml.engines.pool import ModelPool
@@ -26,7 +27,7 @@ from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.settings import Settings
 
-__all__ = ["Services", "build_engines", "build_services"]
+__all__ = ["Services", "build_engines", "build_services", "local_engine_names"]
 
 log = logging.getLogger("aiml")
 
@@ -48,17 +49,28 @@ class Services:
     artifacts: ArtifactCache
     metrics: Metrics
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    #: In cluster mode, the feed of registry changes made through other fronts.
+    changes: Any = None
 
     def start(self) -> None:
         """Start background work (the idle-model reaper); needs a running event loop."""
         self.pool.start()
+        if self.changes is not None:
+            self.changes.start()
 
     async def aclose(self) -> None:
+        if self.changes is not None:
+            await self.changes.aclose()
         # By now the server has cancelled what was still running; the pool waits for the
         # worker threads of those requests to leave their models before closing them.
         await self.pool.aclose(wait_s=_SHUTDOWN_WAIT_S)
         for engine in self.engines.values():
             await engine.aclose()
+
+
+def local_engine_names(settings: Settings, table: Mapping[str, EngineSpec] = ENGINES) -> list[str]:
+    """The engines ``AIML_ENGINES`` names that load model files (model replicas run these)."""
+    return [n for n in settings.engine_names if n in table and table[n].runs_models]
 
 
 def build_engines(
@@ -67,9 +79,11 @@ def build_engines(
     pool: ModelPool,
     *,
     table: Mapping[str, EngineSpec] = ENGINES,
+    models: Any = None,
 ) -> tuple[dict[str, Engine], dict[str, str]]:
     """One instance per engine ``AIML_ENGINES`` names, built from the engine table, and why
-    any of those is missing."""
+    any of those is missing. With ``models`` (a Ray Serve handle to the model replicas),
+    engines that load model files run them there instead of in this process."""
     engines: dict[str, Engine] = {}
     unavailable: dict[str, str] = {}
     deps = EngineDeps(artifacts=artifacts, pool=pool)
@@ -89,7 +103,14 @@ def build_engines(
         if reason is not None:
             unavailable[name] = reason
             continue
-        engines[name] = spec.build(settings, deps)
+        engine = spec.build(settings, deps)
+        if models is not None and spec.runs_models:
+            from aiml.engines.local import LocalEngine
+            from aiml.engines.ray_models import on_ray
+
+            assert isinstance(engine, LocalEngine)
+            engine = on_ray(engine, models)
+        engines[name] = engine
     for reason in unavailable.values():
         log.info("%s", reason)
     return engines, unavailable
@@ -102,18 +123,23 @@ def build_services(
     engines: Mapping[str, Engine] | None = None,
 ) -> Services:
     registry = registry or MlflowRegistry.from_settings(settings)
+    models = None
+    if settings.ray:
+        from aiml.cluster.deploy import model_handle
+
+        models = model_handle(settings)
     metrics = Metrics()
     pool = ModelPool(
         max_models=settings.max_loaded_models,
         max_bytes=settings.max_model_memory_bytes,
         idle_ttl_s=settings.model_idle_ttl_s,
         wait_s=settings.model_load_wait_s,
-        on_load=lambda engine, seconds: metrics.model_load_duration.labels(engine).observe(seconds),
+        on_load=lambda key, seconds: metrics.model_load_duration.labels(key[0]).observe(seconds),
     )
     artifacts = ArtifactCache(settings.model_cache_dir, registry)
     unavailable: dict[str, str] = {}
     if engines is None:
-        engines, unavailable = build_engines(settings, artifacts, pool)
+        engines, unavailable = build_engines(settings, artifacts, pool, models=models)
     stats = Stats()
     router = TaskRouter(
         engines,
@@ -146,13 +172,31 @@ def build_services(
             settings.required_engines, engines, registry, ttl_s=settings.resolve_ttl_s
         ),
     )
+    changes = None
+    if settings.ray:
+        from aiml.cluster.changes import ChangeFeed
+
+        def heard(name: str | None) -> None:
+            if name is None:  # the feed lost track: forget every cached resolution
+                router.clear()
+            else:
+                router.invalidate_name(name)
+
+        changes = ChangeFeed(settings.ray_app, on_change=heard)
+
+    def on_change(name: str) -> None:
+        router.invalidate_name(name)
+        if changes is not None:
+            changes.publish(name)
+
     return Services(
         settings=settings,
         registry=registry,
         engines=engines,
         router=router,
         manager=manager,
-        catalog=ModelCatalog(registry, engines, on_change=router.invalidate_name),
+        changes=changes,
+        catalog=ModelCatalog(registry, engines, on_change=on_change),
         stats=stats,
         pool=pool,
         artifacts=artifacts,

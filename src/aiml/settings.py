@@ -200,6 +200,30 @@ class Settings(BaseSettings):
         description="Open connections one client address may hold; past it, new ones get 503 "
         "and are closed (0: no cap). Behind a reverse proxy every client shares its address.",
     )
+    ray: bool = Field(
+        default=False,
+        description="Run local models (llama.cpp, transformers) on the Ray Serve cluster at "
+        "RAY_ADDRESS, multiplexed across model replicas (`aiml serve --ray`).",
+    )
+    ray_app: str = Field(default="aiml-models", description="Ray Serve application name.")
+    ray_min_replicas: int = Field(default=1, ge=0, description="Fewest model replicas.")
+    ray_max_replicas: PositiveInt = Field(default=4, description="Most model replicas.")
+    ray_target_ongoing_requests: PositiveFloat = Field(
+        default=8.0,
+        description="Requests in flight per model replica the autoscaler aims at (its queue).",
+    )
+    ray_replica_cpus: PositiveFloat = Field(
+        default=1.0, description="CPUs Ray reserves for each model replica (may be fractional)."
+    )
+    ray_models_per_replica: PositiveInt = Field(
+        default=4,
+        description="Models one replica keeps loaded (Ray's multiplexing LRU; the replica's "
+        "own pool budget still applies).",
+    )
+    replica_name: str = Field(
+        default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}",
+        description="This process's name in the x-aiml-replica response header.",
+    )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text.")
     log_level: str = Field(default="info", description="Log level of the service.")
 

@@ -82,11 +82,17 @@ def mlflow_server(folder: Path, port: int | None = None) -> Process:
 
 
 def aiml_serve(
-    folder: Path, env: dict[str, str], port: int | None = None, *, log_level: str = "warning"
+    folder: Path,
+    env: dict[str, str],
+    port: int | None = None,
+    *,
+    log_level: str = "warning",
+    extra_args: list[str] | None = None,
 ) -> Process:
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "aiml", "serve", "--port", str(port), "--log-level", log_level]
+    argv += extra_args or []
     full_env = {**os.environ, "AIML_HOME": str(folder / "home"), **env}
     return Process(
         argv,

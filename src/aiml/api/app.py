@@ -96,7 +96,7 @@ def create_app(
         BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes
     )
     app.add_middleware(Authentication, api_keys=api_keys, admin_keys=admin_keys)
-    app.add_middleware(RequestContext, traffic=traffic)
+    app.add_middleware(RequestContext, traffic=traffic, replica=settings.replica_name)
     if api_keys or admin_keys:
         _document_bearer_auth(app)
     return app

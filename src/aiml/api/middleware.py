@@ -24,7 +24,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aiml.observability.context import request_deadline, request_id, request_started
+from aiml.observability.context import (
+    request_deadline,
+    request_id,
+    request_started,
+    response_headers,
+)
 
 from .auth import KeyRing
 from .errors import render_error
@@ -86,9 +91,11 @@ def access_of(method: str, path: str) -> str:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, traffic: Traffic) -> None:
+    def __init__(self, app: ASGIApp, *, traffic: Traffic, replica: str = "") -> None:
         self.app = app
         self.traffic = traffic
+        #: ``x-aiml-replica``: which front process answered (behind a load balancer).
+        self._replica = replica.encode("latin-1", "replace")
         # A random prefix per process and a counter: unique, and cheaper than uuid4 per request.
         prefix = uuid.uuid4().hex[:16]
         self._ids = (f"{prefix}{n:016x}".encode() for n in itertools.count(1))
@@ -109,15 +116,23 @@ class RequestContext:
         answered = False
         started = time.perf_counter()
 
+        noted: list[tuple[bytes, bytes]] = []
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 answered = True
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", rid),
+                    (b"x-aiml-replica", self._replica),
+                    *noted,
+                ]
             await send(message)
 
         id_token = request_id.set(rid.decode())
+        headers_token = response_headers.set(noted)
         deadline_token = request_deadline.set(_seconds(timeout))
         started_token = request_started.set(asyncio.get_running_loop().time())
         self.traffic.enter()
@@ -150,6 +165,7 @@ class RequestContext:
                 )
             request_started.reset(started_token)
             request_deadline.reset(deadline_token)
+            response_headers.reset(headers_token)
             request_id.reset(id_token)
 
 

@@ -58,6 +58,11 @@ class LocalEngine(Engine):
         )
         return f"{version.name}/{version.version}"
 
+    async def fetch_files(self, model: ResolvedModel) -> None:
+        """Download and verify a resolved model's files (a model replica, before loading)."""
+        _, name, version = self.key(model)
+        await self._artifacts.fetch(name, version, content_sha256=model.tags.get(CONTENT_TAG))
+
     def check_version(self, version: RegistryVersion) -> None:
         """Refuse versions whose tags this engine cannot use (before any download)."""
 

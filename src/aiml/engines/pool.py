@@ -114,7 +114,7 @@ class ModelPool:
         idle_ttl_s: float,
         wait_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-        on_load: Callable[[str, float], None] = lambda engine, seconds: None,
+        on_load: Callable[[PoolKey, float], None] = lambda key, seconds: None,
         checkpoint: Checkpoint = _no_checkpoint,
     ) -> None:
         self.max_models = max_models
@@ -331,7 +331,7 @@ class ModelPool:
         self._hand_over(key, entry)
         self.loads += 1
         took = time.perf_counter() - started
-        self._on_load(key[0], took)
+        self._on_load(key, took)
         log.info("loaded %s (%s) in %.2fs", _label(key), _mib(size), took)
         return entry
 

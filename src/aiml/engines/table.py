@@ -65,6 +65,11 @@ class EngineSpec:
     #: Why the settings do not allow this engine to run, or ``None`` when they do.
     unconfigured: Callable[[Settings], str | None] = _configured
 
+    @property
+    def runs_models(self) -> bool:
+        """It loads model files itself (so, in cluster mode, it runs on model replicas)."""
+        return bool(self.formats)
+
 
 def _ollama(settings: Settings, deps: EngineDeps) -> Engine:
     from .ollama import OllamaEngine

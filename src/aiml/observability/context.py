@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-__all__ = ["request_deadline", "request_id", "request_started"]
+__all__ = [
+    "note_response_header",
+    "request_deadline",
+    "request_id",
+    "request_started",
+    "response_headers",
+]
 
 #: The id of the request being served, for log lines (``-`` outside a request).
 request_id: ContextVar[str] = ContextVar("aiml_request_id", default="-")
@@ -12,3 +18,18 @@ request_id: ContextVar[str] = ContextVar("aiml_request_id", default="-")
 request_deadline: ContextVar[float | None] = ContextVar("aiml_request_deadline", default=None)
 #: When the request arrived (the event loop's clock): its deadline counts from here.
 request_started: ContextVar[float | None] = ContextVar("aiml_request_started", default=None)
+#: Headers deeper layers add to the response being prepared (which model replica served it).
+response_headers: ContextVar[list[tuple[bytes, bytes]] | None] = ContextVar(
+    "aiml_response_headers", default=None
+)
+
+
+def note_response_header(name: str, value: str) -> None:
+    """Add a header to the current request's response, if it has not started yet.
+
+    The list is shared by reference, so a value noted in a task the request spawned (a
+    context copy) still reaches the response.
+    """
+    headers = response_headers.get()
+    if headers is not None:
+        headers.append((name.encode("latin-1"), value.encode("latin-1", "replace")))

@@ -1,0 +1,96 @@
+"""Registry changes made through one front, seen by every front at once.
+
+A change made through aiml's admin routes (register, alias, delete) invalidates that
+front's cached resolutions synchronously. The other fronts learn of it through a small
+named Ray actor, a change log they long-poll: within milliseconds, rather than after
+``AIML_RESOLVE_TTL_S``. Chosen over a short shared TTL because a TTL short enough to feel
+"at once" would cost every front a registry call per reference every few hundred
+milliseconds, while the log costs one idle long-poll per front. Changes made in MLflow
+directly (another tool moving an alias) are still seen within the TTL, as in
+single-process mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+__all__ = ["ChangeFeed"]
+
+log = logging.getLogger("aiml.cluster")
+
+#: How long one long-poll waits for news before asking again (seconds).
+_POLL_S = 30.0
+#: How many recent changes the log keeps (a front further behind invalidates everything).
+_KEEP = 1000
+
+
+@ray.remote(num_cpus=0)
+class ChangeLog:
+    """The cluster's log of registered model names changed through aiml."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._names: list[tuple[int, str]] = []
+        self._news = asyncio.Event()
+
+    async def publish(self, name: str) -> int:
+        self._seq += 1
+        self._names = [*self._names[-(_KEEP - 1) :], (self._seq, name)]
+        self._news.set()
+        self._news = asyncio.Event()
+        return self._seq
+
+    async def since(self, seq: int, wait_s: float) -> tuple[int, list[str] | None]:
+        """Names changed after ``seq`` (``None``: too far behind, forget everything)."""
+        if self._seq == seq:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), wait_s)
+        if self._names and self._names[0][0] > seq + 1:
+            return self._seq, None
+        return self._seq, [name for n, name in self._names if n > seq]
+
+
+class ChangeFeed:
+    """A front's side of the change log: publish its changes, apply the others'."""
+
+    def __init__(self, app: str, on_change: Callable[[str | None], None]) -> None:
+        self._log: Any = ChangeLog.options(  # type: ignore[attr-defined]
+            name=f"{app}-changes", namespace="aiml", lifetime="detached", get_if_exists=True
+        ).remote()
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+
+    def publish(self, name: str) -> None:
+        self._log.publish.remote(name)  # fire and forget; the feed applies it here too
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        seq: int | None = None
+        while True:
+            try:
+                if seq is None:  # (re)joining: start from now
+                    seq, _ = await self._log.since.remote(-1, 0)
+                    continue
+                seq, names = await self._log.since.remote(seq, _POLL_S)
+            except ray.exceptions.RayError as exc:  # the actor restarted or the head is away
+                log.warning("registry change feed interrupted: %s", exc)
+                self._on_change(None)  # what changed meanwhile is unknown: forget it all
+                seq = None
+                await asyncio.sleep(1.0)
+                continue
+            for name in names if names is not None else [None]:
+                self._on_change(name)
