@@ -1,16 +1,21 @@
-"""aiml on a real local Ray cluster: two fronts (``aiml serve --ray``), two model replicas.
+"""aiml as a team runs it: a real local Ray cluster, two fronts (``aiml serve --ray``), two
+model replicas, the registry on an ``mlflow server`` backed by PostgreSQL with proxied
+artifacts (replicas fetch model files over HTTP and verify their sha256).
 
 One ``ray start --head`` on loopback for the module (no dashboard, a small object store),
-SmolLM2 registered under two names (models A and B), llama.cpp models on the replicas.
-The test process joins the cluster as a driver only to ask a replica for its stats through
-a deployment handle and to kill a replica's actor.
+SmolLM2 registered under three names, llama.cpp models on the replicas. The test process
+joins the cluster as a driver only to ask a replica for its stats through a deployment
+handle and to kill a replica's actor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,9 +26,13 @@ from typing import Any
 
 import httpx
 import pytest
+from mlflow import MlflowClient
 
+from aiml.inference.catalog import ModelCatalog
+from aiml.registry.mlflow import MlflowRegistry
 from tests.conftest import ModelFiles, Registry
-from tests.fakes.processes import Process, aiml_serve
+from tests.fakes.postgres import PostgresCluster
+from tests.fakes.processes import Process, aiml_serve, mlflow_server
 from tests.fakes.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -39,6 +48,7 @@ class Cluster:
     address: str
     registry: Registry
     fronts: list[Process]
+    postgres: PostgresCluster
 
     def url(self, front: int) -> str:
         return self.fronts[front].health_url.removesuffix("/health/live")
@@ -64,7 +74,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
     root = tmp_path_factory.mktemp("cluster")
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
-    # No token auth on the loopback test cluster (ray start turns it on when ~/.ray/auth_token exists).
+    # No token auth on this loopback cluster (ray start enables it if ~/.ray/auth_token exists).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     subprocess.run(
         [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=4",
@@ -74,14 +84,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
     fronts: list[Process] = []
+    postgres = PostgresCluster(Path(tempfile.mkdtemp(prefix="aiml-postgres-")))
+    server: Process | None = None
     try:
-        uri = f"sqlite:///{root / 'registry.db'}"
-        from mlflow import MlflowClient
-
-        registry = Registry(uri, MlflowClient(tracking_uri=uri, registry_uri=uri), root / "art")
-        registry.register_files(model_files.smollm2, "model-a", task="text-generation")
-        registry.register_files(model_files.smollm2, "model-b", task="text-generation")
-        registry.register_files(model_files.smollm2, "model-b", task="text-generation", force=True)
+        postgres.start()
+        server = mlflow_server(root / "mlflow", backend=postgres.create_database("mlflow"))
+        server.start(timeout_s=120)
+        uri = server.health_url.removesuffix("/health")
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        registry = Registry(uri, client, root / "unused")
+        # As `aiml register` does against a server: the files go to its artifact proxy.
+        catalog = ModelCatalog(MlflowRegistry(client, uri=uri, artifact_location=None), {})
+        for name in ("model-a", "model-b", "model-b", "model-c"):
+            asyncio.run(
+                catalog.register_files(
+                    model_files.smollm2, name, task="text-generation", force=True
+                )
+            )
         settings = {
             "RAY_ADDRESS": address,
             "MLFLOW_TRACKING_URI": uri,
@@ -100,10 +119,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
             front.start(timeout_s=240)
             fronts.append(front)
         ray.init(address=address, log_to_driver=False)
-        yield Cluster(address, registry, fronts)
+        yield Cluster(address, registry, fronts, postgres)
     finally:
         for front in fronts:
             front.stop()
+        if server is not None:
+            server.stop()
+        postgres.stop()
+        shutil.rmtree(postgres.folder, ignore_errors=True)
         if ray.is_initialized():
             ray.shutdown()
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
@@ -172,6 +195,32 @@ def test_an_alias_moved_through_one_front_is_seen_by_the_other_at_once(cluster: 
         if seen["registry_version"] == versions[-1]:
             break
         assert time.monotonic() - moved_at < TTL_S / 2, "front 1 waited for its TTL"
+
+
+def test_a_registry_outage_keeps_warm_names_serving_and_recovers(cluster: Cluster) -> None:
+    url = cluster.url(0)
+    assert infer(url, "model-a", max_tokens=1).status_code == 200  # warm ("latest": has a TTL)
+
+    def stale_served() -> int:
+        stats = httpx.get(f"{url}/inference/stats", timeout=30).json()["stats"]
+        return int(stats["cache"]["stale_served"])
+
+    before = stale_served()
+    cluster.postgres.stop()  # under the MLflow server, as a crash would
+    try:
+        stopped = time.monotonic()
+        while stale_served() == before:  # past the TTL, a refresh meets the outage...
+            assert infer(url, "model-a", max_tokens=1).status_code == 200  # ...and is served
+            assert time.monotonic() - stopped < TTL_S + 30
+        cold = infer(url, "model-c", max_tokens=1)  # never resolved: nothing to serve it from
+        assert cold.status_code == 503, cold.text
+        assert cold.json()["error"]["code"] == "registry_unavailable"
+    finally:
+        cluster.postgres.restart()
+    back = time.monotonic()
+    while (answer := infer(url, "model-c", max_tokens=1)).status_code != 200:
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() - back < 1.0, "not served within a second of the registry's return"
 
 
 def test_killing_the_replica_that_holds_a_model_loses_no_request(cluster: Cluster) -> None:

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     ollama_host: str = Field(
         default="http://127.0.0.1:11434",
         validation_alias=AliasChoices("OLLAMA_HOST", "AIML_OLLAMA_HOST"),
+        description="The Ollama server; several, comma-separated, are load-balanced.",
     )
     ollama_timeout_s: PositiveFloat = Field(
         default=300.0, description="Read timeout for one Ollama call (seconds)."

@@ -63,13 +63,15 @@ class Process:
         return code
 
 
-def mlflow_server(folder: Path, port: int | None = None) -> Process:
+def mlflow_server(folder: Path, port: int | None = None, *, backend: str | None = None) -> Process:
+    """``mlflow server`` with proxied artifacts, on sqlite in ``folder`` or on ``backend``."""
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     argv = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--backend-store-uri", backend or f"sqlite:///{folder / 'mlflow.db'}",
+        "--serve-artifacts",
         "--artifacts-destination", str(folder / "artifacts"),
         "--host", "127.0.0.1",
         "--port", str(port),

@@ -72,14 +72,20 @@ class EngineSpec:
 
 
 def _ollama(settings: Settings, deps: EngineDeps) -> Engine:
+    from .hosts import on_hosts
     from .ollama import OllamaEngine
 
-    return OllamaEngine(
-        settings.ollama_host,
-        timeout_s=settings.ollama_timeout_s,
-        connect_timeout_s=settings.ollama_connect_timeout_s,
-        allow_pull=settings.ollama_allow_pull,
-    )
+    servers: list[Engine] = [
+        OllamaEngine(
+            host.strip(),
+            timeout_s=settings.ollama_timeout_s,
+            connect_timeout_s=settings.ollama_connect_timeout_s,
+            allow_pull=settings.ollama_allow_pull,
+        )
+        for host in settings.ollama_host.split(",")
+        if host.strip()
+    ]
+    return servers[0] if len(servers) == 1 else on_hosts(servers)
 
 
 def _openai(settings: Settings, deps: EngineDeps) -> Engine:
