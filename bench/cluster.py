@@ -72,14 +72,14 @@ def main() -> None:
     smol = next(m for m in BUNDLED if m.registered_name == "smollm2-135m-instruct").locate(work)
     cli = [sys.executable, "-m", "aiml"]
     full = {**os.environ, **env, "AIML_HOME": str(work / "home")}
-    subprocess.run([*cli, "register", str(smol), "smol", "--task", "text-generation"],
-                   env=full, check=True, capture_output=True)  # fmt: skip
-    subprocess.run([*cli, "register-ollama", "llama2:7b", "llama2-7b-chat"],
-                   env=full, check=True, capture_output=True)  # fmt: skip
     single = aiml_serve(work / "single", env)
     team = aiml_serve(work / "team", env, extra_args=["--ray"])
     try:
         standin.start()
+        subprocess.run([*cli, "register", str(smol), "smol", "--task", "text-generation"],
+                       env=full, check=True, capture_output=True)  # fmt: skip
+        subprocess.run([*cli, "register-ollama", "llama2:7b", "llama2-7b-chat"],
+                       env=full, check=True, capture_output=True)  # fmt: skip
         single.start(timeout_s=120)
         team.start(timeout_s=300)
         sides = {"single process": base(single), "ray front": base(team)}

@@ -19,88 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
 
 from aiml.errors import AimlError, Draining, ModelBusy, ModelLoadFailed, PoolExhausted
 
+from .leases import Lease, Loaded, PoolEntry, PoolKey
+from .memory import close_and_trim, rss_bytes, trim
+
 __all__ = ["Lease", "Loaded", "ModelPool", "PoolEntry", "PoolKey", "rss_bytes"]
 
 log = logging.getLogger("aiml.pool")
 
-PoolKey = tuple[str, str, int]  # (engine, registered name, version)
 #: ``await checkpoint(point, key)`` at the pool's decision points; tests inject barriers.
 Checkpoint = Callable[[str, PoolKey], Awaitable[None]]
 
 
 async def _no_checkpoint(point: str, key: PoolKey) -> None:
     return None
-
-
-@dataclass
-class Loaded:
-    """What a loader returns: the model object, what it costs, and how to free it."""
-
-    handle: Any
-    size_bytes: int
-    close: Callable[[], None] = lambda: None
-    #: The model's live counters (a batch scheduler's), for /metrics and the stats route.
-    stats: Callable[[], Any] | None = None
-
-
-@dataclass(eq=False)
-class PoolEntry:
-    key: PoolKey
-    loaded: Loaded
-    size_bytes: int
-    loaded_at: float
-    last_used: float
-    leases: set[Lease] = field(default_factory=set)
-    #: Per-model state engines keep beside the weights (a lock, a batcher); each one's
-    #: ``aclose()`` is awaited before the model is closed, so it drains first.
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def users(self) -> int:
-        return len(self.leases)
-
-    @property
-    def handle(self) -> Any:
-        return self.loaded.handle
-
-
-class Lease:
-    """One holder's claim on a loaded model. Release it exactly when nothing uses the model
-    any more (for work in a worker thread: when the thread has left it)."""
-
-    __slots__ = ("_pool", "entry", "holder")
-
-    def __init__(self, pool: ModelPool, entry: PoolEntry, holder: asyncio.Task[Any] | None) -> None:
-        self._pool = pool
-        self.entry = entry
-        #: The task that took the lease: shutdown cancels it so the work stops.
-        self.holder = holder
-
-    @property
-    def handle(self) -> Any:
-        return self.entry.handle
-
-    @property
-    def held(self) -> bool:
-        return self in self.entry.leases
-
-    def release(self) -> None:
-        """Give the model back (idempotent; safe from a done-callback on the loop)."""
-        if self.held:
-            self._pool._released(self)
 
 
 class ModelPool:
@@ -314,7 +255,7 @@ class ModelPool:
             loaded = await anyio.to_thread.run_sync(loader)
         except Exception as exc:
             self.load_failures += 1
-            await anyio.to_thread.run_sync(_trim)  # what the loader allocated goes back
+            await anyio.to_thread.run_sync(trim)  # what the loader allocated goes back
             if isinstance(exc, AimlError):
                 raise
             log.warning("loading %s failed: %s", _label(key), exc)
@@ -324,7 +265,7 @@ class ModelPool:
         size = max(loaded.size_bytes, measured)
         now = self._clock()
         if self._closing:  # shut down while loading: this model is not wanted any more
-            await anyio.to_thread.run_sync(_close_and_trim, loaded.close)
+            await anyio.to_thread.run_sync(close_and_trim, loaded.close)
             raise Draining("the service is shutting down; its models are being unloaded")
         entry = PoolEntry(key, loaded, size, loaded_at=now, last_used=now)
         self._entries[key] = entry
@@ -382,7 +323,7 @@ class ModelPool:
                 if closer is not None:
                     await closer()  # drains (a batch running in a thread finishes first)
             await self._checkpoint("close", entry.key)
-            await anyio.to_thread.run_sync(_close_and_trim, entry.loaded.close)
+            await anyio.to_thread.run_sync(close_and_trim, entry.loaded.close)
         finally:
             entry.loaded = Loaded(handle=None, size_bytes=0)
             log.info("unloaded %s: %s", _label(entry.key), reason)
@@ -408,31 +349,6 @@ class ModelPool:
                 await self.reap_idle()
             except Exception:  # the reaper must outlive one bad unload
                 log.exception("idle unload failed")
-
-
-def rss_bytes() -> int:
-    """This process's resident memory, from /proc (0 where there is no /proc)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _trim() -> None:
-    """Hand freed heap back to the OS, so RSS follows the budget.
-
-    No ``gc.collect()``: dropped models are freed by reference counting (measured: a full
-    collection frees nothing more), and a full collection with torch and MLflow imported
-    holds the GIL for about 250 ms, stalling every request.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _close_and_trim(close: Callable[[], None]) -> None:
-    close()
-    _trim()
 
 
 def _label(key: PoolKey) -> str:

@@ -11,11 +11,9 @@ goes away; embeddings of concurrent requests are batched into one forward pass.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiml.errors import InvalidRequest, ModelLoadFailed, ModelNotServable
@@ -34,57 +32,13 @@ from aiml.types import (
 from .batching import MicroBatcher
 from .local import LocalEngine
 from .pool import Loaded, ModelPool
+from .pooling import Pooling
 
 __all__ = ["Pooling", "TransformersEngine"]
 
 _LOAD = {"trust_remote_code": False, "local_files_only": True}
 _CAUSAL = frozenset({Task.TEXT_GENERATION, Task.CHAT, None})
 _MAX_EMBED_TOKENS = 512
-
-
-@dataclass(frozen=True, slots=True)
-class Pooling:
-    """How token vectors become one sentence vector (sentence-transformers' config)."""
-
-    mode: str = "mean"  # mean, cls, max, lasttoken
-    normalize: bool = False
-
-    @classmethod
-    def declared_by(cls, folder: Path) -> Pooling:
-        modules_file = folder / "modules.json"
-        if not modules_file.is_file():
-            return cls()  # no declaration: mean pooling, the common default
-        modules = json.loads(modules_file.read_text())
-        mode, normalize = "mean", False
-        for module in modules:
-            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-            if kind == "Transformer":
-                continue
-            if kind == "Normalize":
-                normalize = True
-            elif kind == "Pooling":
-                path = folder / str(module.get("path", "")) / "config.json"
-                config = json.loads(path.read_text()) if path.is_file() else {}
-                mode = _pooling_mode(config)
-            else:
-                raise ModelNotServable(
-                    f"sentence-transformers module {kind!r} is not supported (only "
-                    "Transformer, Pooling and Normalize)",
-                    param="model_name",
-                )
-        return cls(mode=mode, normalize=normalize)
-
-
-def _pooling_mode(config: dict[str, Any]) -> str:
-    for key, mode in (
-        ("pooling_mode_cls_token", "cls"),
-        ("pooling_mode_max_tokens", "max"),
-        ("pooling_mode_lasttoken", "lasttoken"),
-        ("pooling_mode_mean_tokens", "mean"),
-    ):
-        if config.get(key):
-            return mode
-    return "mean"
 
 
 @dataclass
