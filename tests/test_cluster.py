@@ -31,7 +31,7 @@ from mlflow import MlflowClient
 from aiml.inference.catalog import ModelCatalog
 from aiml.registry.mlflow import MlflowRegistry
 from tests.conftest import ModelFiles, Registry
-from tests.fakes.postgres import PostgresCluster
+from tests.fakes.postgres import PostgresCluster, postgres_bin
 from tests.fakes.processes import Process, aiml_serve, mlflow_server
 from tests.fakes.servers import free_port
 
@@ -71,6 +71,8 @@ def infer(url: str, model: str, *, max_tokens: int = 8, stream: bool = False) ->
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -> Iterator[Cluster]:
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed")
     root = tmp_path_factory.mktemp("cluster")
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
@@ -138,6 +140,12 @@ def test_a_model_is_served_by_the_replica_that_holds_it(cluster: Cluster) -> Non
     assert len({a.headers["x-aiml-replica"] for a in answers}) == 2  # both fronts answered
     holders = {a.headers["x-aiml-model-replica"] for a in answers}
     assert len(holders) == 1  # every request went to the replica that holds model A
+    chat = {"model": "model-a", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4, "stream": True}  # fmt: skip
+    streamed = httpx.post(f"{cluster.url(1)}/v1/chat/completions", json=chat, timeout=120)
+    assert streamed.status_code == 200, streamed.text
+    assert streamed.text.rstrip().endswith("data: [DONE]")  # the OpenAI surface, streaming
+    assert streamed.headers["x-aiml-model-replica"] in holders
     stats = cluster.stats("model-a/1")
     assert stats["replica"] in holders
     assert stats["loads"]["model-a/1"] == 1

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.fakes.servers import free_port
@@ -48,10 +49,19 @@ class PostgresCluster:
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
         return self
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; its SQLAlchemy URI (MLflow's ``postgresql://`` form)."""
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name)
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """A new database (empty, or a copy of ``template``); its SQLAlchemy URI."""
+        copy = ["-T", template] if template else []
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, *copy, name)
         return self.uri(name)
+
+    def mlflow_template(self, name: str = "mlflow_template") -> str:
+        """A database with MLflow's tables made once (``mlflow db upgrade``): copying it is
+        ~0.1 s where each new database would run MLflow's migrations again (~1.5 s)."""
+        uri = self.create_database(name)
+        mlflow = str(Path(sys.executable).parent / "mlflow")
+        subprocess.run([mlflow, "db", "upgrade", uri], check=True, capture_output=True)
+        return name
 
     def uri(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"

@@ -80,15 +80,20 @@ class ChangeFeed:
 
     async def _follow(self) -> None:
         seq: int | None = None
+        broken = False
         while True:
             try:
                 if seq is None:  # (re)joining: start from now
                     seq, _ = await self._log.since.remote(-1, 0)
+                    if broken:  # what changed while away is unknown: forget it all, once
+                        self._on_change(None)
+                        broken = False
                     continue
                 seq, names = await self._log.since.remote(seq, _POLL_S)
             except ray.exceptions.RayError as exc:  # the actor restarted or the head is away
-                log.warning("registry change feed interrupted: %s", exc)
-                self._on_change(None)  # what changed meanwhile is unknown: forget it all
+                if not broken:
+                    log.warning("registry change feed interrupted: %s", exc)
+                broken = True
                 seq = None
                 await asyncio.sleep(1.0)
                 continue

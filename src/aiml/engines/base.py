@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from aiml.errors import (
     AimlError,
@@ -54,7 +54,13 @@ from aiml.types import (
     Task,
 )
 
-__all__ = ["Engine", "UpstreamErrors", "retry_after_seconds", "upstream_error"]
+__all__ = [
+    "Engine",
+    "UpstreamErrors",
+    "retry_after_seconds",
+    "standing_in_for",
+    "upstream_error",
+]
 
 # Statuses about aiml's own credentials or configuration, never the client's request.
 _OURS = frozenset({401, 403, 405, 407})
@@ -151,6 +157,21 @@ class Engine(ABC):
     async def aclose(self) -> None:
         """Release connections and loaded models."""
         return None
+
+
+E = TypeVar("E", bound="Engine")
+
+
+def standing_in_for(kind: type[E], inner: Engine) -> type[E]:
+    """A subclass of ``kind`` (an engine that wraps others) that says what ``inner`` is:
+    its name, tasks, registry tags and extra options, which the rest of aiml reads."""
+    mirrored = {
+        "name": inner.name,
+        "tasks": inner.tasks,
+        "model_tag_keys": inner.model_tag_keys,
+        "extra_options": inner.extra_options,
+    }
+    return type(f"{kind.__name__}For{type(inner).__name__}", (kind,), mirrored)
 
 
 def upstream_error(

@@ -31,7 +31,7 @@ from aiml.types import (
     SamplingParams,
 )
 
-from .base import Engine
+from .base import Engine, standing_in_for
 
 __all__ = ["HostSet", "on_hosts"]
 
@@ -42,23 +42,14 @@ T = TypeVar("T")
 
 def on_hosts(engines: Sequence[Engine], *, cooldown_s: float = 5.0) -> Engine:
     """One engine over ``engines`` (the same engine at several hosts)."""
-    first = engines[0]
-    kind = type(
-        f"{type(first).__name__}Hosts",
-        (HostSet,),
-        {
-            "name": first.name,
-            "tasks": first.tasks,
-            "model_tag_keys": first.model_tag_keys,
-            "extra_options": first.extra_options,
-            "in_process": False,
-        },
-    )
+    kind = standing_in_for(HostSet, engines[0])
     hosts: HostSet = kind(engines, cooldown_s=cooldown_s)
     return hosts
 
 
 class HostSet(Engine):
+    in_process = False
+
     def __init__(
         self,
         engines: Sequence[Engine],

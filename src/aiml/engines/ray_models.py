@@ -33,7 +33,7 @@ from aiml.types import (
     SamplingParams,
 )
 
-from .base import Engine
+from .base import Engine, standing_in_for
 from .local import LocalEngine
 
 __all__ = ["RayModelsEngine", "on_ray"]
@@ -46,16 +46,7 @@ MODEL_REPLICA_HEADER = "x-aiml-model-replica"
 
 def on_ray(inner: LocalEngine, handle: DeploymentHandle[Any]) -> Engine:
     """``inner``'s engine, running its models on the replicas behind ``handle``."""
-    kind = type(
-        f"Ray{type(inner).__name__}",
-        (RayModelsEngine,),
-        {
-            "name": inner.name,
-            "tasks": inner.tasks,
-            "model_tag_keys": inner.model_tag_keys,
-            "extra_options": inner.extra_options,
-        },
-    )
+    kind = standing_in_for(RayModelsEngine, inner)
     engine: RayModelsEngine = kind(inner, handle)
     return engine
 
