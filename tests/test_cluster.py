@@ -11,8 +11,11 @@ handle and to kill a replica's actor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +44,8 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 TTL_S = 3.0
+#: A custom resource naming the worker node (the other node is the head).
+WORKER = "aiml_test_worker"
 
 
 @dataclass
@@ -78,13 +83,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
     port = free_port()
     # No token auth on this loopback cluster (ray start enables it if ~/.ray/auth_token exists).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    # Two nodes of one CPU each: the two replicas (one CPU each) land one per node.
     subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=4",
+        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1",
          "--include-dashboard=false", "--object-store-memory=150000000",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
         check=True, env=env, capture_output=True, timeout=180,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
+    subprocess.run(
+        [ray_bin, "start", f"--address={address}", "--num-cpus=1",
+         f"--resources={json.dumps({WORKER: 1})}", "--object-store-memory=150000000",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True, timeout=180,
+    )  # fmt: skip
     fronts: list[Process] = []
     postgres = PostgresCluster(Path(tempfile.mkdtemp(prefix="aiml-postgres-")))
     server: Process | None = None
@@ -255,3 +267,60 @@ def test_killing_the_replica_that_holds_a_model_loses_no_request(cluster: Cluste
     # Ray replaces the replica; the model is reloaded on demand.
     again = infer(cluster.url(0), "model-a")
     assert again.status_code == 200
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """Every process: pid -> (parent pid, command line), from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found[int(entry.name)] = (parent, command)
+    return found
+
+
+def kill_worker_node() -> None:
+    """SIGKILL the worker node's raylet and everything under it, as a crash would."""
+    table = processes()
+    raylet = next(
+        pid for pid, (_, cmd) in table.items() if "raylet/raylet" in cmd and WORKER in cmd
+    )
+    doomed = {raylet}
+    while grown := {pid for pid, (ppid, _) in table.items() if ppid in doomed} - doomed:
+        doomed |= grown
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_lost_worker_node_fails_what_it_held_and_the_rest_serve(cluster: Cluster) -> None:
+    worker = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and WORKER in n["Resources"])
+    on_worker = None
+    for model in ("model-a", "model-b", "model-c", "model-b@prod"):
+        answer = infer(cluster.url(0), model, max_tokens=1)
+        assert answer.status_code == 200, answer.text
+        resolved = answer.json()["resolved"]
+        if (
+            cluster.stats(f"{resolved['registry_name']}/{resolved['registry_version']}")["node"]
+            == worker
+        ):
+            on_worker = model
+            break
+    assert on_worker is not None, "no model landed on the worker node's replica"
+    with ThreadPoolExecutor(1) as pool:
+        streamed = pool.submit(infer, cluster.url(1), on_worker, max_tokens=400, stream=True)
+        kill_worker_node()
+        stream = streamed.result()
+    last = stream.text.strip().splitlines()[-1]
+    assert '"done": true' in last.replace('"done":true', '"done": true') or (
+        "engine_unavailable" in last
+    ), last
+    lost = time.monotonic()
+    while (answer := infer(cluster.url(0), on_worker, max_tokens=1)).status_code != 200:
+        assert answer.status_code == 503, answer.text  # the node's requests: 503, never 500
+        assert time.monotonic() - lost < 90, "the rest of the cluster did not take over"
+    resolved = answer.json()["resolved"]
+    held = cluster.stats(f"{resolved['registry_name']}/{resolved['registry_version']}")
+    assert held["node"] != worker

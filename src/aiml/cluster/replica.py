@@ -118,6 +118,7 @@ class ModelReplica:
             # The replica's Ray actor, for operators (and tests) that must reach it.
             "actor": runtime.get_actor_name(),
             "handle": runtime.current_actor,
+            "node": runtime.get_node_id(),
             "loads": dict(self.loads),
             "loaded": sorted(f"{e.key[1]}/{e.key[2]}" for e in self._pool.entries()),
         }
