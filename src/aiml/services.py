@@ -10,7 +10,7 @@ import importlib.util
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiml.engines.base import Engine
 from aiml.engines.pool import ModelPool
@@ -26,6 +26,11 @@ from aiml.observability.metrics import Metrics
 from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.settings import Settings
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from aiml.cluster.changes import ChangeFeed
 
 __all__ = ["Services", "build_engines", "build_services", "local_engine_names"]
 
@@ -50,7 +55,7 @@ class Services:
     metrics: Metrics
     unavailable: Mapping[str, str] = field(default_factory=dict)
     #: In cluster mode, the feed of registry changes made through other fronts.
-    changes: Any = None
+    changes: ChangeFeed | None = None
 
     def start(self) -> None:
         """Start background work (the idle-model reaper); needs a running event loop."""
@@ -79,7 +84,7 @@ def build_engines(
     pool: ModelPool,
     *,
     table: Mapping[str, EngineSpec] = ENGINES,
-    models: Any = None,
+    models: DeploymentHandle[Any] | None = None,
 ) -> tuple[dict[str, Engine], dict[str, str]]:
     """One instance per engine ``AIML_ENGINES`` names, built from the engine table, and why
     any of those is missing. With ``models`` (a Ray Serve handle to the model replicas),

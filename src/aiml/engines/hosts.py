@@ -87,6 +87,14 @@ class HostSet(Engine):
         if up == was_down:
             log.warning("%s is %s", self.hosts[index].location, "back" if up else "down")
 
+    def _never_reached(self, index: int, exc: EngineUnavailable) -> bool:
+        """True, with the host marked down, when ``exc`` shows the call never reached it
+        (so another host may take it); false for anything the host may have seen."""
+        if _never_sent(exc):
+            self._mark(index, up=False)
+            return True
+        return False
+
     async def _on_host(self, call: Callable[[Engine], Awaitable[T]]) -> T:
         failure: EngineUnavailable | None = None
         for index in self.order():
@@ -94,9 +102,8 @@ class HostSet(Engine):
             try:
                 result = await call(self.hosts[index])
             except EngineUnavailable as exc:
-                if not _never_sent(exc):
+                if not self._never_reached(index, exc):
                     raise
-                self._mark(index, up=False)
                 failure = exc
                 continue
             finally:
@@ -119,9 +126,8 @@ class HostSet(Engine):
                 except StopAsyncIteration:
                     return
                 except EngineUnavailable as exc:
-                    if not _never_sent(exc):
+                    if not self._never_reached(index, exc):
                         raise
-                    self._mark(index, up=False)
                     failure = exc
                     continue
                 self._mark(index, up=True)
