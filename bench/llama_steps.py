@@ -4,7 +4,9 @@ For each bundled GGUF model: tokens/s of (1) ``llama_decode`` steps of 1 and of 
 called straight through llama-cpp-python's C bindings, and (2) aiml's ``BatchScheduler``
 given 1 and then 8 jobs of 128 tokens (``ignore_eos``). If (2) scales as (1) does, the
 scheduler adds nothing to llama.cpp's own ceiling; compare both with
-``llama-batched-bench`` built from the same sources.
+``llama-batched-bench`` built from the same sources. Then prefix reuse: the time to the
+first token of a prompt that shares a ~400-token prefix with one served before, against a
+prompt of the same length whose prefix is new.
 
     .venv/bin/python -m bench.llama_steps
 """
@@ -56,6 +58,38 @@ def scheduled(native: NativeModel, scheduler: BatchScheduler, jobs: int, tokens:
     return jobs * tokens / (time.perf_counter() - started)
 
 
+def first_token_s(native: NativeModel, scheduler: BatchScheduler, text: str) -> float:
+    """Seconds from submitting ``text`` to its first generated token."""
+    first = threading.Event()
+    done = threading.Event()
+
+    def emit(kind: str, value: object) -> None:
+        if kind == "text":
+            first.set()
+        if kind in ("done", "error"):
+            first.set()
+            done.set()
+
+    started = time.perf_counter()
+    scheduler.submit(Job(tokens=native.tokenize(text), sampling=Sampling(temperature=0.0),
+                         max_tokens=2, stop=(), emit=emit, ignore_eos=True))  # fmt: skip
+    first.wait()
+    took = time.perf_counter() - started
+    done.wait()
+    return took
+
+
+def prefix_reuse(native: NativeModel, scheduler: BatchScheduler, rounds: int) -> str:
+    system = " ".join(f"Rule {n}: answer briefly and politely." for n in range(50))
+    shared, novel = [], []
+    for n in range(rounds):
+        first_token_s(native, scheduler, f"{system} Question {n}: why?")  # caches the prefix
+        shared.append(first_token_s(native, scheduler, f"{system} Question {n}: how?"))
+        novel.append(first_token_s(native, scheduler, f"Round {n}. {system} Question: how?"))
+    s, v = sorted(shared)[len(shared) // 2], sorted(novel)[len(novel) // 2]
+    return f"first token, shared prefix {s * 1000:.0f} ms vs new prefix {v * 1000:.0f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -78,6 +112,7 @@ def main() -> None:
                 eight = scheduled(native, scheduler, 8, 128)
                 print(f"{name}: scheduler 1 job {one:.1f} tok/s, 8 jobs {eight:.1f} "
                       f"({eight / one:.2f}x)")  # fmt: skip
+            print(f"{name}: {prefix_reuse(native, scheduler, 3)}")
         finally:
             scheduler.close()
             native.close()
