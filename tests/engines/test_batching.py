@@ -13,7 +13,7 @@ import pytest
 from aiml.engines.llama_native import kv_bytes_per_token, read_metadata
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation, SamplingParams
-from tests.conftest import ModelFiles, Registry, resolve
+from tests.conftest import ModelFiles, Registry, RunningAiml, resolve
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +133,25 @@ async def test_the_kv_cache_is_counted_in_the_models_size(
     kv = kv_bytes_per_token(read_metadata(model_files.smollm2)) * 1024 * 8
     assert entry.size_bytes >= model_files.smollm2.stat().st_size + kv
     assert services.pool.used_bytes <= services.pool.max_bytes
+
+
+def test_scheduler_metrics_reach_metrics_and_the_stats_route(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, model_files: ModelFiles
+) -> None:
+    registry.register_files(model_files.smollm2, "smol", task="chat")
+    aiml = start_aiml()
+    body = {"task": "text-generation", "engine": "llamacpp", "model_name": "smol",
+            "data": {"inputs": "Once upon a time"},
+            "options": {"max_tokens": 6, "ignore_eos": True}}  # fmt: skip
+    with aiml.client() as client:
+        for _ in range(2):
+            assert client.post("/inference/infer", json=body).status_code == 200
+        stats = client.get("/inference/stats").json()["stats"]["models"]
+        (model,) = [s for key, s in stats.items() if key.endswith("smol/1")]
+        assert model["generated_tokens"] >= 12 and model["running"] == 0
+        assert model["reused_prompt_tokens"] > 0  # the second prompt is the first one's prefix
+        metrics = client.get("/metrics").text
+    for name in ("sequences_running", "sequences_waiting", "tokens_per_second",
+                 "prompt_tokens_total", "prompt_tokens_reused_total", "batch_size"):  # fmt: skip
+        assert f"aiml_llamacpp_{name}" in metrics, name
+    assert 'model="llamacpp:smol/1"' in metrics

@@ -14,13 +14,13 @@ from pathlib import Path
 __all__ = ["thread_budget", "usable_cores"]
 
 
-def usable_cores() -> int:
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """Cores allowed by CPU affinity, capped by a cgroup v2 (or v1) CPU quota."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    quota = _cgroup_quota()
+    quota = _cgroup_quota(cgroup)
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
     return max(1, cores)
@@ -37,17 +37,17 @@ def thread_budget(engines: list[str], cores: int | None = None) -> dict[str, int
     }
 
 
-def _cgroup_quota() -> float | None:
+def _cgroup_quota(cgroup: Path) -> float | None:
     """The CPU quota in cores, if a cgroup sets one."""
-    v2 = Path("/sys/fs/cgroup/cpu.max")
+    v2 = cgroup / "cpu.max"
     try:
         if v2.exists():
             limit, period = v2.read_text().split()[:2]
             return None if limit == "max" else int(limit) / int(period)
-        v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        v1 = cgroup / "cpu" / "cpu.cfs_quota_us"
         if v1.exists():
             quota = int(v1.read_text())
-            interval = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            interval = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
             return None if quota <= 0 else quota / interval
     except (OSError, ValueError):
         return None
