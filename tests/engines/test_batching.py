@@ -155,3 +155,29 @@ def test_scheduler_metrics_reach_metrics_and_the_stats_route(
                  "prompt_tokens_total", "prompt_tokens_reused_total", "batch_size"):  # fmt: skip
         assert f"aiml_llamacpp_{name}" in metrics, name
     assert 'model="llamacpp:smol/1"' in metrics
+
+
+async def test_a_finished_sequence_is_no_longer_running_when_its_request_hears_so(
+    smol: None, local_services: Callable[..., Services]
+) -> None:
+    # CI once read running == 1 from the stats right after an answer: the scheduler told the
+    # request it was done before it freed the sequence. Record the gauge at that moment.
+    from aiml.engines.llama_native import Sampling
+    from aiml.engines.llama_scheduler import Job
+
+    services = local_services(llamacpp_parallel=2)
+    await chat(services, "Hi", GREEDY)
+    (entry,) = services.pool.entries()
+    scheduler = entry.loaded.handle.scheduler
+    finished = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    def emit(kind: str, value: object) -> None:
+        if kind == "done":
+            seen = scheduler.stats.running
+            loop.call_soon_threadsafe(finished.set_result, seen)
+
+    tokens = entry.loaded.handle.native.tokenize("Once upon a time")
+    scheduler.submit(Job(tokens=tokens, sampling=Sampling(temperature=0), max_tokens=3,
+                         stop=(), emit=emit, ignore_eos=True))  # fmt: skip
+    assert await asyncio.wait_for(finished, 60) == 0

@@ -290,12 +290,8 @@ class BatchScheduler:
             slot.next_token = token
 
     def _finish(self, slot: _Slot, reason: str | None) -> None:
-        job = slot.job
+        job, held = slot.job, slot.held
         assert job is not None
-        if reason is not None:
-            if slot.held:
-                job.emit("text", slot.held)
-            job.emit("done", reason)
         if slot.sampler is not None:
             slot.sampler.free()
         slot.job = None
@@ -304,6 +300,12 @@ class BatchScheduler:
         slot.pending = []
         slot.last_used = time.monotonic()
         self.stats.running = sum(s.job is not None for s in self._slots)
+        # The slot is released before the job hears it is done, so that whoever reads the
+        # stats after the answer never counts it as still running.
+        if reason is not None:
+            if held:
+                job.emit("text", held)
+            job.emit("done", reason)
 
     def _measure(self) -> None:
         now = time.monotonic()
