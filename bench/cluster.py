@@ -7,6 +7,8 @@ processes use the same sqlite registry; measurements alternate between them in b
 * the remote-engine path: ``/api/chat`` (non-streaming) through each aiml;
 * the local-model path: a 1-token non-streaming generation, and a stream's first token;
 * a streamed 128-token generation's tokens/s;
+* for reference, a trivial call (``health``) to the model replica through a deployment
+  handle from this process, a plain process connected to the cluster;
 * after killing the model replica: the time until a request is served again (Ray starts
   a new replica, which loads the model from its node's artifact cache).
 
@@ -25,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,7 +49,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="aiml-bench-cluster-"))
     ray_bin = str(Path(sys.executable).parent / "ray")
     ray_port = free_port()
-    quiet = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+    quiet = dict(os.environ)
     subprocess.run(
         [ray_bin, "start", "--head", f"--port={ray_port}", "--num-cpus=2",
          "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
@@ -88,12 +92,22 @@ def main() -> None:
             for url in sides.values():  # warm: resolve, load the model
                 http.post(f"{url}/api/chat", json=CHAT).raise_for_status()
                 local(http, url, 1)
+            handle = model_handle(ray_port)
+            handle_calls: list[float] = []
             for _ in range(args.rounds):
                 for side, url in sides.items():
                     measure(results, side, http, url, args.calls)
+                for _ in range(args.calls):
+                    started = time.perf_counter()
+                    handle.health.remote().result()
+                    handle_calls.append((time.perf_counter() - started) * 1000)
             report(results, list(sides))
-            print("\nnew replica, cached model:", replaced(http, sides["ray front"], ray_port))
+            print(f"\na trivial handle call from a plain process: {percentiles(handle_calls)}")
+            print("\nnew replica, cached model:", replaced(http, handle, sides["ray front"]))
     finally:
+        import ray
+
+        ray.shutdown()  # leave the cluster before it is stopped
         team.stop()
         single.stop()
         standin.stop()
@@ -150,15 +164,19 @@ def stream_rate(http: httpx.Client, url: str, tokens: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def replaced(http: httpx.Client, url: str, ray_port: int) -> str:
+def model_handle(ray_port: int) -> Any:
+    import ray
+    from ray import serve
+
+    ray.init(address=f"127.0.0.1:{ray_port}", log_to_driver=False)
+    return serve.get_deployment_handle("ModelReplica", app_name="aiml-models")
+
+
+def replaced(http: httpx.Client, handle: Any, url: str) -> str:
     """Kill the only model replica; time until a request is served by its successor."""
     import ray
 
     holder = local(http, url, 1).headers["x-aiml-model-replica"]
-    from ray import serve
-
-    ray.init(address=f"127.0.0.1:{ray_port}", log_to_driver=False)
-    handle = serve.get_deployment_handle("ModelReplica", app_name="aiml-models")
     stats = handle.options(multiplexed_model_id="smol/1").stats.remote().result()
     actor = stats["handle"]
     started = time.perf_counter()
@@ -168,7 +186,6 @@ def replaced(http: httpx.Client, url: str, ray_port: int) -> str:
         if answer.status_code == 200 and answer.headers["x-aiml-model-replica"] != holder:
             break
     took = time.perf_counter() - started
-    ray.shutdown()
     return f"{took:.1f} s from the kill to the first answer from the new replica"
 
 
@@ -185,6 +202,12 @@ def report(results: dict[tuple[str, str], list[float]], sides: list[str]) -> Non
             cells.append(f"{medians[-1]:>18.2f} {p99:>8.2f}")
         print(f"{what:<30} " + " ".join(cells) + f"  {medians[1] / medians[0]:>5.2f}"
               f"  (+{medians[1] - medians[0]:.2f})")  # fmt: skip
+
+
+def percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"p50 {statistics.median(ordered):.2f} ms, p99 {p99:.2f} ms"
 
 
 def base(process: Process) -> str:

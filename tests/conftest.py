@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,11 @@ from aiml.types import ResolvedModel
 from tests.fakes.ollama_server import OllamaStandIn
 from tests.fakes.servers import ServerThread
 from tests.fakes.tiny_models import tiny_causal_lm, tiny_classifier, tiny_encoder
+
+# A test that joined a Ray cluster leaves Serve's handle threads behind; once the cluster is
+# gone they would start a local Ray in this process (ray.init's auto-connect). Ray reads
+# this when it is first imported, which no import above does.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 
 class CountingClient:

@@ -158,6 +158,12 @@ def test_a_model_is_served_by_the_replica_that_holds_it(cluster: Cluster) -> Non
     assert streamed.status_code == 200, streamed.text
     assert streamed.text.rstrip().endswith("data: [DONE]")  # the OpenAI surface, streaming
     assert streamed.headers["x-aiml-model-replica"] in holders
+    ollama = {"model": "model-a", "messages": [{"role": "user", "content": "hi"}],
+              "options": {"num_predict": 4}, "stream": False}  # fmt: skip
+    answered = httpx.post(f"{cluster.url(0)}/api/chat", json=ollama, timeout=120)
+    assert answered.status_code == 200, answered.text  # the Ollama surface
+    assert answered.json()["done"] is True
+    assert answered.headers["x-aiml-model-replica"] in holders
     stats = cluster.stats("model-a/1")
     assert stats["replica"] in holders
     assert stats["loads"]["model-a/1"] == 1

@@ -213,6 +213,21 @@ class Settings(BaseSettings):
         default=8.0,
         description="Requests in flight per model replica the autoscaler aims at (its queue).",
     )
+    ray_upscale_delay_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long the queue must stay over target before Ray "
+        "adds a model replica (Ray Serve's upscale_delay_s).",
+    )
+    ray_downscale_delay_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long it must stay under target before Ray "
+        "removes one (Ray Serve's downscale_delay_s).",
+    )
+    ray_look_back_s: PositiveFloat = Field(
+        default=30.0, description="The window over which Ray averages the queue length."
+    )
     ray_replica_cpus: PositiveFloat = Field(
         default=1.0, description="CPUs Ray reserves for each model replica (may be fractional)."
     )
@@ -220,6 +235,12 @@ class Settings(BaseSettings):
         default=4,
         description="Models one replica keeps loaded (Ray's multiplexing LRU; the replica's "
         "own pool budget still applies).",
+    )
+    ray_stream_interval_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="A model replica sends a stream's tokens after the first in batches, at "
+        "most this often (each Ray item costs CPU on both sides); 0 sends each token alone.",
     )
     replica_name: str = Field(
         default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}",

@@ -82,6 +82,7 @@ class ModelReplica:
         self._wanted: dict[str, tuple[LocalEngine, ResolvedModel]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
+        self._interval_s = settings.ray_stream_interval_ms / 1000
 
     # -- what the front calls ------------------------------------------------------------
 
@@ -98,15 +99,22 @@ class ModelReplica:
     async def stream(
         self, engine: str, method: str, model: ResolvedModel, *args: Any, **kw: Any
     ) -> AsyncIterator[Any]:
-        """The replica's name, then the engine's chunks; closing it stops the generation."""
+        """(replica name, first chunk), then lists of the chunks that followed.
+
+        The name rides with the first token rather than costing a Ray item of its own, and
+        later chunks go in batches at most every ``ray_stream_interval_ms``: each Ray item
+        costs CPU on both sides (docs/benchmarks.md). Closing it stops the generation."""
         if method not in STREAMS:
             raise InvalidRequest(f"model replicas do not stream {method!r}")
         local = await self._hold(engine, model)
-        yield self.name
         chunks = getattr(local, method)(model, *args, **kw)
         try:
-            async for chunk in chunks:
-                yield chunk
+            first = await anext(chunks, None)
+            if first is None:
+                return
+            yield self.name, first
+            async for batch in batched(chunks, self._interval_s):
+                yield batch
         finally:
             await chunks.aclose()
 
@@ -173,6 +181,45 @@ class ModelReplica:
             await engine.aclose()
 
 
+async def batched(chunks: AsyncIterator[Any], interval_s: float) -> AsyncIterator[list[Any]]:
+    """``chunks`` in lists of whatever arrived, one list at most every ``interval_s`` from
+    the call or the last list (a chunk after a longer quiet spell goes at once)."""
+    pending: asyncio.Queue[Any] = asyncio.Queue()
+    done = object()
+
+    async def pump() -> None:
+        try:
+            async for chunk in chunks:
+                pending.put_nowait(chunk)
+        finally:
+            pending.put_nowait(done)
+
+    task = asyncio.create_task(pump())
+    loop = asyncio.get_running_loop()
+    try:
+        sent_at = loop.time()
+        while True:
+            batch = [await pending.get()]
+            wait = sent_at + interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            while not pending.empty():
+                batch.append(pending.get_nowait())
+            finished = batch[-1] is done
+            if finished:
+                batch.pop()
+            if batch:
+                yield batch
+                sent_at = loop.time()
+            if finished:
+                await task  # raises what the engine raised
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def model_app(settings: Settings) -> Any:
     """The Ray Serve application of model replicas, configured from ``settings``."""
 
@@ -189,6 +236,9 @@ def model_app(settings: Settings) -> Any:
             "min_replicas": settings.ray_min_replicas,
             "max_replicas": settings.ray_max_replicas,
             "target_ongoing_requests": settings.ray_target_ongoing_requests,
+            "upscale_delay_s": settings.ray_upscale_delay_s,
+            "downscale_delay_s": settings.ray_downscale_delay_s,
+            "look_back_period_s": settings.ray_look_back_s,
         },
     )(Replica)
     return deployment.bind(settings)

@@ -162,8 +162,10 @@ class RayModelsEngine(Engine):
                 handle.stream.remote(self.name, method, model, *args, **kw),
             )
             try:
-                replica = await anext(chunks)
+                replica, first = await anext(chunks)
                 break
+            except StopAsyncIteration:
+                return  # the engine sent nothing at all
             except BaseException as exc:
                 _cancel(chunks)
                 if isinstance(exc, RayTaskError):
@@ -175,8 +177,10 @@ class RayModelsEngine(Engine):
                 raise
         note_response_header(MODEL_REPLICA_HEADER, replica)
         try:
-            async for chunk in chunks:
-                yield chunk
+            yield first
+            async for batch in chunks:  # the replica sends later chunks in lists
+                for chunk in batch:
+                    yield chunk
         except RayTaskError as exc:
             raise _cause(exc) from None
         except RayActorError as exc:
