@@ -17,11 +17,14 @@ __all__ = [
     "GenerationChunk",
     "Label",
     "ModelRef",
+    "OutputFormat",
     "RegistryVersion",
     "ResolvedModel",
     "SamplingParams",
     "Source",
     "Task",
+    "Tool",
+    "ToolCall",
 ]
 
 
@@ -116,6 +119,36 @@ class ResolvedModel:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """The answer must be JSON: any JSON object (``schema`` None), or JSON valid against
+    ``schema`` (a JSON Schema, as canonical JSON text so equal schemas are equal keys)."""
+
+    schema: str | None = None
+    name: str | None = None
+    #: The request field it came from, named by a refusal (``response_format``, ``format``).
+    param: str = "response_format"
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call: its name, what it does, its parameters' JSON schema
+    (as JSON text)."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object", "properties": {}}'
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made: ``arguments`` is JSON text, as OpenAI carries it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Engine-neutral generation options; each engine maps them to its own names."""
 
@@ -129,6 +162,21 @@ class SamplingParams:
     #: Generate ``max_tokens`` whatever end-of-generation token comes (vLLM's option;
     #: benchmarks use it so every request makes the same number of tokens).
     ignore_eos: bool = False
+    #: Constrain the answer to JSON (structured outputs); None: free text.
+    output_format: OutputFormat | None = None
+    #: Functions the model may call, and whether it must: "auto", "none", "required", or
+    #: the one function's name.
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = "auto"
+
+    def options(self) -> frozenset[str]:
+        """The options here that not every engine honours (``Engine.extra_options``)."""
+        wanted = {"ignore_eos"} if self.ignore_eos else set()
+        if self.output_format is not None:
+            wanted.add("output_format")
+        if self.tools and self.tool_choice != "none":
+            wanted.add("tools")
+        return frozenset(wanted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +184,9 @@ class ChatMessage:
     role: str
     content: str
     images: tuple[bytes, ...] = ()
+    #: An assistant turn's calls; a ``tool`` turn answers the call ``tool_call_id`` names.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +198,8 @@ class Generation:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     engine_metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: Calls the model made (``finish_reason`` is then "tool_calls").
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

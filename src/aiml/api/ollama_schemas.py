@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from aiml.errors import InvalidRequest
 from aiml.inference.tasks.base import CleanText, GenerationOptions, parse_model
-from aiml.types import ChatMessage, SamplingParams
+from aiml.types import ChatMessage, OutputFormat, SamplingParams, ToolCall
+
+from .openai_schemas import ToolIn
+from .output_formats import schema_format
 
 __all__ = ["ChatBody", "EmbedBody", "EmbeddingsBody", "GenerateBody", "ShowBody", "sampling"]
 
@@ -59,21 +64,36 @@ class GenerateBody(_Body):
     raw: bool = False
 
     def check(self) -> None:
-        for name in ("format", "template", "suffix", "context"):
+        for name in ("template", "suffix", "context"):
             if getattr(self, name):
                 raise InvalidRequest(f"{name!r} is not supported", param=name)
         if self.images and len(self.images) > 1:
             raise InvalidRequest("one image per request", param="images")
 
 
+class _CalledFunction(_Body):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class _ToolCall(_Body):
+    function: _CalledFunction
+
+
 class _Message(_Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_name: str | None = None
 
     def to_message(self, index: int) -> ChatMessage:
         images = tuple(decode_image(i, f"messages.{index}.images") for i in self.images or ())
-        return ChatMessage(role=self.role, content=self.content, images=images)
+        calls = tuple(  # Ollama's calls carry no id: number them within the turn
+            ToolCall(f"call_{index}_{n}", c.function.name, json.dumps(c.function.arguments))
+            for n, c in enumerate(self.tool_calls or ())
+        )
+        return ChatMessage(role=self.role, content=self.content, images=images, tool_calls=calls)
 
 
 class ChatBody(_Body):
@@ -83,14 +103,14 @@ class ChatBody(_Body):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     format: str | dict[str, Any] | None = None
-    tools: list[Any] | None = None
+    tools: list[ToolIn] | None = None
 
     def to_messages(self) -> tuple[ChatMessage, ...]:
-        if self.format:
-            raise InvalidRequest("'format' is not supported", param="format")
-        if self.tools:
-            raise InvalidRequest("'tools' are not supported", param="tools")
         return tuple(message.to_message(i) for i, message in enumerate(self.messages))
+
+    def params(self) -> SamplingParams:
+        params = sampling(self.options, self.format)
+        return replace(params, tools=tuple(tool.to_tool() for tool in self.tools or ()))
 
 
 class EmbedBody(_Body):
@@ -111,8 +131,26 @@ class EmbeddingsBody(_Body):
     prompt: str = Field(min_length=1)
 
 
-def sampling(options: dict[str, Any] | None) -> SamplingParams:
-    """Ollama's option names onto aiml's, validated as aiml's own options are."""
+def sampling(
+    options: dict[str, Any] | None, output: str | dict[str, Any] | None = None
+) -> SamplingParams:
+    """Ollama's option names onto aiml's, validated as aiml's own options are; ``output``
+    is the body's ``format`` ("json" or a JSON schema)."""
+    params = _sampling(options)
+    if not output:
+        return params
+    return replace(params, output_format=ollama_format(output))
+
+
+def ollama_format(output: str | dict[str, Any]) -> OutputFormat:
+    if output == "json":
+        return OutputFormat(param="format")
+    if isinstance(output, dict):
+        return schema_format(output, None, "format")
+    raise InvalidRequest('format must be "json" or a JSON schema', param="format")
+
+
+def _sampling(options: dict[str, Any] | None) -> SamplingParams:
     if not options:
         return SamplingParams()
     values: dict[str, Any] = {}

@@ -1,22 +1,27 @@
 """OpenAI's request bodies, as far as aiml honours them.
 
 Unknown fields are ignored (clients send many optional ones); fields that would change the
-answer in a way aiml cannot honour (``n > 1``, tools, log probabilities, penalties other
-than repetition) are refused with a 400 that names them, never silently dropped.
+answer in a way aiml cannot honour (``n > 1``, log probabilities, penalties other than
+repetition; tools and response formats on engines without them) are refused with a 400
+that names them, never silently dropped.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from aiml.errors import InvalidRequest
 from aiml.inference.tasks.base import CleanText
-from aiml.types import ChatMessage, SamplingParams
+from aiml.types import ChatMessage, OutputFormat, SamplingParams, Tool, ToolCall
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"]
+from .output_formats import schema_format
+
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "openai_format"]
 
 
 class _Body(CleanText):
@@ -43,11 +48,47 @@ class _ImagePart(_Body):
     image_url: _ImageUrl
 
 
+class _Function(_Body):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    strict: bool | None = None
+
+
+class ToolIn(_Body):
+    type: Literal["function"]
+    function: _Function
+
+    def to_tool(self) -> Tool:
+        spec = self.function
+        return Tool(spec.name, spec.description, json.dumps(spec.parameters))
+
+
+class _CalledFunction(_Body):
+    name: str
+    arguments: str
+
+
+class _ToolCallIn(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: _CalledFunction
+
+
 class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart | _ImagePart] | None = None
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def to_message(self, index: int) -> ChatMessage:
+        message = self._content(index)
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ()
+        )
+        return replace(message, tool_calls=calls, tool_call_id=self.tool_call_id)
+
+    def _content(self, index: int) -> ChatMessage:
         role = "system" if self.role == "developer" else self.role
         if self.content is None or isinstance(self.content, str):
             return ChatMessage(role=role, content=self.content or "")
@@ -80,7 +121,9 @@ class _Sampling(_Body):
     logprobs: bool | int | None = None
     user: str | None = None
 
-    def sampling(self, max_tokens: int | None) -> SamplingParams:
+    def sampling(
+        self, max_tokens: int | None, output_format: OutputFormat | None = None
+    ) -> SamplingParams:
         self._refuse()
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
@@ -92,6 +135,7 @@ class _Sampling(_Body):
             seed=self.seed,
             repeat_penalty=self.repetition_penalty,
             ignore_eos=self.ignore_eos,
+            output_format=output_format,
         )
 
     @property
@@ -112,22 +156,19 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
     def to_messages(self) -> tuple[ChatMessage, ...]:
-        if self.tools:
-            raise InvalidRequest("tools are not supported", param="tools")
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise InvalidRequest(
-                f"response_format {kind!r} is not supported", param="response_format"
-            )
         return tuple(message.to_message(i) for i, message in enumerate(self.messages))
 
     def params(self) -> SamplingParams:
-        return self.sampling(self.max_completion_tokens or self.max_tokens)
+        output = openai_format(self.response_format, "response_format")
+        params = self.sampling(self.max_completion_tokens or self.max_tokens, output)
+        tools = tuple(tool.to_tool() for tool in self.tools or ())
+        return replace(params, tools=tools, tool_choice=tool_choice(self.tool_choice))
 
 
 class CompletionRequest(_Sampling):
@@ -161,6 +202,31 @@ class EmbeddingRequest(_Body):
         if self.dimensions is not None:
             raise InvalidRequest("dimensions is not supported", param="dimensions")
         return (self.input,) if isinstance(self.input, str) else tuple(self.input)
+
+
+def tool_choice(choice: str | dict[str, Any] | None) -> str:
+    """OpenAI's ``tool_choice``: a mode, or ``{"type": "function", "function": {"name"}}``."""
+    if choice is None or isinstance(choice, str):
+        return choice or "auto"
+    name = (choice.get("function") or {}).get("name")
+    if choice.get("type") != "function" or not isinstance(name, str):
+        raise InvalidRequest("tool_choice must name a function", param="tool_choice")
+    return name
+
+
+def openai_format(spec: dict[str, Any] | None, param: str) -> OutputFormat | None:
+    """``response_format`` (chat completions): text, json_object or json_schema."""
+    kind = (spec or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat(param=param)
+    if kind == "json_schema":
+        inner = (spec or {}).get("json_schema")
+        if not isinstance(inner, dict) or not isinstance(inner.get("schema"), dict):
+            raise InvalidRequest(f"{param}.json_schema.schema must be a JSON schema", param=param)
+        return schema_format(inner["schema"], inner.get("name"), param)
+    raise InvalidRequest(f"{param} type {kind!r} is not supported", param=param)
 
 
 def _data_url(url: str, param: str) -> bytes:

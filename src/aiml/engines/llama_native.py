@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as llama
+import numpy as np
 
 __all__ = ["NativeModel", "SamplerChain", "Sampling", "kv_bytes_per_token", "read_metadata"]
 
@@ -56,6 +57,8 @@ class Sampling:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     seed: int | None = None
+    #: A GBNF grammar every sampled token must follow (structured outputs); None: free.
+    grammar: str | None = None
 
 
 class SamplerChain:
@@ -64,10 +67,22 @@ class SamplerChain:
     #: How many recent tokens the repeat penalty looks at (``Llama``'s default).
     PENALTY_LAST_N = 64
 
-    def __init__(self, sampling: Sampling, n_vocab: int, default_seed: int) -> None:
+    def __init__(self, sampling: Sampling, vocab: Any, n_vocab: int, default_seed: int) -> None:
         params = llama.llama_sampler_chain_default_params()
         self._chain = llama.llama_sampler_chain_init(params)
         add = lambda sampler: llama.llama_sampler_chain_add(self._chain, sampler)  # noqa: E731
+        self._grammar = None
+        self._n_vocab = n_vocab
+        if sampling.grammar is not None:
+            # Kept out of the chain: checking all ~50k tokens against a grammar costs far
+            # more than the rest of sampling, so (as llama.cpp's own server does) the chain
+            # picks a token first and the grammar checks that one; only a refused token
+            # makes the grammar filter the whole vocabulary and the chain pick again.
+            grammar = llama.llama_sampler_init_grammar(vocab, sampling.grammar.encode(), b"root")
+            if not grammar:
+                self.free()
+                raise ValueError("llama.cpp could not parse the grammar")
+            self._grammar = grammar
         # The binding takes n_vocab first, as llama-cpp-python's own sampler passes it.
         add(
             llama.llama_sampler_init_penalties(
@@ -87,12 +102,49 @@ class SamplerChain:
 
     def sample(self, ctx: Any, index: int) -> int:
         """Sample from the logits of batch row ``index`` (accepting the token too)."""
-        return int(llama.llama_sampler_sample(self._chain, ctx, index))
+        if self._grammar is None:
+            return int(llama.llama_sampler_sample(self._chain, ctx, index))
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, index), (self._n_vocab,))
+        candidates, array = _candidates(logits)
+        llama.llama_sampler_apply(self._chain, ctypes.byref(array))
+        token = int(candidates["id"][array.selected])
+        if not self._allows(token):
+            candidates, array = _candidates(logits)
+            llama.llama_sampler_apply(self._grammar, ctypes.byref(array))
+            llama.llama_sampler_apply(self._chain, ctypes.byref(array))
+            token = int(candidates["id"][array.selected])
+        llama.llama_sampler_accept(self._grammar, token)
+        llama.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _allows(self, token: int) -> bool:
+        one = (llama.llama_token_data * 1)(llama.llama_token_data(token, 1.0, 0.0))
+        array = llama.llama_token_data_array(one, 1, -1, False)
+        llama.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return bool(np.isfinite(one[0].logit))
 
     def free(self) -> None:
         if self._chain is not None:
             llama.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar is not None:
+            llama.llama_sampler_free(self._grammar)
+            self._grammar = None
+
+
+#: llama_token_data as numpy sees it (id, logit, p), to fill ~50k candidates without a loop.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+def _candidates(logits: Any) -> tuple[Any, Any]:
+    """Every token with its logit, as a llama_token_data_array over a numpy buffer (the
+    buffer is returned too: it must outlive the array)."""
+    candidates = np.empty(len(logits), dtype=_TOKEN_DATA)
+    candidates["id"] = np.arange(len(logits), dtype=np.int32)
+    candidates["logit"] = logits
+    candidates["p"] = 0.0
+    data = candidates.ctypes.data_as(ctypes.POINTER(llama.llama_token_data))
+    return candidates, llama.llama_token_data_array(data, len(logits), -1, False)
 
 
 class NativeModel:

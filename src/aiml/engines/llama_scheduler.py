@@ -178,6 +178,12 @@ class BatchScheduler:
 
     def _start(self, job: Job, free: list[_Slot]) -> None:
         """Put ``job`` in the free slot that reuses most of its prompt's KV."""
+        model = self._model
+        try:
+            sampler = SamplerChain(job.sampling, model.vocab, model.n_vocab, self._seed)
+        except ValueError as exc:  # its grammar: this job fails, the batch goes on
+            job.emit("error", str(exc))
+            return
         prompt = job.tokens
         limit = len(prompt) - 1  # the last prompt token is always decoded: it gives logits
         slot = max(free, key=lambda s: (_common(s.cached, prompt, limit), -s.last_used))
@@ -189,7 +195,6 @@ class BatchScheduler:
             reuse = _common(slot.cached, prompt, limit)
         source = max(self._slots, key=lambda s: _common(s.cached, prompt, limit))
         borrowed = _common(source.cached, prompt, limit)
-        model = self._model
         if borrowed > reuse and source is not slot:
             model.forget(slot.seq)
             model.copy_prefix(source.seq, slot.seq, borrowed)
@@ -200,7 +205,7 @@ class BatchScheduler:
         slot.cached = prompt[:reuse]
         slot.pending = prompt[reuse:]
         slot.job = job
-        slot.sampler = SamplerChain(job.sampling, model.n_vocab, self._seed)
+        slot.sampler = sampler
         slot.next_token = None
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.held = ""

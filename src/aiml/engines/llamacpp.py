@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from aiml.types import (
 
 from .local import LocalEngine
 from .pool import Loaded
+from .tool_calls import answer_of, openai_tools, template_messages, tool_format
 
 __all__ = ["GGUF_TAG", "LlamaCppEngine"]
 
@@ -44,7 +45,7 @@ class LlamaCppEngine(LocalEngine):
 
     name = "llamacpp"
     tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS})
-    extra_options = frozenset({"ignore_eos"})
+    extra_options = frozenset({"ignore_eos", "output_format", "tools"})
 
     def __init__(
         self,
@@ -126,7 +127,7 @@ class LlamaCppEngine(LocalEngine):
             native.close()
 
         return Loaded(
-            handle=_Generator(native, scheduler, formatter),
+            handle=_Generator(native, scheduler, formatter, takes_tools(template)),
             size_bytes=self.estimate_bytes(model),
             close=close,
             stats=lambda: scheduler.stats,
@@ -169,7 +170,9 @@ class LlamaCppEngine(LocalEngine):
     ) -> AsyncIterator[GenerationChunk]:
         if any(message.images for message in messages):
             raise ModelNotServable("llamacpp models here take no images", param="messages")
-        payload = [{"role": m.role, "content": m.content} for m in messages]
+        calling = bool(params.tools) and params.tool_choice != "none"
+        if calling:  # the answer is a call (or a response) as JSON, under its grammar
+            params = replace(params, output_format=tool_format(params))
 
         def render(handle: _Generator) -> _Prompt:
             if handle.formatter is None:
@@ -177,7 +180,10 @@ class LlamaCppEngine(LocalEngine):
                     f"{model.engine_model} has no chat template in its GGUF; use text-generation",
                     param="task",
                 )
-            result = handle.formatter(messages=payload)
+            native = handle.template_takes_tools
+            payload = template_messages(messages, params, native=native)
+            tools = openai_tools(params.tools) if calling and native else None
+            result = handle.formatter(messages=payload, tools=tools)
             tokens = handle.native.tokenize(
                 result.prompt, add_bos=not result.added_special, special=True
             )
@@ -187,8 +193,22 @@ class LlamaCppEngine(LocalEngine):
         # Closed explicitly: a client hanging up must reach _generation's finally (which
         # frees the sequence) now, not when the garbage collector finds the generator.
         async with contextlib.aclosing(self._generation(model, render, params)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+            if not calling:
+                async for chunk in chunks:
+                    yield chunk
+                return
+            final = None
+            async for chunk in chunks:  # JSON until it is whole: nothing to stream before
+                final = chunk.final or final
+        assert final is not None
+        if final.finish_reason == "length":
+            raise InvalidRequest("the tool call did not fit in max_tokens", param="max_tokens")
+        text, calls = answer_of(final.text)
+        if text:
+            yield GenerationChunk(text=text)
+        reason = "tool_calls" if calls else final.finish_reason
+        answer = replace(final, text=text, tool_calls=calls, finish_reason=reason)
+        yield GenerationChunk(text="", done=True, final=answer)
 
     async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
         if model.declared_task != Task.EMBEDDINGS:
@@ -214,11 +234,16 @@ class LlamaCppEngine(LocalEngine):
     async def health(self) -> None:
         return None  # in-process: alive while the process is
 
-    def _sampling(self, params: SamplingParams) -> Any:
+    async def _sampling(self, params: SamplingParams) -> Any:
+        from .json_grammar import grammar_for
         from .llama_native import Sampling
 
+        grammar = None
+        if params.output_format is not None:  # a cache hit, or a conversion of a few ms
+            grammar = await asyncio.to_thread(grammar_for, params.output_format)
         defaults = Sampling()
         return Sampling(
+            grammar=grammar,
             temperature=defaults.temperature if params.temperature is None else params.temperature,
             top_p=defaults.top_p if params.top_p is None else params.top_p,
             top_k=defaults.top_k if params.top_k is None else params.top_k,
@@ -235,7 +260,7 @@ class LlamaCppEngine(LocalEngine):
 
         if model.declared_task == Task.EMBEDDINGS:
             raise ModelNotServable(f"{model.engine_model} is an embeddings model", param="task")
-        sampling = self._sampling(params)
+        sampling = await self._sampling(params)
         lease = await self.acquire(model)
         try:
             handle: _Generator = lease.handle
@@ -297,12 +322,25 @@ class _Generator:
     native: Any  # NativeModel
     scheduler: Any  # BatchScheduler
     formatter: Any  # the model's chat template, or None when the GGUF has none
+    template_takes_tools: bool  # the template renders a `tools` variable itself
 
 
 @dataclass(frozen=True, slots=True)
 class _Prompt:
     tokens: list[int]
     stop: tuple[str, ...]
+
+
+def takes_tools(template: str | None) -> bool:
+    """Whether a chat template renders the tools itself (it reads a ``tools`` variable)."""
+    if not template:
+        return False
+    from jinja2 import Environment, meta
+
+    try:
+        return "tools" in meta.find_undeclared_variables(Environment().parse(template))
+    except Exception:  # jinja2 cannot parse it: the formatter will say so when it renders
+        return False
 
 
 def _pooled(embedding: Any) -> list[float]:

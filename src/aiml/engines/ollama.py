@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import httpx
 import ollama
@@ -69,6 +69,7 @@ class OllamaEngine(Engine):
 
     name = "ollama"
     tasks = frozenset(Task) - {Task.TEXT_CLASSIFICATION}
+    extra_options = frozenset({"output_format"})  # passed through as Ollama's `format`
     model_tag_keys = (MODEL_NAME_TAG,)
 
     def __init__(
@@ -148,6 +149,7 @@ class OllamaEngine(Engine):
                 # Bytes, never str: the client reads a str that names a file from disk.
                 images=list(images) or None,
                 options=_options(params),
+                format=_format(params),
                 stream=False,
             )
         return _generation(response, response.response or "")
@@ -168,6 +170,7 @@ class OllamaEngine(Engine):
                     prompt=prompt,
                     images=list(images) or None,
                     options=_options(params),
+                    format=_format(params),
                     stream=True,
                 ),
             )
@@ -189,6 +192,7 @@ class OllamaEngine(Engine):
                 model=model.engine_model,
                 messages=_messages(messages),
                 options=_options(params),
+                format=_format(params),
                 stream=False,
             )
         return _generation(response, response.message.content or "")
@@ -203,6 +207,7 @@ class OllamaEngine(Engine):
                     model=model.engine_model,
                     messages=_messages(messages),
                     options=_options(params),
+                    format=_format(params),
                     stream=True,
                 ),
             )
@@ -299,6 +304,14 @@ def _options(params: SamplingParams) -> dict[str, Any]:
         "stop": list(params.stop) or None,
     }
     return {key: value for key, value in options.items() if value is not None}
+
+
+def _format(params: SamplingParams) -> Literal["json"] | dict[str, Any] | None:
+    """Ollama's ``format``: "json", or the JSON schema itself (passed through)."""
+    output = params.output_format
+    if output is None:
+        return None
+    return "json" if output.schema is None else cast(dict[str, Any], json.loads(output.schema))
 
 
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

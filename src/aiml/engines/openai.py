@@ -12,6 +12,7 @@ its ``Retry-After``, 503 unavailable, unreachable 503, timeout 504.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -32,6 +33,7 @@ from aiml.types import (
     Embeddings,
     Generation,
     GenerationChunk,
+    OutputFormat,
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
@@ -54,6 +56,7 @@ class OpenAIEngine(Engine):
 
     name = "openai"
     tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM})
+    extra_options = frozenset({"output_format"})  # passed through as `response_format`
     model_tag_keys = (MODEL_NAME_TAG,)
 
     def __init__(
@@ -111,7 +114,7 @@ class OpenAIEngine(Engine):
             return await self.chat(model, messages, params)
         with self._mapped:
             response = await self._client.completions.create(
-                model=model.engine_model, prompt=prompt, **_sampling(params)
+                model=model.engine_model, prompt=prompt, **_sampling(params, chat=False)
             )
         choice = response.choices[0]
         return _generation(choice.text, choice.finish_reason, response.usage)
@@ -136,7 +139,7 @@ class OpenAIEngine(Engine):
                 prompt=prompt,
                 stream=True,
                 stream_options={"include_usage": True},
-                **_sampling(params),
+                **_sampling(params, chat=False),
             )
             async with stream:
                 async for piece in _pieces(stream, lambda c: c.text):
@@ -234,7 +237,7 @@ def _generation(text: str, finish: str | None, usage: Any) -> Generation:
     )
 
 
-def _sampling(params: SamplingParams) -> dict[str, Any]:
+def _sampling(params: SamplingParams, *, chat: bool = True) -> dict[str, Any]:
     values: dict[str, Any] = {
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
@@ -250,9 +253,21 @@ def _sampling(params: SamplingParams) -> dict[str, Any]:
     if params.repeat_penalty is not None:
         extra["repetition_penalty"] = params.repeat_penalty  # vLLM, TGI
         extra["repeat_penalty"] = params.repeat_penalty  # llama.cpp
+    if params.output_format is not None:
+        # Passed through: chat takes it as OpenAI defines it; completions only on servers
+        # that extend it (vLLM, llama.cpp's), so it goes in the extra body there.
+        (out if chat else extra)["response_format"] = _response_format(params.output_format)
     if extra:
         out["extra_body"] = extra
     return out
+
+
+def _response_format(output: OutputFormat) -> dict[str, Any]:
+    if output.schema is None:
+        return {"type": "json_object"}
+    schema = json.loads(output.schema)
+    named = {"name": output.name or "answer", "schema": schema, "strict": True}
+    return {"type": "json_schema", "json_schema": named}
 
 
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiml.engines.base import Engine
 from aiml.errors import InvalidRequest, ModelNotFound
-from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel
+from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
 
 from .resolver import ModelResolver
 from .tasks import Handler, TaskSpec
@@ -85,9 +85,14 @@ class ModelExecutor:
     def _check_options(self, request: Any) -> None:
         """Refuse, by name, an option this engine cannot honour (never drop it silently)."""
         params = getattr(request, "params", None)
-        if getattr(params, "ignore_eos", False) and "ignore_eos" not in self.engine.extra_options:
+        if not isinstance(params, SamplingParams):
+            return
+        for option in sorted(params.options() - self.engine.extra_options):
+            param = option
+            if option == "output_format" and params.output_format is not None:
+                param = params.output_format.param
             raise InvalidRequest(
-                f"ignore_eos is not supported by the {self.engine.name} engine", param="ignore_eos"
+                f"{param} is not supported by the {self.engine.name} engine", param=param
             )
 
     async def execute(self, ref: ModelRef, request: Any) -> Execution:

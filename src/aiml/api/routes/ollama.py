@@ -9,6 +9,7 @@ with its timing fields in nanoseconds. aiml does not pull, push, create or delet
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -120,7 +121,7 @@ async def generate(body: GenerateBody, services: ServicesDep) -> Response:
     locate = _target(services, body.model)
     if not body.prompt and not body.images:  # Ollama: an empty prompt loads or unloads
         return await _load_or_unload(services, locate, body.model, body.keep_alive, chat=False)
-    params = sampling(body.options)
+    params = sampling(body.options, body.format)
     if body.images:
         image = decode_image(body.images[0], "images.0")
         call = TaskCall("vlm", locate, VlmInput(image, body.prompt, params))
@@ -138,7 +139,7 @@ async def chat(body: ChatBody, services: ServicesDep) -> Response:
     locate = _target(services, body.model)
     if not messages:  # Ollama: no messages loads or unloads
         return await _load_or_unload(services, locate, body.model, body.keep_alive, chat=True)
-    call = TaskCall("chat", locate, ChatInput(messages, sampling(body.options)))
+    call = TaskCall("chat", locate, ChatInput(messages, body.params()))
     return await _answer(services, call, body.model, body.stream, chat=True)
 
 
@@ -193,9 +194,18 @@ async def _answer(
         return streaming_response(_frames(opened, model, started, chat=chat), NDJSON)
     outcome = await services.manager.run(call)
     assert outcome.generation is not None
-    return JSONResponse(
-        _final(model, outcome.generation, outcome.generation.text, chat, started, None)
-    )
+    whole = _final(model, outcome.generation, outcome.generation.text, chat, started, None)
+    if chat and outcome.generation.tool_calls:
+        whole["message"]["tool_calls"] = _calls(outcome.generation)
+    return JSONResponse(whole)
+
+
+def _calls(generation: Generation) -> list[dict[str, Any]]:
+    """Ollama writes a call's arguments as an object, not OpenAI's JSON text."""
+    return [
+        {"function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+        for c in generation.tool_calls
+    ]
 
 
 async def _frames(
@@ -209,7 +219,12 @@ async def _frames(
                 yield ndjson_line({**_piece(model, chunk.text, chat), "done": False})
         if stream.final is None:
             raise EngineError("the engine ended the stream without a result")
-        yield ndjson_line(_final(model, stream.final, "", chat, started, first_token))
+        final = stream.final
+        if chat and final.tool_calls:  # as Ollama sends them: a frame of their own
+            frame = _piece(model, "", chat)
+            frame["message"]["tool_calls"] = _calls(final)
+            yield ndjson_line({**frame, "done": False})
+        yield ndjson_line(_final(model, final, "", chat, started, first_token))
     except AimlError as exc:  # Ollama's way to report an error mid-stream
         yield ndjson_line({"error": exc.message})
 

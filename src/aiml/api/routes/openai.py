@@ -117,6 +117,9 @@ class _Reply:
         choice: dict[str, Any] = {"index": 0, "logprobs": None}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": generation.text}
+            if generation.tool_calls:
+                choice["message"]["content"] = generation.text or None
+                choice["message"]["tool_calls"] = _calls(generation)
         else:
             choice["text"] = generation.text
         choice["finish_reason"] = _finish(generation)
@@ -142,6 +145,10 @@ class _Reply:
             if outcome.final is None:
                 raise EngineError("the engine ended the stream without a result")
             final = outcome.final
+            if self.chat and final.tool_calls:  # whole, once the JSON of the call is
+                calls = [{"index": i, **call} for i, call in enumerate(_calls(final))]
+                delta = self._delta({"tool_calls": calls}, None)
+                yield sse_event({**self._head(kind), "choices": [delta], **extra})
             last = self._delta({}, _finish(final)) if self.chat else self._text("", _finish(final))
             yield sse_event({**self._head(kind), "choices": [last], **extra})
             if self.include_usage:
@@ -173,7 +180,16 @@ class _Reply:
 
 
 def _finish(generation: Generation) -> str:
+    if generation.tool_calls:
+        return "tool_calls"
     return "length" if generation.finish_reason == "length" else "stop"
+
+
+def _calls(generation: Generation) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in generation.tool_calls
+    ]
 
 
 def _usage(generation: Generation) -> dict[str, int]:

@@ -1,0 +1,152 @@
+"""Tool calling through the unmodified official clients, on SmolLM2 under llama.cpp.
+
+SmolLM2's chat template has no tool format of its own, so the tools go in a system turn and
+the answer is generated under the grammar of ``{"tool_call": ...}`` / ``{"response": ...}``
+(llama.cpp server's generic format): a round trip (the model calls the function, the result
+goes back as a ``tool`` turn, the model answers) on the OpenAI and Ollama surfaces,
+streaming and not; ``tool_choice`` none, required and a named function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import ollama
+import openai
+import pytest
+
+from tests.conftest import ModelFiles, Registry, RunningAiml
+
+pytestmark = pytest.mark.slow
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time now in a timezone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+            "required": ["zone"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+#: Ollama has no tool_choice: the model decides, so the request asks for the tool outright.
+USE_TOOL = [{"role": "user", "content": "Call the get_weather tool for Paris."}]
+
+
+@pytest.fixture
+def aiml(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, model_files: ModelFiles
+) -> RunningAiml:
+    registry.register_files(model_files.smollm2, "smol", task="chat")
+    return start_aiml()
+
+
+def client(aiml: RunningAiml) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{aiml.url}/v1", api_key="x", max_retries=0)
+
+
+def test_a_round_trip_on_the_openai_surface(aiml: RunningAiml) -> None:
+    api = client(aiml)
+    called = api.chat.completions.create(
+        model="smol", messages=ASK, tools=[WEATHER, TIME], tool_choice="required",  # type: ignore[list-item]
+        temperature=0, max_tokens=100,
+    )  # fmt: skip
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name in ("get_weather", "get_time")
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == ({"city"} if call.function.name == "get_weather" else {"zone"})
+    history: list[Any] = [
+        *ASK,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C."},
+    ]
+    answered = api.chat.completions.create(
+        model="smol", messages=history, tools=[WEATHER, TIME], tool_choice="none",  # type: ignore[list-item]
+        temperature=0, max_tokens=40,
+    )  # fmt: skip
+    assert answered.choices[0].message.content
+    assert not answered.choices[0].message.tool_calls
+
+
+def test_a_named_function_streamed(aiml: RunningAiml) -> None:
+    chunks = list(
+        client(aiml).chat.completions.create(
+            model="smol", messages=ASK, tools=[WEATHER, TIME],  # type: ignore[list-item]
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
+            temperature=0, max_tokens=100, stream=True,
+        )
+    )  # fmt: skip
+    calls = [
+        c for chunk in chunks for c in chunk.choices[0].delta.tool_calls or [] if chunk.choices
+    ]
+    assert [c.function.name for c in calls if c.function] == ["get_time"]
+    assert json.loads(calls[0].function.arguments or "")["zone"] in ("UTC", "CET")  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_auto_answers_with_a_call_or_with_text(aiml: RunningAiml) -> None:
+    answer = client(aiml).chat.completions.create(
+        model="smol", messages=ASK, tools=[WEATHER], temperature=0, max_tokens=100,  # type: ignore[list-item]
+    )  # fmt: skip
+    message = answer.choices[0].message
+    if message.tool_calls:
+        assert answer.choices[0].finish_reason == "tool_calls"
+        assert message.tool_calls[0].function.name == "get_weather"
+    else:
+        assert message.content and answer.choices[0].finish_reason == "stop"
+
+
+def test_a_round_trip_on_the_ollama_surface(aiml: RunningAiml) -> None:
+    api = ollama.Client(host=aiml.url)
+    options = {"temperature": 0, "num_predict": 100}
+    first = api.chat(model="smol", messages=USE_TOOL, tools=[WEATHER], options=options)
+    calls = first.message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert set(calls[0].function.arguments) == {"city"}
+    history: list[Any] = [
+        *USE_TOOL,
+        first.message,
+        {"role": "tool", "content": "Sunny, 21 C.", "tool_name": "get_weather"},
+    ]
+    parts = list(api.chat(model="smol", messages=history, options=options, stream=True))
+    assert "".join(p.message.content or "" for p in parts).strip()
+    assert parts[-1].done
+
+
+def test_a_streamed_call_on_the_ollama_surface(aiml: RunningAiml) -> None:
+    parts = list(
+        ollama.Client(host=aiml.url).chat(
+            model="smol", messages=[{"role": "user", "content": "Call get_time for UTC."}],
+            tools=[TIME], stream=True,
+            options={"temperature": 0, "num_predict": 100},
+        )
+    )  # fmt: skip
+    calls = [c for p in parts for c in p.message.tool_calls or []]
+    assert [c.function.name for c in calls] == ["get_time"] and parts[-1].done
+
+
+def test_tools_with_what_the_grammar_cannot_enforce_are_refused(aiml: RunningAiml) -> None:
+    parameters = {"type": "object", "minProperties": 1}
+    bad: Any = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    with pytest.raises(openai.BadRequestError, match="minProperties") as caught:
+        client(aiml).chat.completions.create(model="smol", messages=ASK, tools=[bad])
+    assert caught.value.body["param"] == "tools"  # type: ignore[index]
