@@ -17,7 +17,7 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import ModelFiles, Registry, RunningAiml
+from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +150,43 @@ def test_tools_with_what_the_grammar_cannot_enforce_are_refused(aiml: RunningAim
     with pytest.raises(openai.BadRequestError, match="minProperties") as caught:
         client(aiml).chat.completions.create(model="smol", messages=ASK, tools=[bad])
     assert caught.value.body["param"] == "tools"  # type: ignore[index]
+
+
+def test_the_ollama_engine_gets_tools_passed_through(
+    aiml: RunningAiml, ollama: RunningOllama, registry: Registry
+) -> None:
+    registry.register("llama2-7b-chat", "llama2:7b", task="chat")
+    api = client(aiml)
+    for stream in (False, True):
+        if stream:
+            chunks = list(api.chat.completions.create(
+                model="llama2-7b-chat", messages=ASK, tools=[WEATHER], stream=True))  # type: ignore[list-item]  # fmt: skip
+            deltas = [c.choices[0].delta for c in chunks if c.choices]
+            calls = [call for delta in deltas for call in delta.tool_calls or []]
+            finish = chunks[-1].choices[0].finish_reason
+        else:
+            answer = api.chat.completions.create(
+                model="llama2-7b-chat", messages=ASK, tools=[WEATHER])  # type: ignore[list-item]  # fmt: skip
+            calls = list(answer.choices[0].message.tool_calls or [])
+            finish = answer.choices[0].finish_reason
+        assert [(c.function.name, c.function.arguments) for c in calls if c.function] == [
+            ("get_weather", '{"city": "x"}')
+        ]
+        assert finish == "tool_calls"
+        _, sent = ollama.state.received[-1]
+        assert sent["tools"][0]["function"]["name"] == "get_weather"
+    history: list[Any] = [
+        *ASK,
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "x"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny"},
+    ]  # fmt: skip
+    answer = api.chat.completions.create(model="llama2-7b-chat", messages=history, tools=[WEATHER])  # type: ignore[list-item]
+    assert answer.choices[0].message.content == "llama2:7b heard: Sunny"
+    sent_turn = ollama.state.received[-1][1]["messages"][1]
+    assert sent_turn["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"city": "x"}}}
+    ]
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
+        api.chat.completions.create(model="llama2-7b-chat", messages=ASK, tools=[WEATHER],  # type: ignore[list-item]
+                                    tool_choice="required")  # fmt: skip

@@ -18,12 +18,12 @@ pytestmark = pytest.mark.slow
 CATS = [{"role": "user", "content": "Write one sentence about cats."}]
 
 
-@pytest.fixture
-def llama_server(tmp_path: Path, model_files: ModelFiles) -> Iterator[Process]:
+def start_llama_server(tmp_path: Path, model: Path, *extra: str) -> Process:
     port = free_port()
     argv = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model_files.smollm2),
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
         "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+        *extra,
     ]  # fmt: skip
     server = Process(
         argv,
@@ -33,8 +33,42 @@ def llama_server(tmp_path: Path, model_files: ModelFiles) -> Iterator[Process]:
     )
     server.env = {**__import__("os").environ}
     server.start()
+    return server
+
+
+@pytest.fixture
+def llama_server(tmp_path: Path, model_files: ModelFiles) -> Iterator[Process]:
+    server = start_llama_server(tmp_path, model_files.smollm2)
     yield server
     server.stop()
+
+
+def test_tools_are_passed_through(
+    tmp_path: Path,
+    start_aiml: Callable[..., RunningAiml],
+    registry: Registry,
+    model_files: ModelFiles,
+) -> None:
+    # llama-cpp-python's server does tool calls in its chatml-function-calling format.
+    server = start_llama_server(
+        tmp_path, model_files.smollm2, "--chat_format", "chatml-function-calling"
+    )
+    try:
+        base = server.health_url.removesuffix("/models")
+        tags = {"openai_model_name": "smollm2"}
+        registry.register("remote-smol", None, engine="openai", task="chat", tags=tags)
+        api = openai.OpenAI(base_url=f"{start_aiml(openai_base_url=base).url}/v1", api_key="x")
+        city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        tool = {"type": "function", "function": {"name": "get_weather", "parameters": city}}
+        answer = api.chat.completions.create(
+            model="remote-smol", messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[tool], tool_choice={"type": "function", "function": {"name": "get_weather"}},  # type: ignore[list-item]
+            max_tokens=60, temperature=0,
+        )  # fmt: skip
+        (call,) = answer.choices[0].message.tool_calls or []
+        assert call.function.name == "get_weather" and "city" in call.function.arguments
+    finally:
+        server.stop()
 
 
 def test_the_openai_engine_serves_a_registered_remote_model(

@@ -176,8 +176,27 @@ class OllamaStandIn:
         messages = body.get("messages") or []
         if not messages:  # docs: no messages loads (keep_alive 0: unloads)
             return self._load_or_unload(body, model, chat=True)
+        tools = body.get("tools") or []
+        if tools and messages[-1].get("role") != "tool":
+            return self._call(body, model, tools[0]["function"])
         last = messages[-1]["content"] if messages else ""
         return await self._reply(body, model, str(last).split(), chat=True)
+
+    def _call(
+        self, body: dict[str, Any], model: StandInModel, function: dict[str, Any]
+    ) -> Response:
+        """Asked with tools (and not answering a tool's result): call the first one, each
+        required argument "x", as Ollama sends a call: in a message of its own."""
+        required = (function.get("parameters") or {}).get("required") or []
+        call = {"function": {"name": function["name"], "arguments": dict.fromkeys(required, "x")}}
+        frame = self._frame(model, "", True, False)
+        frame["message"]["tool_calls"] = [call]
+        final = self._frame(model, "", True, True, "stop", 1, 1)
+        if body.get("stream") is False:
+            final["message"]["tool_calls"] = [call]
+            return JSONResponse(final)
+        lines = (json.dumps(frame) + "\n" + json.dumps(final) + "\n").encode()
+        return Response(lines, media_type="application/x-ndjson")
 
     async def _embed(self, request: Request) -> Response:
         body, error = await self._body(request, "POST /api/embed")

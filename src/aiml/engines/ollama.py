@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Literal, cast
 
@@ -23,6 +24,7 @@ from aiml.errors import (
     EngineError,
     EngineTimeout,
     EngineUnavailable,
+    InvalidRequest,
     ModelNotFound,
     ModelNotServable,
 )
@@ -35,10 +37,12 @@ from aiml.types import (
     ResolvedModel,
     SamplingParams,
     Task,
+    ToolCall,
 )
 
 from .base import Engine, UpstreamErrors, upstream_error
 from .httpclient import LeanAsyncClient
+from .tool_calls import openai_tools
 from .transport import FastTransport
 
 __all__ = ["MODEL_NAME_TAG", "OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]
@@ -69,7 +73,7 @@ class OllamaEngine(Engine):
 
     name = "ollama"
     tasks = frozenset(Task) - {Task.TEXT_CLASSIFICATION}
-    extra_options = frozenset({"output_format"})  # passed through as Ollama's `format`
+    extra_options = frozenset({"output_format", "tools"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 
     def __init__(
@@ -191,11 +195,12 @@ class OllamaEngine(Engine):
             response = await self._client.chat(
                 model=model.engine_model,
                 messages=_messages(messages),
+                tools=_tools(params),
                 options=_options(params),
                 format=_format(params),
                 stream=False,
             )
-        return _generation(response, response.message.content or "")
+        return _generation(response, response.message.content or "", _calls(response))
 
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
@@ -206,17 +211,20 @@ class OllamaEngine(Engine):
                 await self._client.chat(
                     model=model.engine_model,
                     messages=_messages(messages),
+                    tools=_tools(params),
                     options=_options(params),
                     format=_format(params),
                     stream=True,
                 ),
             )
             text: list[str] = []
+            calls: list[ToolCall] = []
             try:
                 async for part in stream:
                     piece = part.message.content or ""
                     text.append(piece)
-                    final = _generation(part, "".join(text)) if part.done else None
+                    calls.extend(_calls(part))  # Ollama sends them in a part of their own
+                    final = _generation(part, "".join(text), tuple(calls)) if part.done else None
                     yield GenerationChunk(text=piece, done=bool(part.done), final=final)
             finally:
                 await stream.aclose()
@@ -314,17 +322,43 @@ def _format(params: SamplingParams) -> Literal["json"] | dict[str, Any] | None:
     return "json" if output.schema is None else cast(dict[str, Any], json.loads(output.schema))
 
 
+def _tools(params: SamplingParams) -> list[dict[str, Any]] | None:
+    """Passed through; Ollama has no ``tool_choice``, so only "auto" (and "none") can be
+    honoured there."""
+    if not params.tools or params.tool_choice == "none":
+        return None
+    if params.tool_choice != "auto":
+        raise InvalidRequest(
+            f"tool_choice {params.tool_choice!r} is not supported by the ollama engine "
+            "(Ollama lets the model choose)",
+            param="tool_choice",
+        )
+    return openai_tools(params.tools)
+
+
+def _calls(response: Any) -> tuple[ToolCall, ...]:
+    return tuple(
+        ToolCall(f"call_{uuid.uuid4().hex[:24]}", c.function.name, json.dumps(c.function.arguments))
+        for c in response.message.tool_calls or ()
+    )
+
+
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for message in messages:
         item: dict[str, Any] = {"role": message.role, "content": message.content}
         if message.images:
             item["images"] = [ollama.Image(value=image) for image in message.images]
+        if message.tool_calls:
+            item["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+                for c in message.tool_calls
+            ]
         out.append(item)
     return out
 
 
-def _generation(response: Any, text: str) -> Generation:
+def _generation(response: Any, text: str, calls: tuple[ToolCall, ...] = ()) -> Generation:
     metadata = {
         key: getattr(response, key)
         for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
@@ -332,7 +366,8 @@ def _generation(response: Any, text: str) -> Generation:
     }
     return Generation(
         text=text,
-        finish_reason=response.done_reason,
+        finish_reason="tool_calls" if calls else response.done_reason,
+        tool_calls=calls,
         prompt_tokens=response.prompt_eval_count,
         completion_tokens=response.eval_count,
         engine_metadata=metadata,

@@ -15,6 +15,7 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import httpx
@@ -38,11 +39,13 @@ from aiml.types import (
     ResolvedModel,
     SamplingParams,
     Task,
+    ToolCall,
 )
 from aiml.urls import redact
 
 from .base import Engine, UpstreamErrors, upstream_error
 from .httpclient import lean_client
+from .tool_calls import openai_tools
 
 __all__ = ["MODEL_NAME_TAG", "OpenAIEngine"]
 
@@ -56,7 +59,7 @@ class OpenAIEngine(Engine):
 
     name = "openai"
     tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM})
-    extra_options = frozenset({"output_format"})  # passed through as `response_format`
+    extra_options = frozenset({"output_format", "tools"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 
     def __init__(
@@ -153,9 +156,16 @@ class OpenAIEngine(Engine):
                 model=model.engine_model,
                 messages=cast(Any, _messages(messages)),
                 **_sampling(params),
+                **_tools(params),
             )
         choice = response.choices[0]
-        return _generation(choice.message.content or "", choice.finish_reason, response.usage)
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments)
+            for c in choice.message.tool_calls or ()
+            if c.type == "function"
+        )
+        made = _generation(choice.message.content or "", choice.finish_reason, response.usage)
+        return replace(made, tool_calls=calls)
 
     async def stream_chat(
         self, model: ResolvedModel, messages: Sequence[ChatMessage], params: SamplingParams
@@ -167,9 +177,13 @@ class OpenAIEngine(Engine):
                 stream=True,
                 stream_options={"include_usage": True},
                 **_sampling(params),
+                **_tools(params),
             )
+            calls = _CallPieces()
             async with stream:  # leaving closes the HTTP response: the server stops
-                async for piece in _pieces(stream, lambda c: c.delta.content):
+                async for piece in _pieces(stream, calls.content_of):
+                    if piece.final is not None and calls.made():
+                        piece = replace(piece, final=replace(piece.final, tool_calls=calls.made()))
                     yield piece
 
     async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
@@ -237,6 +251,37 @@ def _generation(text: str, finish: str | None, usage: Any) -> Generation:
     )
 
 
+def _tools(params: SamplingParams) -> dict[str, Any]:
+    """``tools`` and ``tool_choice``, passed through as OpenAI defines them."""
+    if not params.tools:
+        return {}
+    choice: Any = params.tool_choice
+    if choice not in ("auto", "none", "required"):
+        choice = {"type": "function", "function": {"name": choice}}
+    return {"tools": openai_tools(params.tools), "tool_choice": choice}
+
+
+class _CallPieces:
+    """A stream's tool calls, arriving as pieces per index (id and name, then arguments)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}
+
+    def content_of(self, choice: Any) -> str | None:
+        """A chunk's text; its pieces of tool calls are kept."""
+        for piece in choice.delta.tool_calls or ():
+            call = self._calls.setdefault(piece.index, ["", "", ""])
+            call[0] = piece.id or call[0]
+            if piece.function is not None:
+                call[1] += piece.function.name or ""
+                call[2] += piece.function.arguments or ""
+        content: str | None = choice.delta.content
+        return content
+
+    def made(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(*self._calls[index]) for index in sorted(self._calls))
+
+
 def _sampling(params: SamplingParams, *, chat: bool = True) -> dict[str, Any]:
     values: dict[str, Any] = {
         "max_tokens": params.max_tokens,
@@ -273,6 +318,9 @@ def _response_format(output: OutputFormat) -> dict[str, Any]:
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for message in messages:
+        if message.tool_calls or message.tool_call_id:
+            out.append(_tool_turn(message))
+            continue
         if not message.images:
             out.append({"role": message.role, "content": message.content})
             continue
@@ -282,6 +330,19 @@ def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
             parts.append({"type": "image_url", "image_url": {"url": url}})
         out.append({"role": message.role, "content": parts})
     return out
+
+
+def _tool_turn(message: ChatMessage) -> dict[str, Any]:
+    """An assistant turn that called tools, or a tool's answer to one."""
+    item: dict[str, Any] = {"role": message.role, "content": message.content or None}
+    if message.tool_calls:
+        item["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id:
+        item["tool_call_id"] = message.tool_call_id
+    return item
 
 
 def _mime(image: bytes) -> str:
