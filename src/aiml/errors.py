@@ -46,6 +46,7 @@ __all__ = [
     "ModelLoadFailed",
     "ModelNotFound",
     "ModelNotServable",
+    "NotFound",
     "Overloaded",
     "PayloadTooLarge",
     "PoolExhausted",
@@ -111,6 +112,13 @@ class ModelNotFound(AimlError):
 
     status_code = 404
     code = "model_not_found"
+
+
+class NotFound(AimlError):
+    """Something other than a model is not there (a stored response, ...)."""
+
+    status_code = 404
+    code = "not_found"
 
 
 class RegistryUnavailable(AimlError):

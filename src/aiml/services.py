@@ -20,6 +20,7 @@ from aiml.inference.catalog import ModelCatalog
 from aiml.inference.limits import Limits
 from aiml.inference.manager import InferenceManager
 from aiml.inference.readiness import RequiredEngines
+from aiml.inference.response_store import ResponseStore
 from aiml.inference.router import TaskRouter
 from aiml.inference.stats import Stats
 from aiml.observability.metrics import Metrics
@@ -53,6 +54,8 @@ class Services:
     pool: ModelPool
     artifacts: ArtifactCache
     metrics: Metrics
+    #: The Responses API's stored responses (the file is opened on first use).
+    responses: ResponseStore
     unavailable: Mapping[str, str] = field(default_factory=dict)
     #: In cluster mode, the feed of registry changes made through other fronts.
     changes: ChangeFeed | None = None
@@ -71,6 +74,7 @@ class Services:
         await self.pool.aclose(wait_s=_SHUTDOWN_WAIT_S)
         for engine in self.engines.values():
             await engine.aclose()
+        self.responses.close()
 
 
 def local_engine_names(settings: Settings, table: Mapping[str, EngineSpec] = ENGINES) -> list[str]:
@@ -207,6 +211,9 @@ def build_services(
         artifacts=artifacts,
         metrics=metrics,
         unavailable=unavailable,
+        responses=ResponseStore(
+            settings.home_dir / "responses.db", retention_s=settings.responses_retention_s
+        ),
     )
 
 

@@ -246,6 +246,12 @@ class Settings(BaseSettings):
         default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}",
         description="This process's name in the x-aiml-replica response header.",
     )
+    responses_retention_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="How long /v1/responses keeps a response for GET and previous_response_id "
+        "(in responses.db in AIML_HOME).",
+    )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text.")
     log_level: str = Field(default="info", description="Log level of the service.")
 
