@@ -16,6 +16,7 @@ __all__ = [
     "Generation",
     "GenerationChunk",
     "Label",
+    "ModelDetails",
     "ModelRef",
     "OutputFormat",
     "RegistryVersion",
@@ -221,3 +222,18 @@ class Embeddings:
 class Label:
     label: str
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDetails:
+    """What a model is and can do, as far as its engine can tell (Ollama's ``show``)."""
+
+    family: str
+    format: str = ""
+    parameter_size: str = ""
+    quantization: str = ""
+    context_length: int | None = None
+    template: str = ""
+    #: Ollama's names: "completion", "tools", "insert" (fill-in-the-middle), "embedding",
+    #: "vision".
+    capabilities: tuple[str, ...] = ()

@@ -113,8 +113,11 @@ def test_errors_and_what_aiml_does_not_do(aiml: RunningAiml, ollama: RunningOlla
     assert bad_option.value.status_code == 400
     assert "mirostat" in bad_option.value.error
     with pytest.raises(ol.ResponseError) as pull:
-        client.pull("llama3")
-    assert pull.value.status_code == 501
+        client.pull("llama3")  # neither in the registry nor on the Ollama server
+    assert pull.value.status_code == 404
+    with pytest.raises(ol.ResponseError) as push:
+        client.push("smol")
+    assert push.value.status_code == 501
     ollama.state.fail_mid_stream = "runner crashed"
     with pytest.raises(ol.ResponseError, match="runner crashed"):
         for _ in client.chat(model="llama2-7b-chat", messages=CATS, stream=True):

@@ -22,7 +22,15 @@ from aiml.types import ChatMessage, OutputFormat, SamplingParams, ToolCall
 from .openai_schemas import ToolIn
 from .output_formats import schema_format
 
-__all__ = ["ChatBody", "EmbedBody", "EmbeddingsBody", "GenerateBody", "ShowBody", "sampling"]
+__all__ = [
+    "ChatBody",
+    "EmbedBody",
+    "EmbeddingsBody",
+    "GenerateBody",
+    "PullBody",
+    "ShowBody",
+    "sampling",
+]
 
 _LOAD_TIME = {
     "numa", "num_ctx", "num_batch", "num_gpu", "main_gpu", "low_vram", "f16_kv", "logits_all",
@@ -47,6 +55,12 @@ class _Body(CleanText):
 class ShowBody(_Body):
     model: str = Field(min_length=1, max_length=512)
     verbose: bool = False
+
+
+class PullBody(_Body):
+    model: str = Field(min_length=1, max_length=512)
+    insecure: bool = False
+    stream: bool = True
 
 
 class GenerateBody(_Body):

@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from aiml.errors import (
     AimlError,
@@ -48,6 +48,7 @@ from aiml.types import (
     Generation,
     GenerationChunk,
     Label,
+    ModelDetails,
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
@@ -149,6 +150,21 @@ class Engine(ABC):
     async def unload(self, model: ResolvedModel) -> bool:
         """Free a loaded model now; ``False`` if it was not loaded."""
         raise ModelNotServable(f"the {self.name} engine unloads models itself", param="engine")
+
+    async def describe(self, model: ResolvedModel) -> ModelDetails:
+        """What the model is and can do; engines that can read the model say more."""
+        if model.declared_task == Task.EMBEDDINGS:
+            capabilities: tuple[str, ...] = ("embedding",)
+        else:
+            capabilities = (
+                ("completion", "tools") if "tools" in self.extra_options else ("completion",)
+            )
+        return ModelDetails(family=self.name, capabilities=capabilities)
+
+    async def pull(self, model: ResolvedModel) -> AsyncIterator[dict[str, Any]]:
+        """Make the model ready to serve, as Ollama's progress lines (nothing to do here)."""
+        return
+        yield  # an async generator that yields nothing
 
     @abstractmethod
     async def health(self) -> None:

@@ -24,6 +24,7 @@ from aiml.errors import (
     EngineError,
     EngineTimeout,
     EngineUnavailable,
+    Forbidden,
     InvalidRequest,
     ModelNotFound,
     ModelNotServable,
@@ -137,6 +138,19 @@ class OllamaEngine(Engine):
         with self._mapped:
             await self._client.pull(name, stream=False)
         return await self.find_model(name)
+
+    async def pull(self, model: ResolvedModel) -> AsyncIterator[dict[str, Any]]:
+        """Ollama's own pull, its progress passed on; only where settings allow it."""
+        if not self._allow_pull:
+            raise Forbidden(
+                f"pulling {model.engine_model} on the Ollama server is off here "
+                "(AIML_OLLAMA_ALLOW_PULL)",
+                param="model",
+            )
+        with self._mapped:
+            progress = await self._client.pull(model.engine_model, stream=True)
+            async for line in progress:
+                yield line.model_dump(exclude_none=True)
 
     async def generate(
         self,

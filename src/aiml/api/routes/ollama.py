@@ -26,7 +26,7 @@ from aiml.inference.tasks.embeddings import EmbeddingsInput
 from aiml.inference.tasks.text_generation import TextGenerationInput
 from aiml.inference.tasks.vlm import VlmInput
 from aiml.services import Services
-from aiml.types import ChatMessage, Generation
+from aiml.types import ChatMessage, Generation, ModelDetails
 
 from ..deps import ServicesDep
 from ..ollama_schemas import (
@@ -34,6 +34,7 @@ from ..ollama_schemas import (
     EmbedBody,
     EmbeddingsBody,
     GenerateBody,
+    PullBody,
     ShowBody,
     decode_image,
     sampling,
@@ -46,7 +47,7 @@ __all__ = ["OLLAMA_API_VERSION", "router"]
 #: The Ollama API release whose documented behaviour /api follows.
 OLLAMA_API_VERSION = "0.12.6"
 _NOT_HERE = (
-    "aiml serves the models of its MLflow registry; it does not pull, push, create, copy or "
+    "aiml serves the models of its MLflow registry; it does not push, create, copy or "
     "delete them (register models with `aiml register` instead)"
 )
 
@@ -72,25 +73,52 @@ async def tags(services: ServicesDep) -> JSONResponse:
 @router.post("/show")
 async def show(body: ShowBody, services: ServicesDep) -> JSONResponse:
     resolved = await services.manager.resolve(_target(services, body.model))
-    engine = resolved.engine
-    embedding = resolved.declared_task == "embeddings"
-    info = {
-        "general.architecture": resolved.tags.get("inference_engine", engine),
-        "aiml.engine": engine,
+    details = await services.engines[resolved.engine].describe(resolved)
+    info: dict[str, Any] = {
+        "general.architecture": details.family,
+        "aiml.engine": resolved.engine,
         "aiml.engine_model": resolved.engine_model,
         "aiml.registry_name": resolved.registry_name,
         "aiml.registry_version": resolved.registry_version,
     }
+    if details.context_length is not None:
+        info[f"{details.family}.context_length"] = details.context_length
     return JSONResponse(
         {
             "modelfile": "",
             "parameters": "",
-            "template": "",
-            "details": _details(engine),
+            "template": details.template,
+            "details": _details(resolved.engine, details),
             "model_info": info,
-            "capabilities": ["embedding"] if embedding else ["completion"],
+            "capabilities": list(details.capabilities),
+            "modified_at": _now(),
         }
     )
+
+
+@router.post("/pull")
+async def pull(body: PullBody, services: ServicesDep) -> Response:
+    """A registry name's files fetched into the artifact cache and verified (local
+    engines), or the Ollama server's own pull where settings allow it."""
+    resolved = await services.manager.resolve(_target(services, body.model))
+    lines = services.engines[resolved.engine].pull(resolved)
+    first = await anext(lines, {"status": "success"})  # errors before any line: a status
+    if not body.stream:
+        async for line in lines:
+            first = line
+        return JSONResponse(first)
+    return streaming_response(_progress(first, lines), NDJSON)
+
+
+async def _progress(
+    first: dict[str, Any], lines: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    yield ndjson_line(first)
+    try:
+        async for line in lines:
+            yield ndjson_line(line)
+    except AimlError as exc:
+        yield ndjson_line({"error": exc.message})
 
 
 @router.get("/ps")
@@ -171,7 +199,6 @@ async def embeddings(body: EmbeddingsBody, services: ServicesDep) -> JSONRespons
     return JSONResponse({"embedding": outcome.result["embeddings"][0]})
 
 
-@router.api_route("/pull", methods=["POST"], include_in_schema=False)
 @router.api_route("/push", methods=["POST"], include_in_schema=False)
 @router.api_route("/create", methods=["POST"], include_in_schema=False)
 @router.api_route("/copy", methods=["POST"], include_in_schema=False)
@@ -294,14 +321,15 @@ def _listing(name: str, modified: str) -> dict[str, Any]:
     }
 
 
-def _details(engine: str) -> dict[str, Any]:
+def _details(engine: str, details: ModelDetails | None = None) -> dict[str, Any]:
+    family = details.family if details else engine
     return {
         "parent_model": "",
-        "format": "gguf" if engine in ("llamacpp", "ollama") else engine,
-        "family": engine,
-        "families": [engine] if engine else None,
-        "parameter_size": "",
-        "quantization_level": "",
+        "format": (details.format if details else "") or engine,
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": details.parameter_size if details else "",
+        "quantization_level": details.quantization if details else "",
     }
 
 
