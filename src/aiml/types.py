@@ -169,6 +169,8 @@ class SamplingParams:
     #: the one function's name.
     tools: tuple[Tool, ...] = ()
     tool_choice: str = "auto"
+    #: Fill in the middle: the prompt is the text before the gap, this the text after it.
+    suffix: str | None = None
 
     def options(self) -> frozenset[str]:
         """The options here that not every engine honours (``Engine.extra_options``)."""
@@ -177,6 +179,8 @@ class SamplingParams:
             wanted.add("output_format")
         if self.tools and self.tool_choice != "none":
             wanted.add("tools")
+        if self.suffix is not None:
+            wanted.add("suffix")
         return frozenset(wanted)
 
 

@@ -78,7 +78,7 @@ class GenerateBody(_Body):
     raw: bool = False
 
     def check(self) -> None:
-        for name in ("template", "suffix", "context"):
+        for name in ("template", "context"):
             if getattr(self, name):
                 raise InvalidRequest(f"{name!r} is not supported", param=name)
         if self.images and len(self.images) > 1:

@@ -179,8 +179,8 @@ class CompletionRequest(_Sampling):
     best_of: int | None = None
 
     def text(self) -> str:
-        if self.echo or self.suffix or (self.best_of or 1) > 1:
-            raise InvalidRequest("echo, suffix and best_of are not supported", param="echo")
+        if self.echo or (self.best_of or 1) > 1:
+            raise InvalidRequest("echo and best_of are not supported", param="echo")
         if isinstance(self.prompt, list):
             if len(self.prompt) != 1:
                 raise InvalidRequest("send one prompt per request", param="prompt")
@@ -188,7 +188,7 @@ class CompletionRequest(_Sampling):
         return self.prompt
 
     def params(self) -> SamplingParams:
-        return self.sampling(self.max_tokens)
+        return replace(self.sampling(self.max_tokens), suffix=self.suffix)  # None: no gap
 
 
 class EmbeddingRequest(_Body):

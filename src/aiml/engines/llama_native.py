@@ -210,6 +210,15 @@ class NativeModel:
             return buffer.raw[:n]
         return self._piece.raw[:n]
 
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The prefix, suffix and middle tokens of fill-in-the-middle, if the model has them."""
+        found = (
+            llama.llama_vocab_fim_pre(self.vocab),
+            llama.llama_vocab_fim_suf(self.vocab),
+            llama.llama_vocab_fim_mid(self.vocab),
+        )
+        return None if min(found) < 0 else (int(found[0]), int(found[1]), int(found[2]))
+
     def is_end(self, token: int) -> bool:
         return bool(llama.llama_vocab_is_eog(self.vocab, token))
 
@@ -267,6 +276,12 @@ class NativeModel:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """A GGUF file's metadata, read without loading its weights (``vocab_only``)."""
+    return read_gguf(path)[0]
+
+
+def read_gguf(path: Path) -> tuple[dict[str, str], bool]:
+    """A GGUF file's metadata, and whether its vocabulary has fill-in-the-middle tokens
+    (llama.cpp finds them by their text when the metadata does not name them)."""
     _init_backend()
     params = llama.llama_model_default_params()
     params.vocab_only = True
@@ -274,6 +289,12 @@ def read_metadata(path: Path) -> dict[str, str]:
     if not model:
         raise ValueError(f"llama.cpp could not read {path.name}")
     try:
+        vocab = llama.llama_model_get_vocab(model)
+        fim = min(
+            llama.llama_vocab_fim_pre(vocab),
+            llama.llama_vocab_fim_suf(vocab),
+            llama.llama_vocab_fim_mid(vocab),
+        )
         meta: dict[str, str] = {}
         key = ctypes.create_string_buffer(512)
         value = ctypes.create_string_buffer(4096)
@@ -282,7 +303,7 @@ def read_metadata(path: Path) -> dict[str, str]:
             n = llama.llama_model_meta_val_str_by_index(model, i, value, len(value))
             if 0 <= n < len(value):  # long values (vocabularies, templates) are not needed
                 meta[key.value.decode(errors="replace")] = value.value.decode(errors="replace")
-        return meta
+        return meta, fim >= 0
     finally:
         llama.llama_model_free(model)
 

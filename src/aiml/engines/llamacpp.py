@@ -51,7 +51,7 @@ class LlamaCppEngine(LocalEngine):
 
     name = "llamacpp"
     tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS})
-    extra_options = frozenset({"ignore_eos", "output_format", "tools"})
+    extra_options = frozenset({"ignore_eos", "output_format", "tools", "suffix"})
 
     def __init__(
         self,
@@ -163,7 +163,19 @@ class LlamaCppEngine(LocalEngine):
             raise ModelNotServable("llamacpp models here take no images", param="task")
 
         def render(handle: _Generator) -> _Prompt:
-            return _Prompt(handle.native.tokenize(prompt), ())
+            if params.suffix is None:
+                return _Prompt(handle.native.tokenize(prompt), ())
+            fim = handle.native.fim_tokens()
+            if fim is None:
+                raise InvalidRequest(
+                    f"{model.engine_model} has no fill-in-the-middle tokens (capability "
+                    "'insert'): suffix needs a code model that has them",
+                    param="suffix",
+                )
+            pre, suf, mid = fim  # llama.cpp server's infill order: prefix, suffix, middle
+            head = handle.native.tokenize(prompt, add_bos=False)
+            tail = handle.native.tokenize(params.suffix, add_bos=False)
+            return _Prompt([pre, *head, suf, *tail, mid], ())
 
         # Closed explicitly: a client hanging up must reach _generation's finally (which
         # frees the sequence) now, not when the garbage collector finds the generator.
@@ -242,18 +254,18 @@ class LlamaCppEngine(LocalEngine):
 
     async def describe(self, model: ResolvedModel) -> ModelDetails:
         """From the GGUF's own metadata (read without loading its weights)."""
-        from .llama_native import read_metadata
+        from .llama_native import read_gguf
 
         await self.fetch_files(model)
         path = self.tagged_file(model, GGUF_TAG)
-        meta = await asyncio.to_thread(read_metadata, path)
+        meta, fim = await asyncio.to_thread(read_gguf, path)
         arch = meta.get("general.architecture", "")
         template = meta.get("tokenizer.chat_template", "")
         if model.declared_task == Task.EMBEDDINGS:
             capabilities: tuple[str, ...] = ("embedding",)
         else:  # tools on any model: under a grammar (tool_calls.py)
             capabilities = ("completion", "tools")
-            if "tokenizer.ggml.fim_pre_token_id" in meta:
+            if fim:
                 capabilities += ("insert",)
         context = meta.get(f"{arch}.context_length", "")
         return ModelDetails(

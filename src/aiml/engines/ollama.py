@@ -74,7 +74,7 @@ class OllamaEngine(Engine):
 
     name = "ollama"
     tasks = frozenset(Task) - {Task.TEXT_CLASSIFICATION}
-    extra_options = frozenset({"output_format", "tools"})  # passed through
+    extra_options = frozenset({"output_format", "tools", "suffix"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 
     def __init__(
@@ -164,6 +164,7 @@ class OllamaEngine(Engine):
             response = await self._client.generate(
                 model=model.engine_model,
                 prompt=prompt,
+                suffix=params.suffix or "",
                 # Bytes, never str: the client reads a str that names a file from disk.
                 images=list(images) or None,
                 options=_options(params),
@@ -186,6 +187,7 @@ class OllamaEngine(Engine):
                 await self._client.generate(
                     model=model.engine_model,
                     prompt=prompt,
+                    suffix=params.suffix or "",
                     images=list(images) or None,
                     options=_options(params),
                     format=_format(params),

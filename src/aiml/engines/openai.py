@@ -59,7 +59,7 @@ class OpenAIEngine(Engine):
 
     name = "openai"
     tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM})
-    extra_options = frozenset({"output_format", "tools"})  # passed through
+    extra_options = frozenset({"output_format", "tools", "suffix"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 
     def __init__(
@@ -298,6 +298,8 @@ def _sampling(params: SamplingParams, *, chat: bool = True) -> dict[str, Any]:
     if params.repeat_penalty is not None:
         extra["repetition_penalty"] = params.repeat_penalty  # vLLM, TGI
         extra["repeat_penalty"] = params.repeat_penalty  # llama.cpp
+    if params.suffix is not None and not chat:
+        out["suffix"] = params.suffix  # fill in the middle, on completions
     if params.output_format is not None:
         # Passed through: chat takes it as OpenAI defines it; completions only on servers
         # that extend it (vLLM, llama.cpp's), so it goes in the extra body there.

@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -150,6 +151,8 @@ async def generate(body: GenerateBody, services: ServicesDep) -> Response:
     if not body.prompt and not body.images:  # Ollama: an empty prompt loads or unloads
         return await _load_or_unload(services, locate, body.model, body.keep_alive, chat=False)
     params = sampling(body.options, body.format)
+    if body.suffix:
+        params = replace(params, suffix=body.suffix)
     if body.images:
         image = decode_image(body.images[0], "images.0")
         call = TaskCall("vlm", locate, VlmInput(image, body.prompt, params))

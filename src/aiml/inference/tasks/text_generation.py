@@ -45,16 +45,21 @@ class _Completion(GenerativeHandler[TextGenerationInput]):
 
 
 class _ChatPrompt(GenerativeHandler[TextGenerationInput]):
-    """For models registered as chat models: the prompt is sent as one user turn."""
+    """For models registered as chat models: the prompt is sent as one user turn, unless it
+    fills in the middle (a ``suffix``), which is raw text around a gap by definition."""
 
     async def generate(
         self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
     ) -> Generation:
+        if request.params.suffix is not None:
+            return await engine.generate(model, request.prompt, request.params)
         return await engine.chat(model, _turn(request), request.params)
 
     def stream(
         self, engine: Engine, model: ResolvedModel, request: TextGenerationInput
     ) -> AsyncIterator[GenerationChunk]:
+        if request.params.suffix is not None:
+            return engine.stream_generate(model, request.prompt, request.params)
         return engine.stream_chat(model, _turn(request), request.params)
 
 
