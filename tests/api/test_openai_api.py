@@ -98,7 +98,11 @@ def test_async_client_completions_embeddings_and_models(aiml: RunningAiml) -> No
             "smol@default",
             "minilm",
         } <= set(models)
-        assert (await api.models.retrieve("smol@default")).id == "smol@default"
+        retrieved = await api.models.retrieve("smol@default")
+        assert retrieved.id == "smol@default"
+        assert retrieved.model_extra == {"capabilities": ["completion", "tools"]}
+        embedder = await api.models.retrieve("minilm")
+        assert embedder.model_extra == {"capabilities": ["embedding"]}
         await api.close()
 
     asyncio.run(main())

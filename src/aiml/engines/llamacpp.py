@@ -71,6 +71,7 @@ class LlamaCppEngine(LocalEngine):
         self._n_batch = n_batch
         self._default_max_tokens = default_max_tokens
         self._kv_per_token: dict[Path, int] = {}
+        self._described: dict[Path, tuple[dict[str, str], bool]] = {}
 
     def check_version(self, version: RegistryVersion) -> None:
         gguf = version.tag(GGUF_TAG)
@@ -258,7 +259,10 @@ class LlamaCppEngine(LocalEngine):
 
         await self.fetch_files(model)
         path = self.tagged_file(model, GGUF_TAG)
-        meta, fim = await asyncio.to_thread(read_gguf, path)
+        read = self._described.get(path)
+        if read is None:  # once per file: a version's files never change
+            read = self._described[path] = await asyncio.to_thread(read_gguf, path)
+        meta, fim = read
         arch = meta.get("general.architecture", "")
         template = meta.get("tokenizer.chat_template", "")
         if model.declared_task == Task.EMBEDDINGS:

@@ -50,7 +50,10 @@ async def list_models(services: ServicesDep) -> JSONResponse:
 @router.get("/models/{model:path}")
 async def get_model(model: str, services: ServicesDep) -> JSONResponse:
     resolved = await services.manager.resolve(_target(services, model))  # 404 if it is not
-    return JSONResponse(_model(model, 0, owned_by=resolved.engine))
+    details = await services.engines[resolved.engine].describe(resolved)
+    # Not OpenAI's field: what the model can do, as /api/show names it.
+    answer = {**_model(model, 0, owned_by=resolved.engine), "capabilities": details.capabilities}
+    return JSONResponse(answer)
 
 
 @router.post("/chat/completions")
