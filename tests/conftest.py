@@ -212,6 +212,26 @@ def make_settings(tmp_path: Path, registry_uri: str, ollama_url: str, **override
     return Settings(**values)
 
 
+def launch_aiml(
+    tmp_path: Path, registry: Registry, ollama: RunningOllama, **overrides: Any
+) -> RunningAiml:
+    """aiml against ``registry`` and the stand-in, on a real server in a thread."""
+    settings = make_settings(tmp_path, registry.uri, ollama.url, **overrides)
+    spy = CountingClient(
+        MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    )
+    holder: list[Services] = []
+
+    def factory(s: Settings) -> Services:
+        instrumented = MlflowRegistry(spy, uri=s.registry_uri, artifact_location=None)  # type: ignore[arg-type]
+        services = build_services(s, registry=instrumented)
+        holder.append(services)
+        return services
+
+    server = ServerThread(create_app(settings, services_factory=factory)).start()
+    return RunningAiml(server=server, spy=spy, holder=holder)
+
+
 @pytest.fixture
 def start_aiml(
     tmp_path: Path, registry: Registry, ollama: RunningOllama
@@ -220,26 +240,42 @@ def start_aiml(
     started: list[RunningAiml] = []
 
     def start(**overrides: Any) -> RunningAiml:
-        settings = make_settings(tmp_path, registry.uri, ollama.url, **overrides)
-        spy = CountingClient(
-            MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
-        )
-        holder: list[Services] = []
-
-        def factory(s: Settings) -> Services:
-            instrumented = MlflowRegistry(spy, uri=s.registry_uri, artifact_location=None)  # type: ignore[arg-type]
-            services = build_services(s, registry=instrumented)
-            holder.append(services)
-            return services
-
-        server = ServerThread(create_app(settings, services_factory=factory)).start()
-        running = RunningAiml(server=server, spy=spy, holder=holder)
+        running = launch_aiml(tmp_path, registry, ollama, **overrides)
         started.append(running)
         return running
 
     yield start
     for running in started:
         running.server.stop()
+
+
+@dataclass
+class Shared:
+    """One aiml for the tests that only send requests (agent APIs): SmolLM2 as ``smol``
+    (chat), ``llama2-7b-chat`` on the stand-in, a transformers LM as ``tiny-lm``. Loading
+    the model once, not per test, keeps the suite within its time."""
+
+    aiml: RunningAiml
+    ollama: RunningOllama
+    registry: Registry
+
+
+@pytest.fixture(scope="session")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path, model_files: ModelFiles
+) -> Iterator[Shared]:
+    folder = tmp_path_factory.mktemp("shared-aiml")
+    registry = fresh_sqlite_registry(folder, sqlite_template)
+    registry.register_files(model_files.smollm2, "smol", task="chat")
+    registry.register("llama2-7b-chat", "llama2:7b", task="chat")
+    registry.register_files(model_files.tiny_lm_a, "tiny-lm", task="chat")
+    state = standard_stand_in()
+    stand_in = ServerThread(state.app(), lifespan="off").start()
+    ollama = RunningOllama(state, stand_in)
+    aiml = launch_aiml(folder, registry, ollama)
+    yield Shared(aiml, ollama, registry)
+    aiml.server.stop()
+    stand_in.stop()
 
 
 @dataclass(frozen=True)

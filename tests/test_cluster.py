@@ -16,8 +16,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,6 +34,7 @@ from aiml.registry.mlflow import MlflowRegistry
 from tests.conftest import ModelFiles, Registry
 from tests.fakes.postgres import PostgresCluster, postgres_bin
 from tests.fakes.processes import Process, aiml_serve, mlflow_server
+from tests.fakes.ray_nodes import start_ray_node, stop_ray
 from tests.fakes.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -79,24 +78,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
     if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed")
     root = tmp_path_factory.mktemp("cluster")
-    ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
-    # No token auth on this loopback cluster (ray start enables it if ~/.ray/auth_token exists).
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     # Two nodes of one CPU each: the two replicas (one CPU each) land one per node.
-    subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1",
-         "--include-dashboard=false", "--object-store-memory=150000000",
-         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=180,
-    )  # fmt: skip
+    start_ray_node("--head", f"--port={port}", "--include-dashboard=false", cpus=1)
     address = f"127.0.0.1:{port}"
-    subprocess.run(
-        [ray_bin, "start", f"--address={address}", "--num-cpus=1",
-         f"--resources={json.dumps({WORKER: 1})}", "--object-store-memory=150000000",
-         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=180,
-    )  # fmt: skip
+    start_ray_node(f"--address={address}", f"--resources={json.dumps({WORKER: 1})}", cpus=1)
     fronts: list[Process] = []
     postgres = PostgresCluster(Path(tempfile.mkdtemp(prefix="aiml-postgres-")))
     server: Process | None = None
@@ -143,7 +129,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
         shutil.rmtree(postgres.folder, ignore_errors=True)
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray()
 
 
 def test_a_model_is_served_by_the_replica_that_holds_it(cluster: Cluster) -> None:

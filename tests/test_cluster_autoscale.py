@@ -10,7 +10,6 @@ one may already have joined another test's (gone) cluster.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 
 from tests.conftest import ModelFiles, Registry
 from tests.fakes.processes import Process, aiml_serve
+from tests.fakes.ray_nodes import start_ray_node, stop_ray
 from tests.fakes.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -55,15 +55,8 @@ class Front:
 @pytest.fixture
 def front(tmp_path: Path, registry: Registry, model_files: ModelFiles) -> Iterator[Front]:
     registry.register_files(model_files.smollm2, "smol", task="text-generation")
-    ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--object-store-memory=150000000",
-         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True, timeout=180,
-    )  # fmt: skip
+    start_ray_node("--head", f"--port={port}", "--include-dashboard=false", cpus=2)
     settings = {
         "RAY_ADDRESS": f"127.0.0.1:{port}",
         "RAY_AUTH_MODE": "disabled",
@@ -88,7 +81,7 @@ def front(tmp_path: Path, registry: Registry, model_files: ModelFiles) -> Iterat
         yield Front(process, settings["RAY_ADDRESS"])
     finally:
         process.stop()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray()
 
 
 def test_replicas_scale_up_on_queue_length_and_back_down(front: Front) -> None:

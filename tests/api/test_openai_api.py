@@ -117,7 +117,13 @@ def test_errors_are_openai_errors(aiml: RunningAiml, ollama: RunningOllama) -> N
     for kwargs, param in (
         ({"n": 2}, "n"),
         ({"presence_penalty": 1.0}, "presence_penalty"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
         ({"temperature": 5}, "temperature"),
     ):
         with pytest.raises(openai.BadRequestError) as bad:

@@ -6,14 +6,13 @@ OpenAI's format."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import ModelFiles, Registry, RunningAiml
+from tests.conftest import RunningAiml, Shared
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +23,8 @@ class Pet(BaseModel):
 
 
 @pytest.fixture
-def aiml(
-    start_aiml: Callable[..., RunningAiml], registry: Registry, model_files: ModelFiles
-) -> RunningAiml:
-    registry.register_files(model_files.smollm2, "smol", task="chat")
-    registry.register("llama2-7b-chat", "llama2:7b", task="chat")
-    return start_aiml()
+def aiml(shared: Shared) -> RunningAiml:
+    return shared.aiml
 
 
 def client(aiml: RunningAiml) -> openai.OpenAI:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Literal
 
@@ -22,7 +21,7 @@ import pydantic
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
+from tests.conftest import RunningAiml, Shared
 
 pytestmark = pytest.mark.slow
 
@@ -101,13 +100,8 @@ SCHEMAS: list[type[BaseModel]] = [
 
 
 @pytest.fixture
-def aiml(
-    start_aiml: Callable[..., RunningAiml], registry: Registry, model_files: ModelFiles
-) -> RunningAiml:
-    registry.register_files(model_files.smollm2, "smol", task="chat")
-    registry.register("llama2-7b-chat", "llama2:7b", task="chat")
-    registry.register_files(model_files.tiny_lm_a, "tiny-lm", task="chat")
-    return start_aiml()
+def aiml(shared: Shared) -> RunningAiml:
+    return shared.aiml
 
 
 def client(aiml: RunningAiml) -> openai.OpenAI:
@@ -136,10 +130,10 @@ def test_stream_yields_the_parsed_object(aiml: RunningAiml) -> None:
 
 
 def test_json_object_and_sampling_stay_json(aiml: RunningAiml) -> None:
-    for seed in range(3):
+    for seed in range(2):
         answer = client(aiml).chat.completions.create(
             model="smol", messages=ASK, response_format={"type": "json_object"},
-            max_tokens=200, temperature=1.0, seed=seed,
+            max_tokens=80, temperature=1.0, seed=seed,
         )  # fmt: skip
         content = answer.choices[0].message.content or ""
         if answer.choices[0].finish_reason == "stop":
@@ -179,9 +173,8 @@ def test_the_transformers_engine_refuses_by_name(aiml: RunningAiml) -> None:
         )
 
 
-def test_the_ollama_engine_gets_the_format_passed_through(
-    aiml: RunningAiml, ollama: RunningOllama
-) -> None:
+def test_the_ollama_engine_gets_the_format_passed_through(shared: Shared) -> None:
+    aiml, ollama = shared.aiml, shared.ollama
     api = client(aiml)
     with pytest.raises(pydantic.ValidationError):  # the stand-in answers in words, not JSON
         api.chat.completions.parse(model="llama2-7b-chat", messages=ASK, response_format=Flat)

@@ -10,14 +10,13 @@ streaming and not; ``tool_choice`` none, required and a named function.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import ollama
 import openai
 import pytest
 
-from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
+from tests.conftest import RunningAiml, Shared
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +50,8 @@ USE_TOOL = [{"role": "user", "content": "Call the get_weather tool for Paris."}]
 
 
 @pytest.fixture
-def aiml(
-    start_aiml: Callable[..., RunningAiml], registry: Registry, model_files: ModelFiles
-) -> RunningAiml:
-    registry.register_files(model_files.smollm2, "smol", task="chat")
-    return start_aiml()
+def aiml(shared: Shared) -> RunningAiml:
+    return shared.aiml
 
 
 def client(aiml: RunningAiml) -> openai.OpenAI:
@@ -103,18 +99,6 @@ def test_a_named_function_streamed(aiml: RunningAiml) -> None:
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_auto_answers_with_a_call_or_with_text(aiml: RunningAiml) -> None:
-    answer = client(aiml).chat.completions.create(
-        model="smol", messages=ASK, tools=[WEATHER], temperature=0, max_tokens=100,  # type: ignore[list-item]
-    )  # fmt: skip
-    message = answer.choices[0].message
-    if message.tool_calls:
-        assert answer.choices[0].finish_reason == "tool_calls"
-        assert message.tool_calls[0].function.name == "get_weather"
-    else:
-        assert message.content and answer.choices[0].finish_reason == "stop"
-
-
 def test_a_round_trip_on_the_ollama_surface(aiml: RunningAiml) -> None:
     api = ollama.Client(host=aiml.url)
     options = {"temperature": 0, "num_predict": 100}
@@ -152,10 +136,8 @@ def test_tools_with_what_the_grammar_cannot_enforce_are_refused(aiml: RunningAim
     assert caught.value.body["param"] == "tools"  # type: ignore[index]
 
 
-def test_the_ollama_engine_gets_tools_passed_through(
-    aiml: RunningAiml, ollama: RunningOllama, registry: Registry
-) -> None:
-    registry.register("llama2-7b-chat", "llama2:7b", task="chat")
+def test_the_ollama_engine_gets_tools_passed_through(shared: Shared) -> None:
+    aiml, ollama = shared.aiml, shared.ollama
     api = client(aiml)
     for stream in (False, True):
         if stream:
