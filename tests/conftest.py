@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from mlflow import MlflowClient
 
@@ -143,6 +144,10 @@ class RunningAiml:
     def client(self, timeout: float = 30, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout, **kwargs)
 
+    def openai(self) -> openai.OpenAI:
+        """The official OpenAI client on this aiml's /v1 (no retries: tests see each call)."""
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0)
+
     def infer(
         self, model_name: str, *, task: str = "text-generation", **extra: Any
     ) -> httpx.Response:
@@ -258,6 +263,11 @@ class Shared:
     aiml: RunningAiml
     ollama: RunningOllama
     registry: Registry
+
+
+@pytest.fixture
+def shared_aiml(shared: Shared) -> RunningAiml:
+    return shared.aiml
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import RunningAiml, Shared
+from tests.conftest import RunningAiml
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +22,8 @@ class Pet(BaseModel):
     legs: int
 
 
-@pytest.fixture
-def aiml(shared: Shared) -> RunningAiml:
-    return shared.aiml
-
-
-def client(aiml: RunningAiml) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{aiml.url}/v1", api_key="x", max_retries=0)
-
-
-def test_create_then_continue_with_previous_response_id(aiml: RunningAiml) -> None:
-    api = client(aiml)
+def test_create_then_continue_with_previous_response_id(shared_aiml: RunningAiml) -> None:
+    api = shared_aiml.openai()
     first = api.responses.create(
         model="llama2-7b-chat", input="My cat is called Tom.", instructions="Be brief."
     )
@@ -56,8 +47,8 @@ def test_create_then_continue_with_previous_response_id(aiml: RunningAiml) -> No
         api.responses.retrieve(first.id)
 
 
-def test_the_conversation_reaches_the_model(aiml: RunningAiml) -> None:
-    api = client(aiml)
+def test_the_conversation_reaches_the_model(shared_aiml: RunningAiml) -> None:
+    api = shared_aiml.openai()
     first = api.responses.create(model="smol", input="My cat is called Tom.", max_output_tokens=20,
                                  temperature=0)  # fmt: skip
     second = api.responses.create(model="smol", input="What is my cat called?",
@@ -70,8 +61,8 @@ def test_the_conversation_reaches_the_model(aiml: RunningAiml) -> None:
     assert second.output_text != alone.output_text or "Tom" in second.output_text
 
 
-def test_stream_with_typed_events(aiml: RunningAiml) -> None:
-    api = client(aiml)
+def test_stream_with_typed_events(shared_aiml: RunningAiml) -> None:
+    api = shared_aiml.openai()
     with api.responses.stream(model="smol", input="Say hello.", max_output_tokens=200,
                               temperature=0) as stream:  # fmt: skip
         kinds = [event.type for event in stream]
@@ -85,15 +76,15 @@ def test_stream_with_typed_events(aiml: RunningAiml) -> None:
     assert followed.status in ("completed", "incomplete")
 
 
-def test_text_format_json_schema(aiml: RunningAiml) -> None:
-    parsed = client(aiml).responses.parse(
+def test_text_format_json_schema(shared_aiml: RunningAiml) -> None:
+    parsed = shared_aiml.openai().responses.parse(
         model="smol", input="Describe a cat.", text_format=Pet, max_output_tokens=100, temperature=0
     )
     assert isinstance(parsed.output_parsed, Pet)
 
 
-def test_function_call_round_trip(aiml: RunningAiml) -> None:
-    api = client(aiml)
+def test_function_call_round_trip(shared_aiml: RunningAiml) -> None:
+    api = shared_aiml.openai()
     tools: Any = [{"type": "function", "name": "get_weather", "description": "Weather now.",
                    "parameters": {"type": "object", "properties": {"city": {"type": "string",
                                   "maxLength": 20}}, "required": ["city"]}}]  # fmt: skip
@@ -110,8 +101,8 @@ def test_function_call_round_trip(aiml: RunningAiml) -> None:
     assert answered.output_text
 
 
-def test_errors_come_in_openais_format(aiml: RunningAiml) -> None:
-    api = client(aiml)
+def test_errors_come_in_openais_format(shared_aiml: RunningAiml) -> None:
+    api = shared_aiml.openai()
     with pytest.raises(openai.BadRequestError) as caught:
         api.responses.create(model="smol", input=[{"type": "input_image", "image_url": "x"}])
     assert caught.value.body["param"] == "input"  # type: ignore[index]

@@ -99,17 +99,8 @@ SCHEMAS: list[type[BaseModel]] = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def aiml(shared: Shared) -> RunningAiml:
-    return shared.aiml
-
-
-def client(aiml: RunningAiml) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{aiml.url}/v1", api_key="x", max_retries=0)
-
-
-def test_parse_returns_objects_that_validate_for_ten_schemas(aiml: RunningAiml) -> None:
-    api = client(aiml)
+def test_parse_returns_objects_that_validate_for_ten_schemas(shared_aiml: RunningAiml) -> None:
+    api = shared_aiml.openai()
     for schema in SCHEMAS:  # one server and one model load for all ten
         answer = api.chat.completions.parse(
             model="smol", messages=ASK, response_format=schema, max_tokens=400, temperature=0
@@ -119,8 +110,8 @@ def test_parse_returns_objects_that_validate_for_ten_schemas(aiml: RunningAiml) 
         assert answer.choices[0].finish_reason == "stop", schema.__name__
 
 
-def test_stream_yields_the_parsed_object(aiml: RunningAiml) -> None:
-    with client(aiml).chat.completions.stream(
+def test_stream_yields_the_parsed_object(shared_aiml: RunningAiml) -> None:
+    with shared_aiml.openai().chat.completions.stream(
         model="smol", messages=ASK, response_format=Order, max_tokens=400, temperature=0
     ) as stream:
         deltas = [event for event in stream if event.type == "content.delta"]
@@ -129,9 +120,9 @@ def test_stream_yields_the_parsed_object(aiml: RunningAiml) -> None:
     assert isinstance(final.choices[0].message.parsed, Order)
 
 
-def test_json_object_and_sampling_stay_json(aiml: RunningAiml) -> None:
+def test_json_object_and_sampling_stay_json(shared_aiml: RunningAiml) -> None:
     for seed in range(2):
-        answer = client(aiml).chat.completions.create(
+        answer = shared_aiml.openai().chat.completions.create(
             model="smol", messages=ASK, response_format={"type": "json_object"},
             max_tokens=80, temperature=1.0, seed=seed,
         )  # fmt: skip
@@ -140,8 +131,8 @@ def test_json_object_and_sampling_stay_json(aiml: RunningAiml) -> None:
             assert isinstance(json.loads(content), dict | list | str | int | float | bool)
 
 
-def test_ollama_format_json_schema_and_json(aiml: RunningAiml) -> None:
-    api = ollama.Client(host=aiml.url)
+def test_ollama_format_json_schema_and_json(shared_aiml: RunningAiml) -> None:
+    api = ollama.Client(host=shared_aiml.url)
     reply = api.chat(model="smol", messages=ASK, format=Nested.model_json_schema(),
                      options={"temperature": 0, "num_predict": 200})  # fmt: skip
     Nested.model_validate_json(reply.message.content or "")
@@ -150,11 +141,11 @@ def test_ollama_format_json_schema_and_json(aiml: RunningAiml) -> None:
     Flat.model_validate_json(generated.response)
 
 
-def test_a_schema_the_grammar_cannot_enforce_is_refused_by_name(aiml: RunningAiml) -> None:
+def test_a_schema_the_grammar_cannot_enforce_is_refused_by_name(shared_aiml: RunningAiml) -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3}},
               "patternProperties": {"^x": {"type": "string"}}}  # fmt: skip
     with pytest.raises(openai.BadRequestError) as caught:
-        client(aiml).chat.completions.create(
+        shared_aiml.openai().chat.completions.create(
             model="smol", messages=ASK,
             response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
         )  # fmt: skip
@@ -162,20 +153,20 @@ def test_a_schema_the_grammar_cannot_enforce_is_refused_by_name(aiml: RunningAim
     assert "minimum" in message and "patternProperties" in message
     assert caught.value.body["param"] == "response_format"  # type: ignore[index]
     with pytest.raises(ollama.ResponseError) as refused:
-        ollama.Client(host=aiml.url).chat(model="smol", messages=ASK, format=schema)
+        ollama.Client(host=shared_aiml.url).chat(model="smol", messages=ASK, format=schema)
     assert refused.value.status_code == 400 and "minimum" in refused.value.error
 
 
-def test_the_transformers_engine_refuses_by_name(aiml: RunningAiml) -> None:
+def test_the_transformers_engine_refuses_by_name(shared_aiml: RunningAiml) -> None:
     with pytest.raises(openai.BadRequestError, match="not supported by the transformers engine"):
-        client(aiml).chat.completions.create(
+        shared_aiml.openai().chat.completions.create(
             model="tiny-lm", messages=ASK, response_format={"type": "json_object"}
         )
 
 
 def test_the_ollama_engine_gets_the_format_passed_through(shared: Shared) -> None:
     aiml, ollama = shared.aiml, shared.ollama
-    api = client(aiml)
+    api = aiml.openai()
     with pytest.raises(pydantic.ValidationError):  # the stand-in answers in words, not JSON
         api.chat.completions.parse(model="llama2-7b-chat", messages=ASK, response_format=Flat)
     route, sent = ollama.state.received[-1]

@@ -49,17 +49,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 USE_TOOL = [{"role": "user", "content": "Call the get_weather tool for Paris."}]
 
 
-@pytest.fixture
-def aiml(shared: Shared) -> RunningAiml:
-    return shared.aiml
-
-
-def client(aiml: RunningAiml) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{aiml.url}/v1", api_key="x", max_retries=0)
-
-
-def test_a_round_trip_on_the_openai_surface(aiml: RunningAiml) -> None:
-    api = client(aiml)
+def test_a_round_trip_on_the_openai_surface(shared_aiml: RunningAiml) -> None:
+    api = shared_aiml.openai()
     called = api.chat.completions.create(
         model="smol", messages=ASK, tools=[WEATHER, TIME], tool_choice="required",  # type: ignore[list-item]
         temperature=0, max_tokens=100,
@@ -83,9 +74,9 @@ def test_a_round_trip_on_the_openai_surface(aiml: RunningAiml) -> None:
     assert not answered.choices[0].message.tool_calls
 
 
-def test_a_named_function_streamed(aiml: RunningAiml) -> None:
+def test_a_named_function_streamed(shared_aiml: RunningAiml) -> None:
     chunks = list(
-        client(aiml).chat.completions.create(
+        shared_aiml.openai().chat.completions.create(
             model="smol", messages=ASK, tools=[WEATHER, TIME],  # type: ignore[list-item]
             tool_choice={"type": "function", "function": {"name": "get_time"}},
             temperature=0, max_tokens=100, stream=True,
@@ -99,8 +90,8 @@ def test_a_named_function_streamed(aiml: RunningAiml) -> None:
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_a_round_trip_on_the_ollama_surface(aiml: RunningAiml) -> None:
-    api = ollama.Client(host=aiml.url)
+def test_a_round_trip_on_the_ollama_surface(shared_aiml: RunningAiml) -> None:
+    api = ollama.Client(host=shared_aiml.url)
     options = {"temperature": 0, "num_predict": 100}
     first = api.chat(model="smol", messages=USE_TOOL, tools=[WEATHER], options=options)
     calls = first.message.tool_calls or []
@@ -116,9 +107,9 @@ def test_a_round_trip_on_the_ollama_surface(aiml: RunningAiml) -> None:
     assert parts[-1].done
 
 
-def test_a_streamed_call_on_the_ollama_surface(aiml: RunningAiml) -> None:
+def test_a_streamed_call_on_the_ollama_surface(shared_aiml: RunningAiml) -> None:
     parts = list(
-        ollama.Client(host=aiml.url).chat(
+        ollama.Client(host=shared_aiml.url).chat(
             model="smol", messages=[{"role": "user", "content": "Call get_time for UTC."}],
             tools=[TIME], stream=True,
             options={"temperature": 0, "num_predict": 100},
@@ -128,17 +119,17 @@ def test_a_streamed_call_on_the_ollama_surface(aiml: RunningAiml) -> None:
     assert [c.function.name for c in calls] == ["get_time"] and parts[-1].done
 
 
-def test_tools_with_what_the_grammar_cannot_enforce_are_refused(aiml: RunningAiml) -> None:
+def test_tools_with_what_the_grammar_cannot_enforce_are_refused(shared_aiml: RunningAiml) -> None:
     parameters = {"type": "object", "minProperties": 1}
     bad: Any = {"type": "function", "function": {"name": "f", "parameters": parameters}}
     with pytest.raises(openai.BadRequestError, match="minProperties") as caught:
-        client(aiml).chat.completions.create(model="smol", messages=ASK, tools=[bad])
+        shared_aiml.openai().chat.completions.create(model="smol", messages=ASK, tools=[bad])
     assert caught.value.body["param"] == "tools"  # type: ignore[index]
 
 
 def test_the_ollama_engine_gets_tools_passed_through(shared: Shared) -> None:
     aiml, ollama = shared.aiml, shared.ollama
-    api = client(aiml)
+    api = aiml.openai()
     for stream in (False, True):
         if stream:
             chunks = list(api.chat.completions.create(
