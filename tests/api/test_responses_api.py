@@ -42,6 +42,9 @@ def test_create_then_continue_with_previous_response_id(shared_aiml: RunningAiml
     assert cut.incomplete_details.reason == "max_output_tokens"
     with pytest.raises(openai.NotFoundError):
         api.responses.create(model="llama2-7b-chat", input="hi", previous_response_id="resp_nope")
+    unstored = api.responses.create(model="llama2-7b-chat", input="hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        api.responses.retrieve(unstored.id)
     api.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         api.responses.retrieve(first.id)
