@@ -163,3 +163,16 @@ def test_the_ollama_engine_gets_tools_passed_through(shared: Shared) -> None:
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
         api.chat.completions.create(model="llama2-7b-chat", messages=ASK, tools=[WEATHER],  # type: ignore[list-item]
                                     tool_choice="required")  # fmt: skip
+
+
+def test_arguments_that_are_not_a_json_object_are_a_400_for_ollama(shared: Shared) -> None:
+    # A client may send back whatever a model wrote; Ollama's client refusing it was a 500.
+    history: list[Any] = [
+        *ASK,
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "Paris, please"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny"},
+    ]  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="not a JSON object") as refused:
+        shared.aiml.openai().chat.completions.create(model="llama2-7b-chat", messages=history)
+    assert refused.value.body["param"] == "messages"  # type: ignore[index]

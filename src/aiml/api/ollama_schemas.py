@@ -99,7 +99,6 @@ class _Message(_Body):
     content: str = ""
     images: list[str] | None = None
     tool_calls: list[_ToolCall] | None = None
-    tool_name: str | None = None
 
     def to_message(self, index: int) -> ChatMessage:
         images = tuple(decode_image(i, f"messages.{index}.images") for i in self.images or ())

@@ -158,7 +158,6 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[ToolIn] | None = None
     tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
     def to_messages(self) -> tuple[ChatMessage, ...]:

@@ -43,7 +43,7 @@ from aiml.types import (
 
 from .base import Engine, UpstreamErrors, upstream_error
 from .httpclient import LeanAsyncClient
-from .tool_calls import openai_tools
+from .tool_calls import ollama_call, openai_tools
 from .transport import FastTransport
 
 __all__ = ["MODEL_NAME_TAG", "OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]
@@ -366,10 +366,7 @@ def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         if message.images:
             item["images"] = [ollama.Image(value=image) for image in message.images]
         if message.tool_calls:
-            item["tool_calls"] = [
-                {"function": {"name": c.name, "arguments": json.loads(c.arguments)}}
-                for c in message.tool_calls
-            ]
+            item["tool_calls"] = [ollama_call(c) for c in message.tool_calls]
         out.append(item)
     return out
 

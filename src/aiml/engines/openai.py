@@ -45,7 +45,7 @@ from aiml.urls import redact
 
 from .base import Engine, UpstreamErrors, upstream_error
 from .httpclient import lean_client
-from .tool_calls import openai_tools
+from .tool_calls import openai_call, openai_tools
 
 __all__ = ["MODEL_NAME_TAG", "OpenAIEngine"]
 
@@ -338,10 +338,7 @@ def _tool_turn(message: ChatMessage) -> dict[str, Any]:
     """An assistant turn that called tools, or a tool's answer to one."""
     item: dict[str, Any] = {"role": message.role, "content": message.content or None}
     if message.tool_calls:
-        item["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
+        item["tool_calls"] = [openai_call(c) for c in message.tool_calls]
     if message.tool_call_id:
         item["tool_call_id"] = message.tool_call_id
     return item

@@ -19,7 +19,16 @@ from typing import Any
 from aiml.errors import EngineError, InvalidRequest
 from aiml.types import ChatMessage, OutputFormat, SamplingParams, Tool, ToolCall
 
-__all__ = ["answer_of", "openai_tools", "template_messages", "tool_format", "tool_prompt"]
+__all__ = [
+    "answer_of",
+    "arguments_of",
+    "ollama_call",
+    "openai_call",
+    "openai_tools",
+    "template_messages",
+    "tool_format",
+    "tool_prompt",
+]
 
 
 def tool_format(params: SamplingParams) -> OutputFormat:
@@ -86,16 +95,14 @@ def template_messages(
     for message in messages:
         item: dict[str, Any] = {"role": message.role, "content": message.content}
         if message.tool_calls:
-            if native:
+            if native:  # templates read the arguments as an object
                 item["tool_calls"] = [
-                    {"id": c.id, "type": "function",
-                     "function": {"name": c.name, "arguments": _arguments(c)}}
-                    for c in message.tool_calls
-                ]  # fmt: skip
+                    openai_call(c, arguments=arguments_of(c)) for c in message.tool_calls
+                ]
             else:
                 call = message.tool_calls[0]
                 item["content"] = json.dumps(
-                    {"tool_call": {"name": call.name, "arguments": _arguments(call)}}
+                    {"tool_call": {"name": call.name, "arguments": arguments_of(call)}}
                 )
         if message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
@@ -108,11 +115,31 @@ def template_messages(
     return out
 
 
-def _arguments(call: ToolCall) -> Any:
+def arguments_of(call: ToolCall) -> Any:
+    """A call's arguments as an object; text that is not JSON stays text (a client or a
+    remote server may send anything back)."""
     try:
         return json.loads(call.arguments)
     except ValueError:
         return call.arguments
+
+
+def openai_call(call: ToolCall, *, arguments: Any = None) -> dict[str, Any]:
+    """A call as OpenAI writes it (arguments as JSON text unless given)."""
+    given = call.arguments if arguments is None else arguments
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": given}}
+
+
+def ollama_call(call: ToolCall) -> dict[str, Any]:
+    """A call as Ollama writes it: no id, the arguments an object (anything else is a 400,
+    not a failure inside Ollama's client)."""
+    arguments = arguments_of(call)
+    if not isinstance(arguments, dict):
+        raise InvalidRequest(
+            f"the arguments of tool call {call.id!r} are not a JSON object; Ollama takes no other",
+            param="messages",
+        )
+    return {"function": {"name": call.name, "arguments": arguments}}
 
 
 def answer_of(text: str) -> tuple[str, tuple[ToolCall, ...]]:

@@ -9,7 +9,6 @@ with its timing fields in nanoseconds. aiml does not pull, push, create or delet
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from aiml.engines.tool_calls import ollama_call
 from aiml.errors import AimlError, EngineError
 from aiml.inference.manager import Locate, StreamOutcome, TaskCall
 from aiml.inference.targets import ollama_target
@@ -231,11 +231,7 @@ async def _answer(
 
 
 def _calls(generation: Generation) -> list[dict[str, Any]]:
-    """Ollama writes a call's arguments as an object, not OpenAI's JSON text."""
-    return [
-        {"function": {"name": c.name, "arguments": json.loads(c.arguments)}}
-        for c in generation.tool_calls
-    ]
+    return [ollama_call(call) for call in generation.tool_calls]
 
 
 async def _frames(

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from aiml.engines.tool_calls import openai_call
 from aiml.errors import AimlError, EngineError
 from aiml.inference.manager import Locate, StreamOutcome, TaskCall
 from aiml.inference.targets import openai_target
@@ -189,10 +190,7 @@ def _finish(generation: Generation) -> str:
 
 
 def _calls(generation: Generation) -> list[dict[str, Any]]:
-    return [
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-        for c in generation.tool_calls
-    ]
+    return [openai_call(call) for call in generation.tool_calls]
 
 
 def _usage(generation: Generation) -> dict[str, int]:
