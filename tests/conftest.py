@@ -167,7 +167,7 @@ def standard_stand_in() -> OllamaStandIn:
     state = OllamaStandIn()
     state.add("llama2:7b")
     state.add("llama2:13b")
-    state.add("qwen2:0.5b", family="qwen2")
+    state.add("qwen2:0.5b", family="qwen2", capabilities=("completion", "tools", "vision"))
     state.add("nomic-embed-text:latest", family="nomic-bert", embedding_only=True)
     return state
 

@@ -150,6 +150,13 @@ def test_a_model_is_served_by_the_replica_that_holds_it(cluster: Cluster) -> Non
     assert answered.status_code == 200, answered.text  # the Ollama surface
     assert answered.json()["done"] is True
     assert answered.headers["x-aiml-model-replica"] in holders
+    # What the model can do and "pull" are asked of the replica that holds it.
+    shown = httpx.get(f"{cluster.url(0)}/v1/models/model-a", timeout=60).json()
+    assert shown["details"]["format"] == "gguf" and "insert" not in shown["capabilities"]
+    pull = {"model": "model-a", "stream": False}
+    pulled = httpx.post(f"{cluster.url(1)}/api/pull", json=pull, timeout=60)
+    assert pulled.json() == {"status": "success"}, pulled.text
+    assert pulled.headers["x-aiml-model-replica"] in holders
     stats = cluster.stats("model-a/1")
     assert stats["replica"] in holders
     assert stats["loads"]["model-a/1"] == 1

@@ -239,5 +239,18 @@ class ModelDetails:
     context_length: int | None = None
     template: str = ""
     #: Ollama's names: "completion", "tools", "insert" (fill-in-the-middle), "embedding",
-    #: "vision".
+    #: "vision"; and "chat" (it has a chat template), "classification".
     capabilities: tuple[str, ...] = ()
+    #: The chat template renders the tools itself (it reads a ``tools`` variable).
+    tools_in_template: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "format": self.format,
+            "parameter_size": self.parameter_size,
+            "quantization": self.quantization,
+            "context_length": self.context_length,
+            "capabilities": list(self.capabilities),
+            "tools_in_template": self.tools_in_template,
+        }

@@ -135,8 +135,8 @@ def test_load_unload_and_images_as_ollama_does_them(
     assert unloaded.done_reason == "unload"
     assert not any(m.model == "smol:1" for m in client.ps().models)
     image = base64.b64encode(b"\x89PNG not really").decode()
-    described = client.generate(model="llama2:7b", prompt="what is it", images=[image])
-    assert described.response.startswith("llama2:7b heard: what is it")
+    described = client.generate(model="qwen2:0.5b", prompt="what is it", images=[image])
+    assert described.response.startswith("qwen2:0.5b heard: what is it")  # a vision model
     assert ollama.state.received[-1][1]["images"] == [image]
 
 

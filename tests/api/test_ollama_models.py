@@ -69,24 +69,3 @@ def test_pull_on_the_ollama_engine_only_where_allowed(
     allowing = ol.Client(host=start_aiml(ollama_allow_pull=True).url)
     assert [line.status for line in allowing.pull("llama2-7b-chat", stream=True)][-1] == "success"
     assert ollama.state.received[-1][0] == "POST /api/pull"
-
-
-def test_suffix_needs_fill_in_the_middle_tokens(
-    start_aiml: Callable[..., RunningAiml],
-    registered: Registry,
-    ollama: RunningOllama,
-    model_files: ModelFiles,
-) -> None:
-    # No bundled GGUF has FIM tokens: the refusals, and the pass-through to Ollama.
-    registered.register_files(model_files.tiny_lm_a, "tiny-lm", task="text-generation")
-    client = ol.Client(host=start_aiml().url)
-    with pytest.raises(ol.ResponseError) as refused:
-        client.generate(model="smol", prompt="def add(a, b):", suffix="    return c")
-    assert refused.value.status_code == 400
-    assert "fill-in-the-middle" in refused.value.error and "insert" in refused.value.error
-    with pytest.raises(ol.ResponseError) as other:
-        client.generate(model="tiny-lm", prompt="def add(a, b):", suffix="    return c")
-    assert other.value.status_code == 400
-    assert "suffix is not supported by the transformers engine" in other.value.error
-    client.generate(model="llama2-7b-chat", prompt="def add(a, b):", suffix="    return c")
-    assert ollama.state.received[-1][1]["suffix"] == "    return c"  # passed through

@@ -100,9 +100,9 @@ def test_async_client_completions_embeddings_and_models(aiml: RunningAiml) -> No
         } <= set(models)
         retrieved = await api.models.retrieve("smol@default")
         assert retrieved.id == "smol@default"
-        assert retrieved.model_extra == {"capabilities": ["completion", "tools"]}
+        assert (retrieved.model_extra or {})["capabilities"] == ["completion", "chat", "tools"]
         embedder = await api.models.retrieve("minilm")
-        assert embedder.model_extra == {"capabilities": ["embedding"]}
+        assert (embedder.model_extra or {})["capabilities"] == ["embedding"]
         await api.close()
 
     asyncio.run(main())

@@ -42,6 +42,8 @@ class StandInModel:
     family: str = "llama"
     embedding_only: bool = False
     size: int = 3_825_819_519
+    #: What /api/show answers (Ollama 0.6+); a completion model says "completion" at least.
+    capabilities: tuple[str, ...] = ("completion", "tools")
 
     @property
     def digest(self) -> str:
@@ -146,7 +148,11 @@ class OllamaStandIn:
                 "parameters": "",
                 "template": "{{ .Prompt }}",
                 "details": model.details(),
-                "model_info": {"general.architecture": model.family},
+                "model_info": {
+                    "general.architecture": model.family,
+                    f"{model.family}.context_length": 4096,
+                },
+                "capabilities": ["embedding"] if model.embedding_only else list(model.capabilities),
             }
         )
 

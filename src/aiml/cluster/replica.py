@@ -38,8 +38,8 @@ log = logging.getLogger("aiml.cluster")
 DEPLOYMENT = "ModelReplica"
 
 #: The engine calls a front may make (anything else is refused, never ``getattr``-ed blind).
-CALLS = frozenset({"generate", "chat", "embed", "classify", "preload", "unload"})
-STREAMS = frozenset({"stream_generate", "stream_chat"})
+CALLS = frozenset({"generate", "chat", "embed", "classify", "preload", "unload", "describe"})
+STREAMS = frozenset({"stream_generate", "stream_chat", "pull"})
 
 
 class _Ticket:

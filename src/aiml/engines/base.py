@@ -153,13 +153,9 @@ class Engine(ABC):
 
     async def describe(self, model: ResolvedModel) -> ModelDetails:
         """What the model is and can do; engines that can read the model say more."""
-        if model.declared_task == Task.EMBEDDINGS:
-            capabilities: tuple[str, ...] = ("embedding",)
-        else:
-            capabilities = (
-                ("completion", "tools") if "tools" in self.extra_options else ("completion",)
-            )
-        return ModelDetails(family=self.name, capabilities=capabilities)
+        from .details import generic_details
+
+        return generic_details(self.name, model.declared_task, self.extra_options)
 
     async def pull(self, model: ResolvedModel) -> AsyncIterator[dict[str, Any]]:
         """Make the model ready to serve, as Ollama's progress lines (nothing to do here)."""

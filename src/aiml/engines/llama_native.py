@@ -301,8 +301,14 @@ def read_gguf(path: Path) -> tuple[dict[str, str], bool]:
         for i in range(llama.llama_model_meta_count(model)):
             llama.llama_model_meta_key_by_index(model, i, key, len(key))
             n = llama.llama_model_meta_val_str_by_index(model, i, value, len(value))
-            if 0 <= n < len(value):  # long values (vocabularies, templates) are not needed
-                meta[key.value.decode(errors="replace")] = value.value.decode(errors="replace")
+            name = key.value.decode(errors="replace")
+            if 0 <= n < len(value):
+                meta[name] = value.value.decode(errors="replace")
+            elif name == "tokenizer.chat_template":  # long, and needed: read it whole
+                long_value = ctypes.create_string_buffer(n + 1)
+                llama.llama_model_meta_val_str_by_index(model, i, long_value, n + 1)
+                meta[name] = long_value.value.decode(errors="replace")
+            # other long values (vocabularies, merges) are not needed
         return meta, fim >= 0
     finally:
         llama.llama_model_free(model)

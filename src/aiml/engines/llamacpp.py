@@ -30,17 +30,13 @@ from aiml.types import (
     Task,
 )
 
+from .details import gguf_details
 from .local import LocalEngine
 from .pool import Loaded
 from .tool_calls import answer_of, openai_tools, template_messages, tool_format
 
 __all__ = ["GGUF_TAG", "LlamaCppEngine"]
 
-#: GGUF's general.file_type (llama.cpp's LLAMA_FTYPE) as Ollama names quantisations.
-_FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0",
-               "9": "Q5_1", "10": "Q2_K", "11": "Q3_K_S", "12": "Q3_K_M", "13": "Q3_K_L",
-               "14": "Q4_K_S", "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K",
-               "32": "BF16"}  # fmt: skip
 #: The version tag naming the model's .gguf file among its artifacts.
 GGUF_TAG = "gguf_file"
 _OVERHEAD = 96 << 20  # compute buffers (~50 MiB at a 512-token batch) and the rest
@@ -263,24 +259,8 @@ class LlamaCppEngine(LocalEngine):
         if read is None:  # once per file: a version's files never change
             read = self._described[path] = await asyncio.to_thread(read_gguf, path)
         meta, fim = read
-        arch = meta.get("general.architecture", "")
         template = meta.get("tokenizer.chat_template", "")
-        if model.declared_task == Task.EMBEDDINGS:
-            capabilities: tuple[str, ...] = ("embedding",)
-        else:  # tools on any model: under a grammar (tool_calls.py)
-            capabilities = ("completion", "tools")
-            if fim:
-                capabilities += ("insert",)
-        context = meta.get(f"{arch}.context_length", "")
-        return ModelDetails(
-            family=arch,
-            format="gguf",
-            parameter_size=meta.get("general.size_label", ""),
-            quantization=_FILE_TYPES.get(meta.get("general.file_type", ""), ""),
-            context_length=int(context) if context.isdigit() else None,
-            template=template,
-            capabilities=capabilities,
-        )
+        return gguf_details(meta, fim, model.declared_task, takes_tools(template))
 
     async def _sampling(self, params: SamplingParams) -> Any:
         from .json_grammar import grammar_for

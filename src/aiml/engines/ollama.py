@@ -34,6 +34,7 @@ from aiml.types import (
     Embeddings,
     Generation,
     GenerationChunk,
+    ModelDetails,
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
@@ -42,6 +43,7 @@ from aiml.types import (
 )
 
 from .base import Engine, UpstreamErrors, upstream_error
+from .details import ollama_details
 from .httpclient import LeanAsyncClient
 from .tool_calls import ollama_call, openai_tools
 from .transport import FastTransport
@@ -250,6 +252,12 @@ class OllamaEngine(Engine):
             response = await self._client.embed(model=model.engine_model, input=list(inputs))
         vectors = [list(map(float, vector)) for vector in response.embeddings]
         return Embeddings(vectors=vectors, prompt_tokens=response.prompt_eval_count)
+
+    async def describe(self, model: ResolvedModel) -> ModelDetails:
+        """What the Ollama server's ``/api/show`` says of the model."""
+        with self._mapped:
+            shown = await self._client.show(model.engine_model)
+        return ollama_details(shown.model_dump(), await super().describe(model))
 
     async def preload(self, model: ResolvedModel) -> None:
         """Ollama loads a model when asked to generate from an empty prompt."""

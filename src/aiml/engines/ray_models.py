@@ -28,6 +28,7 @@ from aiml.types import (
     Generation,
     GenerationChunk,
     Label,
+    ModelDetails,
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
@@ -116,6 +117,15 @@ class RayModelsEngine(Engine):
         # holding it too unloads it by its own LRU or idle timer.
         unloaded: bool = await self._call("unload", model)
         return unloaded
+
+    async def describe(self, model: ResolvedModel) -> ModelDetails:
+        details: ModelDetails = await self._call("describe", model)
+        return details
+
+    async def pull(self, model: ResolvedModel) -> AsyncIterator[dict[str, Any]]:
+        """On the replica Ray routes the model to: it fetches, verifies and loads it."""
+        async for line in self._stream("pull", model):
+            yield cast(dict[str, Any], line)
 
     async def health(self) -> None:
         try:

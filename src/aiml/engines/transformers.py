@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
+
 from aiml.errors import InvalidRequest, ModelLoadFailed, ModelNotServable
 from aiml.types import (
     ChatMessage,
@@ -23,6 +25,7 @@ from aiml.types import (
     Generation,
     GenerationChunk,
     Label,
+    ModelDetails,
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
@@ -30,6 +33,7 @@ from aiml.types import (
 )
 
 from .batching import MicroBatcher
+from .details import hf_details
 from .local import LocalEngine
 from .pool import Loaded, ModelPool
 from .pooling import Pooling
@@ -86,6 +90,11 @@ class TransformersEngine(LocalEngine):
     def estimate_bytes(self, model: ResolvedModel) -> int:
         weights = sum(p.stat().st_size for p in self.folder(model).rglob("*.safetensors"))
         return int(weights * 1.2) + (64 << 20)
+
+    async def describe(self, model: ResolvedModel) -> ModelDetails:
+        """From the folder's config and tokenizer files (no weights read)."""
+        await self.fetch_files(model)
+        return await anyio.to_thread.run_sync(hf_details, self.folder(model), model.declared_task)
 
     def load(self, model: ResolvedModel) -> Loaded:
         import torch

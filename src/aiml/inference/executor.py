@@ -10,6 +10,7 @@ from aiml.engines.base import Engine
 from aiml.errors import InvalidRequest, ModelNotFound
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
 
+from .capabilities import CapabilityBook
 from .resolver import ModelResolver
 from .tasks import Handler, TaskSpec
 from .tasks.base import GenerativeHandler
@@ -77,10 +78,17 @@ class ModelExecutor:
     model's handler into the executor).
     """
 
-    def __init__(self, spec: TaskSpec[Any], engine: Engine, resolver: ModelResolver) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec[Any],
+        engine: Engine,
+        resolver: ModelResolver,
+        capabilities: CapabilityBook,
+    ) -> None:
         self.spec = spec
         self.engine = engine
         self.resolver = resolver
+        self.capabilities = capabilities
 
     def _check_options(self, request: Any) -> None:
         """Refuse, by name, an option this engine cannot honour (never drop it silently)."""
@@ -99,6 +107,7 @@ class ModelExecutor:
         self._check_options(request)
         resolved = await self.resolver.resolve(ref, self.engine.name)
         handler = self.spec.handler_for(resolved)
+        await self.capabilities.require(self.engine, resolved, self.spec.task, request)
         generation = None
         try:
             if isinstance(handler, GenerativeHandler):
@@ -117,6 +126,7 @@ class ModelExecutor:
         self._check_options(request)
         resolved = await self.resolver.resolve(ref, self.engine.name)
         handler = self.spec.handler_for(resolved)
+        await self.capabilities.require(self.engine, resolved, self.spec.task, request)
         rest = handler.stream(self.engine, resolved, request)
         first: GenerationChunk | None
         try:

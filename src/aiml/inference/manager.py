@@ -23,7 +23,7 @@ from aiml.observability.context import request_deadline, request_started
 from aiml.observability.metrics import Metrics
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
-from aiml.types import Generation, ModelRef, ResolvedModel
+from aiml.types import Generation, ModelDetails, ModelRef, ResolvedModel
 
 from .accounting import Accounting, StreamOutcome, deadline_error
 from .admission import Admission
@@ -214,13 +214,26 @@ class InferenceManager:
         resolver = self.router.resolver
         return await self.gated("lookup", locate, lambda engine, ref: resolver.resolve(ref, engine))
 
+    async def describe(self, locate: Locate) -> tuple[ResolvedModel, ModelDetails]:
+        """The model a name means and what it can do, through the gate (reading a model's
+        details may fetch its files or ask its engine, once per version)."""
+
+        async def describe(engine: str, ref: ModelRef) -> tuple[ResolvedModel, ModelDetails]:
+            resolved = await self.router.resolver.resolve(ref, engine)
+            details = await self.router.capabilities.details(self.router.engine(engine), resolved)
+            return resolved, details
+
+        return await self.gated("lookup", locate, describe)
+
     async def load(self, locate: Locate) -> ResolvedModel:
-        """Resolve and load a model into memory ahead of its first request."""
+        """Resolve and load a model into memory ahead of its first request (and read what
+        it can do, so listings show it)."""
 
         async def load(engine: str, ref: ModelRef) -> ResolvedModel:
             target = self.router.engine(engine)
             resolved = await self.router.resolver.resolve(ref, engine)
             await target.preload(resolved)
+            await self.router.capabilities.details(target, resolved)
             return resolved
 
         return await self.gated("load", locate, load, admit=True)

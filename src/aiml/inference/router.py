@@ -10,6 +10,7 @@ from aiml.errors import InvalidRequest
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import Task
 
+from .capabilities import CapabilityBook
 from .executor import ModelExecutor
 from .resolver import ModelResolver
 from .stats import Stats
@@ -36,6 +37,7 @@ class TaskRouter:
         self.resolver = ModelResolver(
             self._engines, registry, ttl_s=ttl_s, stale_s=stale_s, stats=stats
         )
+        self.capabilities = CapabilityBook()
         self._table: dict[Task, tuple[str, ...]] = {
             task: tuple(name for name, engine in self._engines.items() if task in engine.tasks)
             for task in TASK_SPECS
@@ -73,7 +75,9 @@ class TaskRouter:
         self.engine(engine)
         if engine not in self._table[key[0]]:
             raise InvalidRequest(f"engine {engine!r} does not serve task {task!r}", param="engine")
-        executor = ModelExecutor(TASK_SPECS[key[0]], self._engines[engine], self.resolver)
+        executor = ModelExecutor(
+            TASK_SPECS[key[0]], self._engines[engine], self.resolver, self.capabilities
+        )
         self._executors[key] = executor
         return executor
 
@@ -95,6 +99,7 @@ class TaskRouter:
         executors = len(self._executors)
         self._executors.clear()
         mappings = self.resolver.clear()
+        self.capabilities.clear()
         return {"executors": executors, "mappings": mappings}
 
     def _task(self, task: str) -> Task:

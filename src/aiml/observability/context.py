@@ -25,11 +25,15 @@ response_headers: ContextVar[list[tuple[bytes, bytes]] | None] = ContextVar(
 
 
 def note_response_header(name: str, value: str) -> None:
-    """Add a header to the current request's response, if it has not started yet.
+    """Set a header of the current request's response, if it has not started yet; a later
+    note of the same header replaces an earlier one (a request that asked a model replica
+    twice names the one that answered last).
 
     The list is shared by reference, so a value noted in a task the request spawned (a
     context copy) still reaches the response.
     """
     headers = response_headers.get()
     if headers is not None:
-        headers.append((name.encode("latin-1"), value.encode("latin-1", "replace")))
+        key = name.encode("latin-1")
+        headers[:] = [(k, v) for k, v in headers if k != key]
+        headers.append((key, value.encode("latin-1", "replace")))

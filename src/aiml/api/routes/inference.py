@@ -87,9 +87,12 @@ async def clear_cache(services: ServicesDep) -> JSONResponse:
 
 @router.get("/stats")
 async def stats(services: ServicesDep) -> JSONResponse:
-    """Requests, registry lookups, cache hits and misses, executors."""
+    """Requests, registry lookups, cache hits and misses, executors, loaded models and the
+    capabilities of every model version read so far."""
     models = {name: stats.as_dict() for name, stats in services.pool.model_stats().items()}
-    return JSONResponse({"success": True, "stats": {**services.manager.stats(), "models": models}})
+    known = {name: d.as_dict() for name, d in services.router.capabilities.known().items()}
+    body = {**services.manager.stats(), "models": models, "capabilities": known}
+    return JSONResponse({"success": True, "stats": body})
 
 
 @router.get("/supported-tasks")

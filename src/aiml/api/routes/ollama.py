@@ -52,6 +52,9 @@ _NOT_HERE = (
     "delete them (register models with `aiml register` instead)"
 )
 
+#: The capability names Ollama's own /api/show uses (aiml's "chat" is in model_info).
+_OLLAMA_CAPABILITIES = frozenset({"completion", "tools", "insert", "embedding", "vision"})
+
 router = APIRouter(prefix="/api", tags=["ollama"])
 
 
@@ -73,10 +76,10 @@ async def tags(services: ServicesDep) -> JSONResponse:
 
 @router.post("/show")
 async def show(body: ShowBody, services: ServicesDep) -> JSONResponse:
-    resolved = await services.manager.resolve(_target(services, body.model))
-    details = await services.engines[resolved.engine].describe(resolved)
+    resolved, details = await services.manager.describe(_target(services, body.model))
     info: dict[str, Any] = {
         "general.architecture": details.family,
+        "aiml.capabilities": list(details.capabilities),
         "aiml.engine": resolved.engine,
         "aiml.engine_model": resolved.engine_model,
         "aiml.registry_name": resolved.registry_name,
@@ -91,7 +94,7 @@ async def show(body: ShowBody, services: ServicesDep) -> JSONResponse:
             "template": details.template,
             "details": _details(resolved.engine, details),
             "model_info": info,
-            "capabilities": list(details.capabilities),
+            "capabilities": [c for c in details.capabilities if c in _OLLAMA_CAPABILITIES],
             "modified_at": _now(),
         }
     )

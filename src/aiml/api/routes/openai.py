@@ -40,20 +40,33 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 @router.get("/models")
 async def list_models(services: ServicesDep) -> JSONResponse:
-    """Every registered model, and each of its aliases as ``name@alias``."""
+    """Every registered model, and each of its aliases as ``name@alias``.
+
+    Not OpenAI's field: ``capabilities`` of the version an entry names, once aiml has read
+    them (the version was used, loaded or shown); ``GET /v1/models/{model}`` reads them."""
+    book = services.router.capabilities
     data: list[dict[str, Any]] = []
     for info in await services.catalog.all_models():
-        data.append(_model(info.name, info.created_s))
-        data.extend(_model(f"{info.name}@{a}", info.created_s) for a in sorted(info.aliases))
+        versions = {info.name: info.latest_version}
+        versions.update({f"{info.name}@{a}": v for a, v in sorted(info.aliases.items())})
+        for name, version in versions.items():
+            entry = _model(name, info.created_s)
+            details = book.of_version(info.name, version)
+            if details is not None:
+                entry["capabilities"] = list(details.capabilities)
+            data.append(entry)
     return JSONResponse({"object": "list", "data": data})
 
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, services: ServicesDep) -> JSONResponse:
-    resolved = await services.manager.resolve(_target(services, model))  # 404 if it is not
-    details = await services.engines[resolved.engine].describe(resolved)
-    # Not OpenAI's field: what the model can do, as /api/show names it.
-    answer = {**_model(model, 0, owned_by=resolved.engine), "capabilities": details.capabilities}
+    resolved, details = await services.manager.describe(_target(services, model))  # or 404
+    # Not OpenAI's fields: what the model is and can do (the version's details).
+    answer = {
+        **_model(model, 0, owned_by=resolved.engine),
+        "capabilities": list(details.capabilities),
+        "details": details.as_dict(),
+    }
     return JSONResponse(answer)
 
 
