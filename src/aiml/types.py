@@ -37,6 +37,8 @@ class Task(StrEnum):
     EMBEDDINGS = "embeddings"
     VLM = "vlm"
     TEXT_CLASSIFICATION = "text-classification"
+    ASR = "asr"  # speech to text (the earlier system's "audio-transcription")
+    VAD = "vad"  # voice activity: where the speech is
 
 
 class Source(StrEnum):
@@ -254,3 +256,48 @@ class ModelDetails:
             "capabilities": list(self.capabilities),
             "tools_in_template": self.tools_in_template,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptSegment:
+    """A stretch of speech and its text; seconds from the start of the audio."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TranscribeOptions:
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    words: bool = False  # word timestamps
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    language: str
+    duration_s: float
+    segments: tuple[TranscriptSegment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechSegment:
+    """Speech found by voice activity detection: seconds, and the model's peak probability."""
+
+    start: float
+    end: float
+    probability: float

@@ -21,7 +21,7 @@ from .disconnect import CancelOnDisconnect
 from .errors import install_error_handlers
 from .middleware import Access, Authentication, BodyLimit, RequestContext, Traffic, access_of
 from .responses import JSONResponse
-from .routes import admin, health, inference, models, ollama, openai, responses
+from .routes import admin, audio, health, inference, models, ollama, openai, responses
 
 __all__ = ["create_app"]
 
@@ -81,6 +81,7 @@ def create_app(
             inference.router,
             models.router,
             openai.router,
+            audio.router,
             responses.router,
             ollama.router,
             admin.router,

@@ -52,7 +52,10 @@ from aiml.types import (
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
+    SpeechSegment,
     Task,
+    TranscribeOptions,
+    Transcript,
 )
 
 __all__ = [
@@ -142,6 +145,16 @@ class Engine(ABC):
     async def classify(self, model: ResolvedModel, inputs: Sequence[str]) -> list[list[Label]]:
         """Labels with scores per input, best first (engines with classifiers override)."""
         raise ModelNotServable(f"{self.name} models do not classify text", param="task")
+
+    async def transcribe(
+        self, model: ResolvedModel, audio: bytes, options: TranscribeOptions
+    ) -> Transcript:
+        """Speech to text (engines with speech models override)."""
+        raise ModelNotServable(f"{self.name} models do not transcribe speech", param="task")
+
+    async def detect_speech(self, model: ResolvedModel, audio: bytes) -> list[SpeechSegment]:
+        """Where the speech is (engines with voice activity models override)."""
+        raise ModelNotServable(f"{self.name} models do not detect speech", param="task")
 
     async def preload(self, model: ResolvedModel) -> None:
         """Load a model ahead of its first request (engines that hold models in memory)."""

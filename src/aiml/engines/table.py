@@ -131,10 +131,22 @@ def _transformers(settings: Settings, deps: EngineDeps) -> Engine:
     )
 
 
+def _whisper(settings: Settings, deps: EngineDeps) -> Engine:
+    from .whisper import WhisperEngine
+
+    return WhisperEngine(
+        deps.artifacts,
+        deps.pool,
+        threads=settings.whisper_threads or thread_budget(settings.engine_names)["whisper"],
+        beam_size=settings.whisper_beam_size,
+        max_audio_s=settings.max_audio_s,
+    )
+
+
 _SPECS = (
     EngineSpec(
         name="ollama",
-        tasks=frozenset(Task) - {Task.TEXT_CLASSIFICATION},
+        tasks=frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM}),
         build=_ollama,
         settings=(
             "ollama_host",
@@ -181,6 +193,14 @@ _SPECS = (
         settings=("embed_max_batch", "embed_max_wait_ms", "default_max_tokens", "torch_threads"),
         formats=("hf",),
         requires=("transformers", "torch"),
+    ),
+    EngineSpec(
+        name="whisper",
+        tasks=frozenset({Task.ASR}),
+        build=_whisper,
+        settings=("whisper_threads", "whisper_beam_size", "max_audio_s"),
+        formats=("ct2",),
+        requires=("faster_whisper",),
     ),
 )
 

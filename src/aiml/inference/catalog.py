@@ -194,6 +194,8 @@ def _default_task(source: Path, fmt: str) -> str:
     """What a model folder is, from its own config; GGUF files default to text-generation."""
     if fmt == "gguf":
         return Task.TEXT_GENERATION.value
+    if fmt == "ct2":  # CTranslate2 folders here are Whisper's
+        return Task.ASR.value
     if (source / "modules.json").is_file():
         return Task.EMBEDDINGS.value
     config = json.loads((source / "config.json").read_text())

@@ -18,6 +18,9 @@ from .tasks import TASK_SPECS, TaskSpec
 
 __all__ = ["TaskRouter"]
 
+#: Task names of the system aiml replaces, still accepted.
+_EARLIER_NAMES = {"audio-transcription": Task.ASR.value}
+
 
 class TaskRouter:
     """Chooses the executor for a (task, engine) pair; the choice is a table, not a chain."""
@@ -104,7 +107,7 @@ class TaskRouter:
 
     def _task(self, task: str) -> Task:
         try:
-            return Task(task)
+            return Task(_EARLIER_NAMES.get(task, task))
         except ValueError:
             known = ", ".join(t.value for t in TASK_SPECS)
             raise InvalidRequest(f"unknown task {task!r} (known: {known})", param="task") from None

@@ -69,7 +69,7 @@ class ManifestEntry:
 class Manifest:
     """The files of one model version with their sizes and hashes."""
 
-    format: str  # "gguf" or "hf"
+    format: str  # "gguf", "hf" or "ct2"
     files: tuple[ManifestEntry, ...]
 
     @property
@@ -115,12 +115,16 @@ def safe_relpath(text: str) -> str:
 def build_manifest(
     source: Path, progress: Progress = _no_progress
 ) -> tuple[Manifest, dict[str, Path], list[str]]:
-    """Hash a GGUF file or a Hugging Face folder: (manifest, relpath -> file, skipped files)."""
+    """Hash a GGUF file, a Hugging Face or a CTranslate2 folder: (manifest, relpath -> file,
+    skipped files)."""
     if source.is_file():
         if source.suffix.lower() != ".gguf":
             raise InvalidRequest(f"{source.name}: a model file must be a .gguf", param="path")
         files = {safe_relpath(source.name): source}
         fmt, skipped = "gguf", list[str]()
+    elif source.is_dir() and _is_ctranslate2(source):
+        files, skipped = _folder_files(source, pickles=False), list[str]()
+        fmt = "ct2"
     elif source.is_dir():
         files, skipped = _hf_files(source)
         fmt = "hf"
@@ -140,11 +144,19 @@ def build_manifest(
     return Manifest(format=fmt, files=tuple(entries)), files, skipped
 
 
-def _hf_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    if not (folder / "config.json").is_file():
-        raise InvalidRequest(f"{folder} has no config.json: not a Hugging Face model", param="path")
+def _is_ctranslate2(folder: Path) -> bool:
+    """A CTranslate2 model (faster-whisper's format): ``model.bin`` is CTranslate2's own
+    weights file, not a pickle, beside its vocabulary."""
+    vocabulary = any((folder / f"vocabulary.{ext}").is_file() for ext in ("txt", "json"))
+    return (folder / "model.bin").is_file() and vocabulary
+
+
+def _folder_files(
+    folder: Path, *, pickles: bool, skipped: list[str] | None = None
+) -> dict[str, Path]:
+    """A model folder's files by relative path; pickles go to ``skipped`` unless ``pickles``
+    is False (a format whose ``.bin`` is not a pickle)."""
     files: dict[str, Path] = {}
-    skipped: list[str] = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if any(part.startswith(".") for part in PurePosixPath(rel).parts):
@@ -153,10 +165,19 @@ def _hf_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
             raise InvalidRequest(f"{rel} is a symlink; copy the file instead", param="path")
         if not path.is_file():
             continue
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            skipped.append(rel)  # pickles can run code on load: never registered
+        if pickles and path.suffix.lower() in PICKLE_SUFFIXES:
+            if skipped is not None:
+                skipped.append(rel)  # pickles can run code on load: never registered
             continue
         files[safe_relpath(rel)] = path
+    return files
+
+
+def _hf_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    if not (folder / "config.json").is_file():
+        raise InvalidRequest(f"{folder} has no config.json: not a Hugging Face model", param="path")
+    skipped: list[str] = []
+    files = _folder_files(folder, pickles=True, skipped=skipped)
     if not any(rel.endswith(".safetensors") for rel in files):
         raise InvalidRequest(
             f"{folder} has no .safetensors weights (pickled weights are refused)", param="path"

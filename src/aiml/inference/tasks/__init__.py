@@ -6,6 +6,7 @@ from typing import Any
 
 from aiml.types import Task
 
+from .asr import AsrSpec
 from .base import Handler, TaskSpec
 from .chat import ChatSpec
 from .embeddings import EmbeddingsSpec
@@ -23,5 +24,6 @@ TASK_SPECS: dict[Task, TaskSpec[Any]] = {
         EmbeddingsSpec(),
         VlmSpec(),
         TextClassificationSpec(),
+        AsrSpec(),
     )
 }
