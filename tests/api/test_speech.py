@@ -5,6 +5,7 @@ and through the official ``openai`` client's ``audio.transcriptions.create``."""
 from __future__ import annotations
 
 import base64
+import itertools
 from pathlib import Path
 
 import httpx
@@ -73,7 +74,7 @@ def test_word_timestamps_and_the_earlier_task_name(
     assert answer.status_code == 200, answer.text
     words = [w for s in answer.json()["result"]["segments"] for w in s["words"]]
     assert len(words) >= 8
-    assert all(a["start"] <= b["start"] for a, b in zip(words, words[1:], strict=False))
+    assert all(a["start"] <= b["start"] for a, b in itertools.pairwise(words))
     assert "platform" in " ".join(w["word"].lower() for w in words)
 
 
