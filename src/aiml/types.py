@@ -39,6 +39,9 @@ class Task(StrEnum):
     TEXT_CLASSIFICATION = "text-classification"
     ASR = "asr"  # speech to text (the earlier system's "audio-transcription")
     VAD = "vad"  # voice activity: where the speech is
+    OCR = "ocr"  # the text lines of an image
+    DOCUMENT_ANALYSIS = "document-analysis"  # a PDF's text, page by page (OCR where scanned)
+    IMAGE_CAPTIONING = "image-captioning"  # a caption, on a model with vision
 
 
 class Source(StrEnum):
@@ -301,3 +304,21 @@ class SpeechSegment:
     start: float
     end: float
     probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class TextLine:
+    """A line of text read from an image: its four corners (pixels), and how sure."""
+
+    text: str
+    box: tuple[tuple[float, float], ...]
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPage:
+    number: int  # from 1
+    #: "text": the PDF's own text layer; "ocr": read from the rendered page.
+    method: str
+    text: str
+    lines: tuple[TextLine, ...] = ()

@@ -38,7 +38,10 @@ log = logging.getLogger("aiml.cluster")
 DEPLOYMENT = "ModelReplica"
 
 #: The engine calls a front may make (anything else is refused, never ``getattr``-ed blind).
-CALLS = frozenset({"generate", "chat", "embed", "classify", "preload", "unload", "describe"})
+CALLS = frozenset({
+    "generate", "chat", "embed", "classify", "preload", "unload", "describe",
+    "transcribe", "detect_speech", "read_text", "analyse_document",
+})  # fmt: skip
 STREAMS = frozenset({"stream_generate", "stream_chat", "pull"})
 
 

@@ -44,6 +44,7 @@ from aiml.errors import (
 )
 from aiml.types import (
     ChatMessage,
+    DocumentPage,
     Embeddings,
     Generation,
     GenerationChunk,
@@ -54,6 +55,7 @@ from aiml.types import (
     SamplingParams,
     SpeechSegment,
     Task,
+    TextLine,
     TranscribeOptions,
     Transcript,
 )
@@ -155,6 +157,14 @@ class Engine(ABC):
     async def detect_speech(self, model: ResolvedModel, audio: bytes) -> list[SpeechSegment]:
         """Where the speech is (engines with voice activity models override)."""
         raise ModelNotServable(f"{self.name} models do not detect speech", param="task")
+
+    async def read_text(self, model: ResolvedModel, image: bytes) -> list[TextLine]:
+        """OCR: the text lines of an image (engines with OCR models override)."""
+        raise ModelNotServable(f"{self.name} models do not read images", param="task")
+
+    async def analyse_document(self, model: ResolvedModel, pdf: bytes) -> list[DocumentPage]:
+        """A PDF's text per page (engines with OCR models override)."""
+        raise ModelNotServable(f"{self.name} models do not analyse documents", param="task")
 
     async def preload(self, model: ResolvedModel) -> None:
         """Load a model ahead of its first request (engines that hold models in memory)."""

@@ -34,7 +34,8 @@ def thread_budget(engines: list[str], cores: int | None = None) -> dict[str, int
     return {
         "llamacpp": cores,
         "transformers": max(1, cores // 2) if llama else cores,
-        "whisper": cores,  # speech comes in bursts: one transcription uses the machine
+        "whisper": cores,  # speech and OCR come in bursts: one request uses the machine
+        "onnx": cores,
     }
 
 

@@ -75,7 +75,9 @@ class OllamaEngine(Engine):
     """Models served by an Ollama server."""
 
     name = "ollama"
-    tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM})
+    tasks = frozenset(
+        {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
+    )
     extra_options = frozenset({"output_format", "tools", "suffix"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 

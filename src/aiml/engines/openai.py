@@ -58,7 +58,9 @@ class OpenAIEngine(Engine):
     """Models served by a remote OpenAI-compatible server."""
 
     name = "openai"
-    tasks = frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM})
+    tasks = frozenset(
+        {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
+    )
     extra_options = frozenset({"output_format", "tools", "suffix"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 

@@ -24,6 +24,7 @@ from aiml.errors import AimlError, EngineUnavailable
 from aiml.observability.context import note_response_header
 from aiml.types import (
     ChatMessage,
+    DocumentPage,
     Embeddings,
     Generation,
     GenerationChunk,
@@ -32,6 +33,10 @@ from aiml.types import (
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
+    SpeechSegment,
+    TextLine,
+    TranscribeOptions,
+    Transcript,
 )
 
 from .base import Engine, standing_in_for
@@ -107,6 +112,24 @@ class RayModelsEngine(Engine):
 
     async def classify(self, model: ResolvedModel, inputs: Sequence[str]) -> list[list[Label]]:
         result: list[list[Label]] = await self._call("classify", model, list(inputs))
+        return result
+
+    async def transcribe(
+        self, model: ResolvedModel, audio: bytes, options: TranscribeOptions
+    ) -> Transcript:
+        result: Transcript = await self._call("transcribe", model, audio, options)
+        return result
+
+    async def detect_speech(self, model: ResolvedModel, audio: bytes) -> list[SpeechSegment]:
+        result: list[SpeechSegment] = await self._call("detect_speech", model, audio)
+        return result
+
+    async def read_text(self, model: ResolvedModel, image: bytes) -> list[TextLine]:
+        result: list[TextLine] = await self._call("read_text", model, image)
+        return result
+
+    async def analyse_document(self, model: ResolvedModel, pdf: bytes) -> list[DocumentPage]:
+        result: list[DocumentPage] = await self._call("analyse_document", model, pdf)
         return result
 
     async def preload(self, model: ResolvedModel) -> None:

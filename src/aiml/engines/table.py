@@ -143,10 +143,26 @@ def _whisper(settings: Settings, deps: EngineDeps) -> Engine:
     )
 
 
+def _onnx(settings: Settings, deps: EngineDeps) -> Engine:
+    from .onnx import OnnxEngine
+
+    return OnnxEngine(
+        deps.artifacts,
+        deps.pool,
+        threads=settings.onnx_threads or thread_budget(settings.engine_names)["onnx"],
+        max_audio_s=settings.max_audio_s,
+        max_image_pixels=settings.max_image_pixels,
+        max_pages=settings.max_document_pages,
+        dpi=settings.document_dpi,
+    )
+
+
 _SPECS = (
     EngineSpec(
         name="ollama",
-        tasks=frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM}),
+        tasks=frozenset(
+            {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
+        ),
         build=_ollama,
         settings=(
             "ollama_host",
@@ -158,7 +174,9 @@ _SPECS = (
     ),
     EngineSpec(
         name="openai",
-        tasks=frozenset({Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM}),
+        tasks=frozenset(
+            {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
+        ),
         build=_openai,
         settings=(
             "openai_base_url",
@@ -201,6 +219,21 @@ _SPECS = (
         settings=("whisper_threads", "whisper_beam_size", "max_audio_s"),
         formats=("ct2",),
         requires=("faster_whisper",),
+    ),
+    EngineSpec(
+        name="onnx",
+        tasks=frozenset({Task.VAD, Task.OCR, Task.DOCUMENT_ANALYSIS}),
+        build=_onnx,
+        settings=(
+            "onnx_threads",
+            "max_audio_s",
+            "max_image_pixels",
+            "max_document_pages",
+            "document_dpi",
+        ),
+        name_tags=("onnx_file",),
+        formats=("onnx",),
+        requires=("onnxruntime", "av"),
     ),
 )
 

@@ -35,7 +35,8 @@ _NEEDS = {
 def needed(task: Task, request: Any) -> list[str]:
     """The capabilities ``request`` (a task's input) asks of the model, in check order."""
     wanted = ["chat"] if task == Task.CHAT else []
-    if task == Task.VLM or any(getattr(m, "images", ()) for m in getattr(request, "messages", ())):
+    images = any(getattr(m, "images", ()) for m in getattr(request, "messages", ()))
+    if images or task in (Task.VLM, Task.IMAGE_CAPTIONING):
         wanted.append("vision")
     params = getattr(request, "params", None)
     if isinstance(params, SamplingParams):

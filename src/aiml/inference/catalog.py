@@ -14,7 +14,6 @@ from pathlib import Path
 import anyio.to_thread
 
 from aiml.engines.base import Engine
-from aiml.engines.llamacpp import GGUF_TAG
 from aiml.engines.ollama import MODEL_NAME_TAG, OllamaEngine, is_valid_ollama_name
 from aiml.engines.table import ENGINES, EngineSpec, engine_for_format
 from aiml.errors import InvalidRequest, ModelNotFound
@@ -138,8 +137,9 @@ class ModelCatalog:
             version, created = existing, False
         else:
             extra = {"inference_engine": engine, "inference_task": task}
-            if manifest.format == "gguf":
-                extra[GGUF_TAG] = source.name
+            file_tags = self._table[engine].name_tags
+            if len(manifest.files) == 1 and file_tags:
+                extra[file_tags[0]] = manifest.files[0].path  # the engine's tag naming its file
             version = await self._registry.create_files_version(
                 registered_name,
                 files=files,
@@ -196,6 +196,15 @@ def _default_task(source: Path, fmt: str) -> str:
         return Task.TEXT_GENERATION.value
     if fmt == "ct2":  # CTranslate2 folders here are Whisper's
         return Task.ASR.value
+    if fmt == "onnx":
+        names = [p.name.lower() for p in ([source] if source.is_file() else source.glob("*.onnx"))]
+        if any("det" in n for n in names) and any("rec" in n for n in names):
+            return Task.OCR.value  # PP-OCR's detection and recognition models
+        if any("vad" in n for n in names):
+            return Task.VAD.value
+        raise InvalidRequest(
+            f"cannot tell the task of {source.name} from its files; pass one", param="task"
+        )
     if (source / "modules.json").is_file():
         return Task.EMBEDDINGS.value
     config = json.loads((source / "config.json").read_text())

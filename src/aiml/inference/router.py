@@ -20,6 +20,9 @@ __all__ = ["TaskRouter"]
 
 #: Task names of the system aiml replaces, still accepted.
 _EARLIER_NAMES = {"audio-transcription": Task.ASR.value}
+#: Tasks of that system aiml does not serve: refused by name, with what is served.
+_NOT_SERVED = frozenset({"audio-classification", "video-analysis", "scene-detection",
+                         "video-summary"})  # fmt: skip
 
 
 class TaskRouter:
@@ -110,4 +113,9 @@ class TaskRouter:
             return Task(_EARLIER_NAMES.get(task, task))
         except ValueError:
             known = ", ".join(t.value for t in TASK_SPECS)
+            if task in _NOT_SERVED:
+                served = ", ".join(self.supported_tasks())
+                raise InvalidRequest(
+                    f"task {task!r} is not served by aiml; served here: {served}", param="task"
+                ) from None
             raise InvalidRequest(f"unknown task {task!r} (known: {known})", param="task") from None

@@ -69,7 +69,7 @@ class ManifestEntry:
 class Manifest:
     """The files of one model version with their sizes and hashes."""
 
-    format: str  # "gguf", "hf" or "ct2"
+    format: str  # "gguf", "hf", "ct2" (CTranslate2) or "onnx"
     files: tuple[ManifestEntry, ...]
 
     @property
@@ -115,16 +115,21 @@ def safe_relpath(text: str) -> str:
 def build_manifest(
     source: Path, progress: Progress = _no_progress
 ) -> tuple[Manifest, dict[str, Path], list[str]]:
-    """Hash a GGUF file, a Hugging Face or a CTranslate2 folder: (manifest, relpath -> file,
-    skipped files)."""
+    """Hash a GGUF or ONNX file, or a Hugging Face, CTranslate2 or ONNX folder: (manifest,
+    relpath -> file, skipped files)."""
     if source.is_file():
-        if source.suffix.lower() != ".gguf":
-            raise InvalidRequest(f"{source.name}: a model file must be a .gguf", param="path")
-        files = {safe_relpath(source.name): source}
-        fmt, skipped = "gguf", list[str]()
+        fmt = _FILE_FORMATS.get(source.suffix.lower(), "")
+        if not fmt:
+            raise InvalidRequest(
+                f"{source.name}: a model file must be a .gguf or an .onnx", param="path"
+            )
+        files, skipped = {safe_relpath(source.name): source}, list[str]()
     elif source.is_dir() and _is_ctranslate2(source):
         files, skipped = _folder_files(source, pickles=False), list[str]()
         fmt = "ct2"
+    elif source.is_dir() and not (source / "config.json").exists() and any(source.glob("*.onnx")):
+        files, skipped = _folder_files(source, pickles=True), list[str]()
+        fmt = "onnx"
     elif source.is_dir():
         files, skipped = _hf_files(source)
         fmt = "hf"
@@ -142,6 +147,10 @@ def build_manifest(
                 progress("hashing", done, total)
         entries.append(ManifestEntry(rel, path.stat().st_size, digest.hexdigest()))
     return Manifest(format=fmt, files=tuple(entries)), files, skipped
+
+
+#: Formats registered as one file, by suffix.
+_FILE_FORMATS = {".gguf": "gguf", ".onnx": "onnx"}
 
 
 def _is_ctranslate2(folder: Path) -> bool:

@@ -10,8 +10,11 @@ from .asr import AsrSpec
 from .base import Handler, TaskSpec
 from .chat import ChatSpec
 from .embeddings import EmbeddingsSpec
+from .image_captioning import ImageCaptioningSpec
+from .ocr import DocumentAnalysisSpec, OcrSpec
 from .text_classification import TextClassificationSpec
 from .text_generation import TextGenerationSpec
+from .vad import VadSpec
 from .vlm import VlmSpec
 
 __all__ = ["TASK_SPECS", "Handler", "TaskSpec"]
@@ -25,5 +28,9 @@ TASK_SPECS: dict[Task, TaskSpec[Any]] = {
         VlmSpec(),
         TextClassificationSpec(),
         AsrSpec(),
+        VadSpec(),
+        OcrSpec(),
+        DocumentAnalysisSpec(),
+        ImageCaptioningSpec(),
     )
 }

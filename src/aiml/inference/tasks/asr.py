@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,11 +14,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from aiml.engines.base import Engine
-from aiml.errors import InvalidRequest
 from aiml.types import ResolvedModel, Task, TranscribeOptions, Transcript
 
 from ..limits import Measure
-from .base import Handler, StrictModel, TaskSpec, parse_model
+from .base import Handler, StrictModel, TaskSpec, decode_base64, parse_model
 
 __all__ = ["AsrInput", "AsrSpec", "transcript_json"]
 
@@ -70,18 +67,6 @@ class AsrSpec(TaskSpec[AsrInput]):
 
     def handler_for(self, model: ResolvedModel) -> Handler[AsrInput]:
         return self._transcribe
-
-
-def decode_base64(text: str, param: str) -> bytes:
-    """Strict base64 (a ``data:`` URL prefix allowed)."""
-    payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
-    try:
-        decoded = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"{param}: not valid base64", param=param) from None
-    if not decoded:
-        raise InvalidRequest(f"{param}: empty", param=param)
-    return decoded
 
 
 def transcript_json(transcript: Transcript, *, words: bool) -> dict[str, Any]:

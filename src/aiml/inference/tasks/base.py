@@ -8,6 +8,8 @@ chosen per model on every request and never frozen by the first model an executo
 
 from __future__ import annotations
 
+import base64
+import binascii
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
@@ -28,6 +30,7 @@ __all__ = [
     "NoOptions",
     "StrictModel",
     "TaskSpec",
+    "decode_base64",
     "generation_metadata",
     "parse_model",
     "text_problem",
@@ -255,3 +258,15 @@ class TaskSpec(ABC, Generic[InputT]):
                 f"is a {declared!r} model; it cannot serve {self.task.value!r}",
                 param="task",
             )
+
+
+def decode_base64(text: str, param: str) -> bytes:
+    """Strict base64 (a ``data:`` URL prefix allowed): the bytes, never a path, go on."""
+    payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{param}: not valid base64", param=param) from None
+    if not decoded:
+        raise InvalidRequest(f"{param}: empty", param=param)
+    return decoded

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,13 +9,20 @@ from typing import Any
 from pydantic import Field
 
 from aiml.engines.base import Engine
-from aiml.errors import InvalidRequest, ModelNotServable
+from aiml.errors import ModelNotServable
 from aiml.types import Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
 from ..limits import Measure
-from .base import GenerationOptions, GenerativeHandler, StrictModel, TaskSpec, parse_model
+from .base import (
+    GenerationOptions,
+    GenerativeHandler,
+    StrictModel,
+    TaskSpec,
+    decode_base64,
+    parse_model,
+)
 
-__all__ = ["VlmSpec"]
+__all__ = ["DescribeImage", "VlmInput", "VlmSpec", "decode_image"]
 
 
 class _Data(StrictModel):
@@ -39,7 +44,7 @@ class VlmInput:
         )
 
 
-class _Describe(GenerativeHandler[VlmInput]):
+class DescribeImage(GenerativeHandler[VlmInput]):
     async def generate(self, engine: Engine, model: ResolvedModel, request: VlmInput) -> Generation:
         return await engine.generate(model, request.prompt, request.params, images=(request.image,))
 
@@ -54,7 +59,7 @@ class _Describe(GenerativeHandler[VlmInput]):
 class VlmSpec(TaskSpec[VlmInput]):
     task = Task.VLM
     streams = True
-    _describe = _Describe()
+    _describe = DescribeImage()
 
     def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> VlmInput:
         parsed = parse_model(_Data, data, "data")
@@ -72,12 +77,4 @@ class VlmSpec(TaskSpec[VlmInput]):
 
 
 def decode_image(text: str) -> bytes:
-    """Strict base64 (a ``data:`` URL prefix allowed); the bytes, never a path, go on."""
-    payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
-    try:
-        image = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("data.image: not valid base64", param="data.image") from None
-    if not image:
-        raise InvalidRequest("data.image: empty image", param="data.image")
-    return image
+    return decode_base64(text, "data.image")
