@@ -186,13 +186,19 @@ def register_ollama(
 @app.command()
 def register(
     path: Annotated[
-        Path, typer.Argument(help="A .gguf file or a Hugging Face model folder", exists=True)
+        Path,
+        typer.Argument(
+            help="A .gguf or .onnx file, or a Hugging Face, CTranslate2 (Whisper) or ONNX "
+            "model folder",
+            exists=True,
+        ),
     ],
     registered_name: Annotated[
         str, typer.Argument(help="The registry name, e.g. smollm2-135m-instruct")
     ],
     engine: Annotated[
-        str | None, typer.Option(help="llamacpp (GGUF) or transformers (folder)")
+        str | None,
+        typer.Option(help="[default: the files' engine: llamacpp, transformers, whisper, onnx]"),
     ] = None,
     task: Annotated[
         str | None, typer.Option(help="inference_task tag [default: from the model]")

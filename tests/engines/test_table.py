@@ -123,10 +123,19 @@ def test_what_a_spec_needs_is_checked_before_it_is_built(
 def test_the_table_agrees_with_the_engines_and_the_settings() -> None:
     from aiml.engines.llamacpp import LlamaCppEngine
     from aiml.engines.ollama import OllamaEngine
+    from aiml.engines.onnx import OnnxEngine
     from aiml.engines.openai import OpenAIEngine
     from aiml.engines.transformers import TransformersEngine
+    from aiml.engines.whisper import WhisperEngine
 
-    classes = (OllamaEngine, OpenAIEngine, LlamaCppEngine, TransformersEngine)
+    classes = (
+        OllamaEngine,
+        OpenAIEngine,
+        LlamaCppEngine,
+        TransformersEngine,
+        WhisperEngine,
+        OnnxEngine,
+    )
     assert {cls.name: cls.tasks for cls in classes} == {s.name: s.tasks for s in ENGINES.values()}
     for spec in ENGINES.values():
         assert set(spec.settings) <= set(Settings.model_fields), spec.name
@@ -141,4 +150,5 @@ def test_name_tags_pick_the_engine_and_formats_the_file_engine() -> None:
     assert engine_of(declared) == "openai"
     assert (engine_for_format("gguf"), engine_for_format("hf")) == ("llamacpp", "transformers")
     assert engine_for_format("gguf", {"echo": echo_spec(formats=("gguf",))}) == "echo"
-    assert engine_for_format("onnx") is None
+    assert engine_for_format("onnx") == "onnx" and engine_for_format("ct2") == "whisper"
+    assert engine_for_format("tflite") is None

@@ -15,10 +15,11 @@ import io
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from tests.fakes.speech import edit_distance
 
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path.home() / ".fonts")
 DEFAULT_FONT = "DejaVuSans"
@@ -90,17 +91,6 @@ def text_image(
     return image
 
 
-def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
-
-
 def char_error_rate(ref: str, hyp: str) -> float:
     """Character edits to turn ``hyp`` into ``ref``, divided by the length of ``ref``.
 
@@ -112,7 +102,7 @@ def char_error_rate(ref: str, hyp: str) -> float:
     h = re.sub(r"\s+", " ", hyp).strip()
     if not r:
         return float(len(h))
-    return _edit_distance(r, h) / len(r)
+    return edit_distance(r, h) / len(r)
 
 
 def text_pdf(pages: list[str]) -> bytes:

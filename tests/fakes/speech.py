@@ -73,7 +73,7 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^\w\s]|_", " ", text).split()
 
 
-def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
     """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
     previous = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
@@ -94,4 +94,4 @@ def word_error_rate(ref: str, hyp: str) -> float:
     r, h = _words(ref), _words(hyp)
     if not r:
         return float(len(h))
-    return _edit_distance(r, h) / len(r)
+    return edit_distance(r, h) / len(r)

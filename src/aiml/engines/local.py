@@ -14,6 +14,7 @@ from aiml.errors import EngineError, ModelNotFound, ModelNotServable
 from aiml.registry.artifacts import CONTENT_TAG, ArtifactCache
 from aiml.types import (
     ChatMessage,
+    Embeddings,
     Generation,
     GenerationChunk,
     RegistryVersion,
@@ -25,7 +26,7 @@ from .base import Engine
 from .pool import Lease, Loaded, ModelPool, PoolKey
 from .threads import iterate_in_thread
 
-__all__ = ["LocalEngine", "collect"]
+__all__ = ["LocalEngine", "MediaEngine", "collect"]
 
 T = TypeVar("T")
 
@@ -164,6 +165,33 @@ class LocalEngine(Engine):
                 yield item
         finally:
             await inner.aclose()
+
+
+class MediaEngine(LocalEngine):
+    """A local engine for speech or images: its models neither generate nor embed text (the
+    task table never routes text to it; these refuse if called anyway)."""
+
+    async def health(self) -> None:
+        return None  # in-process: alive while the process is
+
+    def check_version(self, version: RegistryVersion) -> None:
+        task = version.tag("inference_task")
+        if task is not None and task not in {t.value for t in self.tasks}:
+            served = ", ".join(sorted(t.value for t in self.tasks))
+            raise ModelNotServable(
+                f"registered model {version.name!r} version {version.version} has task "
+                f"{task!r}; {self.name} serves {served}",
+                param="model_name",
+            )
+
+    def stream_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+        raise ModelNotServable(f"{self.name} models do not generate text", param="task")
+
+    def stream_chat(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+        raise ModelNotServable(f"{self.name} models do not chat", param="task")
+
+    async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
+        raise ModelNotServable(f"{self.name} models do not embed text", param="task")
 
 
 async def collect(stream: AsyncIterator[GenerationChunk]) -> Generation:

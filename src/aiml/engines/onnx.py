@@ -10,15 +10,12 @@ first served by the pool's per-model lock.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiml.errors import ModelLoadFailed, ModelNotServable
 from aiml.types import (
     DocumentPage,
-    Embeddings,
-    GenerationChunk,
-    RegistryVersion,
     ResolvedModel,
     SpeechSegment,
     Task,
@@ -26,22 +23,22 @@ from aiml.types import (
 )
 
 from .audio import RATE, decode
-from .local import LocalEngine
+from .local import MediaEngine
 from .pool import Loaded
 
 __all__ = ["ONNX_FILE_TAG", "OnnxEngine"]
 
 #: The version tag naming the model's .onnx file, when it is one file.
 ONNX_FILE_TAG = "onnx_file"
-_TASKS = frozenset({Task.VAD, Task.OCR, Task.DOCUMENT_ANALYSIS})
+
 T = TypeVar("T")
 
 
-class OnnxEngine(LocalEngine):
+class OnnxEngine(MediaEngine):
     """Registered ONNX models for voice activity, OCR and documents."""
 
     name = "onnx"
-    tasks = _TASKS
+    tasks = frozenset({Task.VAD, Task.OCR, Task.DOCUMENT_ANALYSIS})
 
     def __init__(
         self,
@@ -60,28 +57,6 @@ class OnnxEngine(LocalEngine):
         self._max_pixels = max_image_pixels
         self._max_pages = max_pages
         self._dpi = dpi
-
-    async def health(self) -> None:
-        return None  # in-process: alive while the process is
-
-    # These models neither generate nor embed text; the task table never routes text here.
-    def stream_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        raise ModelNotServable("onnx models here do not generate text", param="task")
-
-    def stream_chat(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        raise ModelNotServable("onnx models here do not chat", param="task")
-
-    async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
-        raise ModelNotServable("onnx models here do not embed text", param="task")
-
-    def check_version(self, version: RegistryVersion) -> None:
-        task = version.tag("inference_task")
-        if task not in {t.value for t in _TASKS}:
-            raise ModelNotServable(
-                f"registered model {version.name!r} version {version.version} has task "
-                f"{task!r}; the onnx engine serves vad, ocr and document-analysis",
-                param="model_name",
-            )
 
     def estimate_bytes(self, model: ResolvedModel) -> int:
         weights = sum(p.stat().st_size for p in self.folder(model).rglob("*.onnx"))

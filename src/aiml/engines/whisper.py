@@ -9,14 +9,11 @@ worker thread: a client that leaves stops the transcription at the next segment.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-from aiml.errors import InvalidRequest, ModelLoadFailed, ModelNotServable
+from aiml.errors import InvalidRequest, ModelLoadFailed
 from aiml.types import (
-    Embeddings,
-    GenerationChunk,
-    RegistryVersion,
     ResolvedModel,
     Task,
     TranscribeOptions,
@@ -26,13 +23,13 @@ from aiml.types import (
 )
 
 from .audio import RATE, decode
-from .local import LocalEngine
+from .local import MediaEngine
 from .pool import Loaded
 
 __all__ = ["WhisperEngine"]
 
 
-class WhisperEngine(LocalEngine):
+class WhisperEngine(MediaEngine):
     """Registered CTranslate2 Whisper folders (``model.bin``, ``vocabulary``, ``config.json``)."""
 
     name = "whisper"
@@ -45,28 +42,6 @@ class WhisperEngine(LocalEngine):
         self._threads = threads
         self._beam_size = beam_size
         self._max_audio_s = max_audio_s
-
-    async def health(self) -> None:
-        return None  # in-process: alive while the process is
-
-    # Whisper models only transcribe; the task table never routes text here.
-    def stream_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        raise ModelNotServable("whisper models do not generate text", param="task")
-
-    def stream_chat(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        raise ModelNotServable("whisper models do not chat", param="task")
-
-    async def embed(self, model: ResolvedModel, inputs: Sequence[str]) -> Embeddings:
-        raise ModelNotServable("whisper models do not embed text", param="task")
-
-    def check_version(self, version: RegistryVersion) -> None:
-        task = version.tag("inference_task")
-        if task not in (None, Task.ASR.value):
-            raise ModelNotServable(
-                f"registered model {version.name!r} version {version.version} has task "
-                f"{task!r}; whisper serves asr",
-                param="model_name",
-            )
 
     def estimate_bytes(self, model: ResolvedModel) -> int:
         weights = (self.folder(model) / "model.bin").stat().st_size

@@ -54,10 +54,10 @@ async def register(request: Request, services: ServicesDep) -> JSONResponse:
 
     Fields: ``registered_name``, optional ``engine``, ``task``, ``alias``, ``description``,
     ``force``; one or more ``files`` whose file names are their paths inside the model (one
-    ``.gguf``, or a Hugging Face folder's files such as ``config.json``,
-    ``1_Pooling/config.json``). Nothing is read from the server's own disk. The files are
-    written to disk as they arrive (under ``AIML_HOME``, not the system temp folder, which
-    is often in RAM).
+    ``.gguf`` or ``.onnx``, or a folder's files such as ``config.json``,
+    ``1_Pooling/config.json``, a Whisper folder's ``model.bin``). Nothing is read from the
+    server's own disk. The files are written to disk as they arrive (under ``AIML_HOME``,
+    not the system temp folder, which is often in RAM).
     """
     uploads = services.settings.home_dir / "uploads"
     staging = Path(await anyio.to_thread.run_sync(_staging_folder, uploads))
@@ -69,8 +69,8 @@ async def register(request: Request, services: ServicesDep) -> JSONResponse:
         if "registered_name" not in fields:
             raise InvalidRequest("registered_name is required", param="registered_name")
         names = upload.files
-        single_gguf = len(names) == 1 and names[0].endswith(".gguf")
-        source = staging / names[0] if single_gguf else staging
+        single_file = len(names) == 1 and names[0].endswith((".gguf", ".onnx"))
+        source = staging / names[0] if single_file else staging
         registration = await services.catalog.register_files(
             source,
             fields["registered_name"],
