@@ -191,6 +191,11 @@ def test_supported_tasks_stats_and_health(aiml: RunningAiml, ollama: RunningOlla
             "embeddings": ["ollama", "llamacpp", "transformers"],
             "vlm": ["ollama"],
             "text-classification": ["transformers"],
+            "asr": ["whisper"],
+            "vad": ["onnx"],
+            "ocr": ["onnx"],
+            "document-analysis": ["onnx"],
+            "image-captioning": ["ollama"],
         }
         stats = client.get("/inference/stats").json()["stats"]
         assert stats["requests"] == 3 and stats["succeeded"] == 2 and stats["failed"] == 1
