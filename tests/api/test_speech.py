@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 
-from aiml.engines.audio import decode
+from aiml.engines.audio import decode, decode_chunks
 from aiml.errors import InvalidRequest, PayloadTooLarge
+from aiml.types import TranscribeOptions, TranscriptSegment
 from tests.conftest import ModelFiles, Shared
 from tests.fakes.speech import encode, espeak_available, silence_wav, speak, word_error_rate
 
@@ -105,6 +106,47 @@ def test_the_official_client_transcribes_in_every_response_format(
         model="whisper-tiny-en", file=mp3, response_format="vtt"
     )
     assert str(vtt).startswith("WEBVTT\n")
+
+
+def test_a_transcription_streams_segment_by_segment(
+    whisper: Shared, speech: dict[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    two = " ".join([SENTENCES["weather"], SENTENCES["meeting"]])
+    wav = speak(two.replace(". ", ". ... ... "), tmp_path / "two.wav").read_bytes()
+    events = list(whisper.aiml.openai().audio.transcriptions.create(
+        model="whisper-tiny-en", file=("two.wav", wav), stream=True
+    ))  # fmt: skip
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    assert len(deltas) >= 2  # one per segment, sent as each is heard
+    assert events[-1].type == "transcript.text.done"
+    assert "".join(deltas) == events[-1].text
+    assert word_error_rate(two, events[-1].text) < 0.25, events[-1].text
+
+
+def test_long_audio_goes_piece_by_piece_with_its_own_timeline(
+    model_files: ModelFiles, tmp_path: Path
+) -> None:
+    from faster_whisper import WhisperModel
+
+    from aiml.engines.whisper import transcribe_pieces
+
+    text = " ".join(SENTENCES.values())
+    wav = speak(text.replace(". ", ". ... ... "), tmp_path / "three.wav").read_bytes()
+    whole = decode(wav, max_seconds=60)
+    assert whole.size > 9 * 16_000
+    pieces = list(decode_chunks(wav, max_seconds=60, chunk_s=4))
+    assert len(pieces) >= 2 and all(p.size <= 4 * 16_000 for p in pieces[:-1])
+    assert sum(p.size for p in pieces) == whole.size  # nothing lost or repeated at the cuts
+    model = WhisperModel(str(model_files.whisper), device="cpu", compute_type="int8")
+    options = TranscribeOptions(words=True)
+    out = list(transcribe_pieces(model, wav, options, beam_size=1, max_seconds=60, chunk_s=4))
+    *segments, (language, duration) = out
+    assert language == "en" and duration == pytest.approx(whole.size / 16_000)
+    assert isinstance(segments[-1], TranscriptSegment) and segments[-1].start > 4
+    starts = [s.start for s in segments if isinstance(s, TranscriptSegment)]
+    assert starts == sorted(starts)  # later pieces keep the recording's own clock
+    heard = " ".join(s.text for s in segments if isinstance(s, TranscriptSegment))
+    assert word_error_rate(text, heard) < 0.25, heard
 
 
 def test_silence_gives_no_text_and_a_corrupt_file_is_a_400(whisper: Shared) -> None:

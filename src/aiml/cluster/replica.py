@@ -40,9 +40,9 @@ DEPLOYMENT = "ModelReplica"
 #: The engine calls a front may make (anything else is refused, never ``getattr``-ed blind).
 CALLS = frozenset({
     "generate", "chat", "embed", "classify", "preload", "unload", "describe",
-    "transcribe", "detect_speech", "read_text", "analyse_document",
+    "detect_speech", "read_text", "analyse_document",
 })  # fmt: skip
-STREAMS = frozenset({"stream_generate", "stream_chat", "pull"})
+STREAMS = frozenset({"stream_generate", "stream_chat", "stream_transcribe", "pull"})
 
 
 class _Ticket:

@@ -17,19 +17,30 @@ import numpy as np
 
 from aiml.errors import InvalidRequest, PayloadTooLarge
 
-__all__ = ["RATE", "decode"]
+__all__ = ["RATE", "decode", "decode_chunks"]
 
 RATE = 16_000  # what whisper and silero-vad take
 
 
 def decode(audio: bytes, *, max_seconds: float, param: str = "audio") -> np.ndarray[Any, Any]:
-    """Mono float32 samples at :data:`RATE`; 400 for anything that is not audio, 413 past
-    ``max_seconds``."""
+    """All of it: mono float32 samples at :data:`RATE`; 400 for anything that is not audio,
+    413 past ``max_seconds``."""
+    return np.concatenate(list(decode_chunks(audio, max_seconds=max_seconds, param=param)))
+
+
+def decode_chunks(
+    audio: bytes, *, max_seconds: float, chunk_s: float = 600.0, param: str = "audio"
+) -> Iterator[np.ndarray[Any, Any]]:
+    """The audio in pieces of about ``chunk_s`` seconds, each cut at the quietest 0.1 s of
+    its last 10 s (its second half, for pieces under 20 s): between words, not through one;
+    so a long recording is handled piece by piece in bounded memory. 400 for anything that
+    is not audio (found before the first piece), 413 once past ``max_seconds``."""
     import av
 
-    limit = int(max_seconds * RATE)
-    out = np.empty(limit, dtype=np.float32)  # pages are touched only as they fill
-    filled = 0
+    chunk = int(chunk_s * RATE)
+    span = min(10 * RATE, chunk // 2)  # where a cut may fall: the end of each piece
+    pending: list[np.ndarray[Any, Any]] = []
+    held = total = 0
     try:
         with av.open(io.BytesIO(audio), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -40,17 +51,32 @@ def decode(audio: bytes, *, max_seconds: float, param: str = "audio") -> np.ndar
             resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
             group = 10 * (container.streams.audio[0].rate or RATE)
             for frame in _grouped(container, group):
-                for chunk in resampler.resample(frame):
-                    samples = chunk.to_ndarray().reshape(-1)
-                    if filled + samples.size > limit:
+                for piece in resampler.resample(frame):
+                    samples = piece.to_ndarray().reshape(-1)
+                    total += samples.size
+                    if total > max_seconds * RATE:
                         raise _too_long(max_seconds, param)
-                    out[filled : filled + samples.size] = samples
-                    filled += samples.size
+                    pending.append(samples)
+                    held += samples.size
+                    if held >= chunk + span:
+                        joined = np.concatenate(pending)
+                        cut = _quiet_cut(joined, chunk, span)
+                        yield joined[:cut]
+                        pending, held = [joined[cut:]], joined.size - cut
     except av.error.FFmpegError as exc:
         raise InvalidRequest(f"the upload is not audio aiml can read ({exc})", param=param) from exc
-    if filled == 0:
+    if total == 0:
         raise InvalidRequest("the upload holds no audio samples", param=param)
-    return out[:filled].copy()
+    if held:
+        yield np.concatenate(pending)
+
+
+def _quiet_cut(samples: np.ndarray[Any, Any], around: int, span: int) -> int:
+    """The start of the quietest 0.1 s frame in the ``span`` samples before ``around``."""
+    frame = RATE // 10
+    window = samples[around - span : around]
+    energy = np.square(window[: window.size // frame * frame]).reshape(-1, frame).sum(axis=1)
+    return around - span + int(np.argmin(energy)) * frame
 
 
 def _grouped(container: Any, group: int) -> Iterator[Any]:

@@ -57,7 +57,6 @@ from aiml.types import (
     Task,
     TextLine,
     TranscribeOptions,
-    Transcript,
 )
 
 __all__ = [
@@ -148,10 +147,12 @@ class Engine(ABC):
         """Labels with scores per input, best first (engines with classifiers override)."""
         raise ModelNotServable(f"{self.name} models do not classify text", param="task")
 
-    async def transcribe(
+    def stream_transcribe(
         self, model: ResolvedModel, audio: bytes, options: TranscribeOptions
-    ) -> Transcript:
-        """Speech to text (engines with speech models override)."""
+    ) -> AsyncIterator[GenerationChunk]:
+        """Speech to text as it is heard: a chunk per segment, then a final chunk whose
+        generation holds the whole :class:`Transcript` in ``engine_metadata["transcript"]``
+        (engines with speech models override)."""
         raise ModelNotServable(f"{self.name} models do not transcribe speech", param="task")
 
     async def detect_speech(self, model: ResolvedModel, audio: bytes) -> list[SpeechSegment]:

@@ -36,7 +36,6 @@ from aiml.types import (
     SpeechSegment,
     TextLine,
     TranscribeOptions,
-    Transcript,
 )
 
 from .base import Engine, standing_in_for
@@ -114,11 +113,10 @@ class RayModelsEngine(Engine):
         result: list[list[Label]] = await self._call("classify", model, list(inputs))
         return result
 
-    async def transcribe(
+    def stream_transcribe(
         self, model: ResolvedModel, audio: bytes, options: TranscribeOptions
-    ) -> Transcript:
-        result: Transcript = await self._call("transcribe", model, audio, options)
-        return result
+    ) -> AsyncIterator[GenerationChunk]:
+        return self._stream("stream_transcribe", model, audio, options)
 
     async def detect_speech(self, model: ResolvedModel, audio: bytes) -> list[SpeechSegment]:
         result: list[SpeechSegment] = await self._call("detect_speech", model, audio)

@@ -9,11 +9,14 @@ worker thread: a client that leaves stops the transcription at the next segment.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiml.errors import InvalidRequest, ModelLoadFailed
 from aiml.types import (
+    Generation,
+    GenerationChunk,
     ResolvedModel,
     Task,
     TranscribeOptions,
@@ -22,11 +25,11 @@ from aiml.types import (
     Word,
 )
 
-from .audio import RATE, decode
+from .audio import RATE, decode_chunks
 from .local import MediaEngine
 from .pool import Loaded
 
-__all__ = ["WhisperEngine"]
+__all__ = ["WhisperEngine", "transcribe_pieces"]
 
 
 class WhisperEngine(MediaEngine):
@@ -62,26 +65,39 @@ class WhisperEngine(MediaEngine):
             raise ModelLoadFailed(f"{model.engine_model}: {exc}") from exc
         return Loaded(handle=loaded, size_bytes=self.estimate_bytes(model))
 
-    async def transcribe(
+    async def stream_transcribe(
         self, model: ResolvedModel, audio: bytes, options: TranscribeOptions
-    ) -> Transcript:
+    ) -> AsyncIterator[GenerationChunk]:
         lease = await self.acquire(model)
         beam, most = self._beam_size, self._max_audio_s
-        pieces: list[Any] = []
-        run = lambda m: _transcribe(m, audio, options, beam, most)  # noqa: E731
-        async for piece in self.exclusive(lease, run):
-            pieces.append(piece)
-        language, duration = pieces[0]
-        segments = tuple(pieces[1:])
-        text = " ".join(s.text for s in segments if s.text)
-        return Transcript(text=text, language=language, duration_s=duration, segments=segments)
+        segments: list[TranscriptSegment] = []
+        run = lambda m: transcribe_pieces(m, audio, options, beam_size=beam, max_seconds=most)  # noqa: E731
+        async with contextlib.aclosing(self.exclusive(lease, run)) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, TranscriptSegment):
+                    yield GenerationChunk(text=(" " if segments else "") + piece.text)
+                    segments.append(piece)
+                    continue
+                language, duration = piece  # the end: what was heard, and for how long
+                text = " ".join(s.text for s in segments if s.text)
+                transcript = Transcript(text, language, duration, tuple(segments))
+                final = Generation(text=text, finish_reason="stop",
+                                   engine_metadata={"transcript": transcript})  # fmt: skip
+                yield GenerationChunk(text="", done=True, final=final)
 
 
-def _transcribe(
-    model: Any, audio: bytes, options: TranscribeOptions, beam_size: int, max_seconds: float
-) -> Iterator[Any]:
-    """(language, duration), then each segment as it is decoded (in the worker thread)."""
-    samples = decode(audio, max_seconds=max_seconds)
+def transcribe_pieces(
+    model: Any,
+    audio: bytes,
+    options: TranscribeOptions,
+    *,
+    beam_size: int,
+    max_seconds: float,
+    chunk_s: float = 600.0,
+) -> Iterator[TranscriptSegment | tuple[str, float]]:
+    """Each segment as it is decoded, then (language, seconds of audio); in the worker
+    thread. Long audio goes ``chunk_s`` at a time (cut between words), so memory stays flat
+    however long the recording."""
     languages = model.supported_languages
     if options.language is not None and options.language not in languages:
         raise InvalidRequest(
@@ -89,34 +105,39 @@ def _transcribe(
             f"({', '.join(languages[:8])}{', ...' if len(languages) > 8 else ''})",
             param="language",
         )
-    segments, info = model.transcribe(
-        samples,
-        language=options.language or (None if model.model.is_multilingual else "en"),
-        initial_prompt=options.prompt,
-        temperature=options.temperature,
-        word_timestamps=options.words,
-        vad_filter=True,
-        beam_size=beam_size,
-    )
-    yield info.language, len(samples) / RATE
-    try:
-        for segment in segments:
-            yield TranscriptSegment(
-                start=round(float(segment.start), 3),
-                end=round(float(segment.end), 3),
-                text=segment.text.strip(),
-                words=tuple(_word(w) for w in segment.words or ()),
-                avg_logprob=float(segment.avg_logprob),
-                no_speech_prob=float(segment.no_speech_prob),
-            )
-    finally:
-        segments.close()  # the client left: stop decoding windows
+    language = options.language or (None if model.model.is_multilingual else "en")
+    offset = 0.0
+    for samples in decode_chunks(audio, max_seconds=max_seconds, chunk_s=chunk_s):
+        segments, info = model.transcribe(
+            samples,
+            language=language,
+            initial_prompt=options.prompt,
+            temperature=options.temperature,
+            word_timestamps=options.words,
+            vad_filter=True,
+            beam_size=beam_size,
+        )
+        language = info.language  # detected on the first piece, kept for the rest
+        try:
+            for segment in segments:
+                yield TranscriptSegment(
+                    start=round(offset + float(segment.start), 3),
+                    end=round(offset + float(segment.end), 3),
+                    text=segment.text.strip(),
+                    words=tuple(_word(w, offset) for w in segment.words or ()),
+                    avg_logprob=float(segment.avg_logprob),
+                    no_speech_prob=float(segment.no_speech_prob),
+                )
+        finally:
+            segments.close()  # the client left: stop decoding windows
+        offset += samples.size / RATE
+    yield language or "en", offset
 
 
-def _word(word: Any) -> Word:
+def _word(word: Any, offset: float) -> Word:
     return Word(
-        start=round(float(word.start), 3),
-        end=round(float(word.end), 3),
+        start=round(offset + float(word.start), 3),
+        end=round(offset + float(word.end), 3),
         word=word.word.strip(),
         probability=round(float(word.probability), 4),
     )

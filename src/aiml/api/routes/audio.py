@@ -4,25 +4,28 @@ A multipart upload (``file``, ``model``, ``language``, ``prompt``, ``temperature
 ``response_format``: json, text, srt, vtt or verbose_json, ``timestamp_granularities[]``:
 segment and/or word), as the official client sends it. The upload is read through the edge's
 body limit (``AIML_MAX_BODY_BYTES``); its length in seconds is bounded by
-``AIML_MAX_AUDIO_S`` (413). ``stream`` is refused by name: the whisper engine answers once
-the audio is transcribed.
+``AIML_MAX_AUDIO_S`` (413). With ``stream``, OpenAI's server-sent events: a
+``transcript.text.delta`` per segment as it is heard, then ``transcript.text.done``.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.responses import PlainTextResponse, Response
 
-from aiml.errors import InvalidRequest
-from aiml.inference.manager import TaskCall
+from aiml.errors import AimlError, EngineError, InvalidRequest
+from aiml.inference.manager import StreamOutcome, TaskCall
 from aiml.inference.targets import openai_target
 from aiml.inference.tasks.asr import AsrInput
 from aiml.types import TranscribeOptions
 
 from ..deps import ServicesDep
+from ..errors import openai_error_body
 from ..responses import JSONResponse
+from ..streaming import SSE, sse_event, streaming_response
 
 __all__ = ["router"]
 
@@ -44,8 +47,8 @@ async def transcriptions(
     granularities: Annotated[list[_Granularity], Form(alias="timestamp_granularities[]")] = [],  # noqa: B006 (FastAPI copies defaults)
     stream: Annotated[bool, Form()] = False,
 ) -> Response:
-    if stream:
-        raise InvalidRequest("stream is not supported for transcriptions here", param="stream")
+    if stream and response_format not in ("json", "text"):
+        raise InvalidRequest("stream needs response_format json or text", param="stream")
     if granularities and response_format != "verbose_json":
         raise InvalidRequest(
             "timestamp_granularities needs response_format verbose_json",
@@ -58,7 +61,10 @@ async def transcriptions(
         language=language, prompt=prompt, temperature=temperature, words="word" in granularities
     )
     locate = lambda: openai_target(services.router, model)  # noqa: E731
-    outcome = await services.manager.run(TaskCall("asr", locate, AsrInput(audio, options)))
+    call = TaskCall("asr", locate, AsrInput(audio, options))
+    if stream:
+        return streaming_response(_events(await services.manager.open(call)), SSE)
+    outcome = await services.manager.run(call)
     result: dict[str, Any] = outcome.result
     if response_format == "text":
         return PlainTextResponse(result["text"] + "\n")
@@ -78,6 +84,18 @@ async def transcriptions(
     if "word" in granularities:
         verbose["words"] = [w for segment in result["segments"] for w in segment["words"]]
     return JSONResponse(verbose)
+
+
+async def _events(outcome: StreamOutcome) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in outcome.chunks():
+            if chunk.text:
+                yield sse_event({"type": "transcript.text.delta", "delta": chunk.text})
+        if outcome.final is None:
+            raise EngineError("the engine ended the transcription without a result")
+        yield sse_event({"type": "transcript.text.done", "text": outcome.final.text})
+    except AimlError as exc:  # the status line is long gone: say it in the stream
+        yield sse_event(openai_error_body(exc.status_code, exc.code, exc.message, exc.param))
 
 
 def _subtitles(segments: list[dict[str, Any]], kind: str) -> str:

@@ -7,17 +7,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
 from aiml.engines.base import Engine
-from aiml.types import ResolvedModel, Task, TranscribeOptions, Transcript
+from aiml.engines.local import collect
+from aiml.types import (
+    Generation,
+    GenerationChunk,
+    ResolvedModel,
+    Task,
+    TranscribeOptions,
+    Transcript,
+)
 
 from ..limits import Measure
-from .base import Handler, StrictModel, TaskSpec, decode_base64, parse_model
+from .base import GenerativeHandler, StrictModel, TaskSpec, decode_base64, parse_model
 
 __all__ = ["AsrInput", "AsrSpec", "transcript_json"]
 
@@ -42,14 +50,24 @@ class AsrInput:
         return Measure(chars=len(self.options.prompt or ""))
 
 
-class _Transcribe(Handler[AsrInput]):
-    async def run(self, engine: Engine, model: ResolvedModel, request: AsrInput) -> dict[str, Any]:
-        transcript = await engine.transcribe(model, request.audio, request.options)
-        return transcript_json(transcript, words=request.options.words)
+class _Transcribe(GenerativeHandler[AsrInput]):
+    """A transcription streams as text, a segment at a time; its result is the transcript."""
+
+    async def generate(self, engine: Engine, model: ResolvedModel, request: AsrInput) -> Generation:
+        return await collect(self.stream(engine, model, request))
+
+    def stream(
+        self, engine: Engine, model: ResolvedModel, request: AsrInput
+    ) -> AsyncIterator[GenerationChunk]:
+        return engine.stream_transcribe(model, request.audio, request.options)
+
+    def shape(self, model: ResolvedModel, generation: Generation) -> dict[str, Any]:
+        return transcript_json(generation.engine_metadata["transcript"])
 
 
 class AsrSpec(TaskSpec[AsrInput]):
     task = Task.ASR
+    streams = True
     _transcribe = _Transcribe()
 
     def parse(self, data: Mapping[str, Any], options: Mapping[str, Any]) -> AsrInput:
@@ -65,11 +83,11 @@ class AsrSpec(TaskSpec[AsrInput]):
             ),
         )
 
-    def handler_for(self, model: ResolvedModel) -> Handler[AsrInput]:
+    def handler_for(self, model: ResolvedModel) -> GenerativeHandler[AsrInput]:
         return self._transcribe
 
 
-def transcript_json(transcript: Transcript, *, words: bool) -> dict[str, Any]:
+def transcript_json(transcript: Transcript) -> dict[str, Any]:
     segments = []
     for number, segment in enumerate(transcript.segments):
         item: dict[str, Any] = {
@@ -80,7 +98,7 @@ def transcript_json(transcript: Transcript, *, words: bool) -> dict[str, Any]:
             "avg_logprob": segment.avg_logprob,
             "no_speech_prob": segment.no_speech_prob,
         }
-        if words:
+        if segment.words:  # asked for with timestamps: word
             item["words"] = [
                 {"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
                 for w in segment.words
