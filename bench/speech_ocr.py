@@ -7,8 +7,11 @@ called directly, and OCR images per second, on the bundled models.
    Real-time factor = seconds of work / seconds of audio.
 2. OCR: a three-line 32 px image through ``/inference/infer`` (task ocr) against RapidOCR
    called directly with the same settings, interleaved; images per second.
+3. With ``--long-minutes N``: the server's peak resident memory (VmHWM, reset through
+   ``/proc/PID/clear_refs`` before each) while it transcribes the paragraph once, then N
+   minutes of it over and over: flat when long audio goes piece by piece.
 
-    .venv/bin/python -m bench.speech_ocr --rounds 5
+    .venv/bin/python -m bench.speech_ocr --rounds 5 --long-minutes 12
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ LINES = ["Invoice 2024-117 for ACME Corp.", "Total due: 1,250.00 EUR by 30 June"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved runs per side")
+    parser.add_argument("--long-minutes", type=float, default=0, help="a long recording (0: none)")
     args = parser.parse_args()
     if not espeak_available():
         raise SystemExit("this benchmark speaks with espeak-ng: apt-get install espeak-ng")
@@ -56,6 +60,7 @@ def main() -> None:
         "AIML_ENGINES": "whisper,onnx",
         "AIML_WHISPER_THREADS": str(threads),
         "AIML_ONNX_THREADS": str(threads),
+        "AIML_MAX_BODY_BYTES": str(256 << 20),  # a long WAV upload
     }
     full_env = {**os.environ, **env, "AIML_HOME": str(work / "home")}
     for name in ("whisper-tiny-en", "pp-ocrv4"):
@@ -71,6 +76,8 @@ def main() -> None:
         with httpx.Client(base_url=base, timeout=300) as http:
             asr = _transcription(http, paths["whisper-tiny-en"], wav, threads, args.rounds)
             ocr = _ocr(http, paths["pp-ocrv4"], png.getvalue(), threads, args.rounds)
+            assert server.proc is not None
+            long = _long(http, server.proc.pid, work, args.long_minutes)
     finally:
         server.stop()
     (direct, via, audio_s), (ocr_direct, ocr_via) = asr, ocr
@@ -84,6 +91,54 @@ def main() -> None:
     print("\n2. OCR, PP-OCRv4, three 32 px lines (784x208)")
     _row("RapidOCR direct", [1 / s for s in ocr_direct], "images/s")
     _row("aiml /inference/infer", [1 / s for s in ocr_via], "images/s")
+    if long is not None:
+        short, peak, seconds, took = long
+        rtf = took / seconds
+        print(f"\n3. A {seconds / 60:.1f}-minute recording: {took:.1f} s (RTF {rtf:.3f})")
+        print(f"   server peak RSS while transcribing {audio_s:.0f} s: {short:.0f} MiB, "
+              f"{seconds / 60:.1f} min: {peak:.0f} MiB")  # fmt: skip
+
+
+def _long(
+    http: httpx.Client, pid: int, work: Path, minutes: float
+) -> tuple[float, float, float, float] | None:
+    if minutes <= 0:
+        return None
+    import wave
+
+    from aiml.engines.audio import RATE, decode
+
+    one = speak(PARAGRAPH, work / "one.wav").read_bytes()
+    seconds_one = decode(one, max_seconds=600).size / RATE
+    with wave.open(str(work / "one.wav")) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    times = max(1, round(minutes * 60 / seconds_one))
+    with wave.open(str(work / "long.wav"), "wb") as w:
+        w.setparams(params)
+        for _ in range(times):
+            w.writeframes(frames)
+    form = {"model": "whisper-tiny-en"}
+    _reset_peak(pid)
+    http.post("/v1/audio/transcriptions", files={"file": ("one.wav", one)}, data=form)
+    short = _peak_mib(pid)
+    _reset_peak(pid)
+    files = {"file": ("long.wav", (work / "long.wav").read_bytes())}
+    started = time.perf_counter()
+    answer = http.post("/v1/audio/transcriptions", files=files, data=form)
+    took = time.perf_counter() - started
+    answer.raise_for_status()
+    return short, _peak_mib(pid), times * seconds_one, took
+
+
+def _reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM back to the current RSS
+
+
+def _peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("no VmHWM in /proc")
 
 
 def _row(label: str, values: list[float], unit: str) -> None:

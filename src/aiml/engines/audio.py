@@ -29,7 +29,7 @@ def decode(audio: bytes, *, max_seconds: float, param: str = "audio") -> np.ndar
 
 
 def decode_chunks(
-    audio: bytes, *, max_seconds: float, chunk_s: float = 600.0, param: str = "audio"
+    audio: bytes, *, max_seconds: float, chunk_s: float = 60.0, param: str = "audio"
 ) -> Iterator[np.ndarray[Any, Any]]:
     """The audio in pieces of about ``chunk_s`` seconds, each cut at the quietest 0.1 s of
     its last 10 s (its second half, for pieces under 20 s): between words, not through one;

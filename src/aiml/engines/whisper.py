@@ -93,11 +93,12 @@ def transcribe_pieces(
     *,
     beam_size: int,
     max_seconds: float,
-    chunk_s: float = 600.0,
+    chunk_s: float = 60.0,
 ) -> Iterator[TranscriptSegment | tuple[str, float]]:
     """Each segment as it is decoded, then (language, seconds of audio); in the worker
     thread. Long audio goes ``chunk_s`` at a time (cut between words), so memory stays flat
-    however long the recording."""
+    however long the recording: faster-whisper computes the features of all the audio it is
+    given at once (a 10-minute piece peaked ~0.7 GiB over the model, bench/speech_ocr.py)."""
     languages = model.supported_languages
     if options.language is not None and options.language not in languages:
         raise InvalidRequest(
