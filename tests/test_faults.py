@@ -46,7 +46,7 @@ def test_ollama_crashing_mid_stream_then_going_away_then_coming_back(
         ollama.server.start()
         assert first_success_after(client, CHAT, time.monotonic()) < 1.0
         stats = client.get("/inference/stats").json()["stats"]
-        assert stats["in_flight"] == {"ollama": 0, "llamacpp": 0, "transformers": 0}
+        assert set(stats["in_flight"].values()) == {0}  # every engine's slot given back
 
 
 def test_the_registry_going_away_mid_load(
