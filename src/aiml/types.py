@@ -44,6 +44,12 @@ class Task(StrEnum):
     IMAGE_CAPTIONING = "image-captioning"  # a caption, on a model with vision
 
 
+#: What servers of language models (Ollama, OpenAI-compatible ones) do.
+LANGUAGE_SERVER_TASKS = frozenset(
+    {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
+)
+
+
 class Source(StrEnum):
     """Where a model reference was resolved: the registry, or passed through to the engine."""
 

@@ -61,6 +61,22 @@ def test_capabilities_are_read_once_and_shown_everywhere(shared: Shared) -> None
     assert stats["capabilities"]["codellama/1"]["capabilities"] == ["completion", "insert", "chat"]
 
 
+def test_a_server_whose_show_fails_still_serves_by_the_registered_task(shared: Shared) -> None:
+    stand_in = shared.ollama.state
+    stand_in.add("mistral:7b")
+    shared.registry.register("mistral", "mistral:7b", task="chat")
+    stand_in.show_error = 500
+    try:
+        answer = shared.aiml.openai().chat.completions.create(
+            model="mistral", messages=[{"role": "user", "content": "hi"}]
+        )
+    finally:
+        stand_in.show_error = None
+    assert answer.choices[0].message.content  # not a 502 for every chat
+    model = httpx.get(f"{shared.aiml.url}/v1/models/mistral").json()
+    assert model["capabilities"] == ["completion", "chat", "tools", "insert"]  # generic
+
+
 def test_the_gguf_says_what_a_llamacpp_model_can_do(shared: Shared) -> None:
     model = httpx.get(f"{shared.aiml.url}/v1/models/smol").json()
     assert model["capabilities"] == ["completion", "chat", "tools"]  # a template, no FIM

@@ -78,6 +78,8 @@ class OllamaStandIn:
     abort_mid_stream: bool = False
     streams_closed_early: int = 0
     embedding_dims: int = 8
+    #: When set, /api/show answers this status (a proxy or server whose show fails).
+    show_error: int | None = None
     #: when set, every POST is answered with this (status, error message, headers)
     answer: tuple[int, str, dict[str, str]] | None = None
 
@@ -142,6 +144,8 @@ class OllamaStandIn:
         model = self.models.get(canonical(str(body.get("model", ""))))
         if model is None:
             return _error(404, f"model '{body.get('model')}' not found")
+        if self.show_error is not None:
+            return _error(self.show_error, "show is not available here")
         return JSONResponse(
             {
                 "modelfile": f"FROM {model.name}",

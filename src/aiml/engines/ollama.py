@@ -22,6 +22,7 @@ import ollama
 from aiml.errors import (
     AimlError,
     EngineError,
+    EngineRejected,
     EngineTimeout,
     EngineUnavailable,
     Forbidden,
@@ -30,6 +31,7 @@ from aiml.errors import (
     ModelNotServable,
 )
 from aiml.types import (
+    LANGUAGE_SERVER_TASKS,
     ChatMessage,
     Embeddings,
     Generation,
@@ -38,7 +40,6 @@ from aiml.types import (
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
-    Task,
     ToolCall,
 )
 
@@ -75,9 +76,7 @@ class OllamaEngine(Engine):
     """Models served by an Ollama server."""
 
     name = "ollama"
-    tasks = frozenset(
-        {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
-    )
+    tasks = LANGUAGE_SERVER_TASKS
     extra_options = frozenset({"output_format", "tools", "suffix"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 
@@ -256,10 +255,14 @@ class OllamaEngine(Engine):
         return Embeddings(vectors=vectors, prompt_tokens=response.prompt_eval_count)
 
     async def describe(self, model: ResolvedModel) -> ModelDetails:
-        """What the Ollama server's ``/api/show`` says of the model."""
-        with self._mapped:
-            shown = await self._client.show(model.engine_model)
-        return ollama_details(shown.model_dump(), await super().describe(model))
+        """What the server's ``/api/show`` says; if show fails, what the registered task says."""
+        generic = await super().describe(model)
+        try:
+            with self._mapped:
+                shown = await self._client.show(model.engine_model)
+        except (EngineError, EngineRejected):
+            return generic
+        return ollama_details(shown.model_dump(), generic)
 
     async def preload(self, model: ResolvedModel) -> None:
         """Ollama loads a model when asked to generate from an empty prompt."""

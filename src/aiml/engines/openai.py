@@ -30,6 +30,7 @@ from aiml.errors import (
     ModelNotServable,
 )
 from aiml.types import (
+    LANGUAGE_SERVER_TASKS,
     ChatMessage,
     Embeddings,
     Generation,
@@ -38,7 +39,6 @@ from aiml.types import (
     RegistryVersion,
     ResolvedModel,
     SamplingParams,
-    Task,
     ToolCall,
 )
 from aiml.urls import redact
@@ -58,9 +58,7 @@ class OpenAIEngine(Engine):
     """Models served by a remote OpenAI-compatible server."""
 
     name = "openai"
-    tasks = frozenset(
-        {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
-    )
+    tasks = LANGUAGE_SERVER_TASKS
     extra_options = frozenset({"output_format", "tools", "suffix"})  # passed through
     model_tag_keys = (MODEL_NAME_TAG,)
 

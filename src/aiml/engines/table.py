@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiml.settings import Settings
-from aiml.types import Task
+from aiml.types import LANGUAGE_SERVER_TASKS, Task
 
 from .base import Engine
 from .cores import thread_budget
@@ -160,9 +160,7 @@ def _onnx(settings: Settings, deps: EngineDeps) -> Engine:
 _SPECS = (
     EngineSpec(
         name="ollama",
-        tasks=frozenset(
-            {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
-        ),
+        tasks=LANGUAGE_SERVER_TASKS,
         build=_ollama,
         settings=(
             "ollama_host",
@@ -174,9 +172,7 @@ _SPECS = (
     ),
     EngineSpec(
         name="openai",
-        tasks=frozenset(
-            {Task.TEXT_GENERATION, Task.CHAT, Task.EMBEDDINGS, Task.VLM, Task.IMAGE_CAPTIONING}
-        ),
+        tasks=LANGUAGE_SERVER_TASKS,
         build=_openai,
         settings=(
             "openai_base_url",

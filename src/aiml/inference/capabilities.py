@@ -50,6 +50,7 @@ class CapabilityBook:
 
     def __init__(self) -> None:
         self._known: dict[_Key, ModelDetails] = {}
+        self._by_version: dict[tuple[str, int], ModelDetails] = {}  # for listings
         self._reading: dict[_Key, asyncio.Future[ModelDetails]] = {}
         self._cleared = 0  # a reading started before a clear is not kept after it
 
@@ -93,13 +94,12 @@ class CapabilityBook:
         }
 
     def of_version(self, name: str, version: int | None) -> ModelDetails | None:
-        return next(
-            (d for (_, _, n, v, _), d in self._known.items() if n == name and v == version), None
-        )
+        return None if version is None else self._by_version.get((name, version))
 
     def clear(self) -> None:
         """Forget what was read (an engine's direct model may have changed under its name)."""
         self._known.clear()
+        self._by_version.clear()
         self._reading.clear()
         self._cleared += 1
 
@@ -107,7 +107,10 @@ class CapabilityBook:
         if self._reading.get(key) is done:
             del self._reading[key]
         if cleared == self._cleared and not done.cancelled() and done.exception() is None:
-            self._known[key] = done.result()  # failures are not kept: asked again next time
+            self._known[key] = details = done.result()  # failures are not kept: asked again
+            _, _, name, version, _ = key
+            if name is not None and version is not None:
+                self._by_version[(name, version)] = details
 
 
 def _key(model: ResolvedModel) -> _Key:
