@@ -66,12 +66,14 @@ ensure_bundled_models() {
 }
 
 # System packages some tests use as real peers (nginx: the transport's conformance tests;
-# espeak-ng: real speech for the speech-to-text tests). Installed when running as root with
-# apt (CI, these machines); otherwise those tests skip.
+# espeak-ng: real speech for the speech-to-text tests; chromium: the web console's browser
+# tests, driven by Playwright). Installed when running as root with apt (CI, these
+# machines); otherwise those tests skip.
 ensure_test_packages() {
   local missing=()
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
   command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     step "installing ${missing[*]} (real peers for the tests)"

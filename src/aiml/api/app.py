@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from aiml import __version__
+from aiml.observability.history import TrafficHistory
 from aiml.services import Services, build_services
 from aiml.settings import Settings
 
@@ -21,7 +22,7 @@ from .disconnect import CancelOnDisconnect
 from .errors import install_error_handlers
 from .middleware import Access, Authentication, BodyLimit, RequestContext, Traffic, access_of
 from .responses import JSONResponse
-from .routes import admin, audio, health, inference, models, ollama, openai, responses
+from .routes import admin, audio, console, health, inference, models, ollama, openai, responses
 
 __all__ = ["create_app"]
 
@@ -47,6 +48,17 @@ def create_app(
             await services.registry.ping()  # creates the sqlite schema before the first request
         app.state.services = services
         services.start()
+        # The console's traffic charts: the last 15 minutes of the counters, in memory.
+        history = TrafficHistory(
+            stats=services.stats,
+            registry_calls=lambda: services.registry.calls,
+            admission=services.manager.admission,
+            pool=services.pool,
+            latency=services.metrics.request_duration,
+            ttft=services.metrics.time_to_first_token,
+        )
+        history.start()
+        app.state.history = history
         # Everything built so far (MLflow, pydantic, FastAPI: hundreds of thousands of
         # objects) lives as long as the process: keep it out of the collector's scans, which
         # otherwise stall requests for tens of milliseconds on every full collection.
@@ -63,6 +75,7 @@ def create_app(
         try:
             yield
         finally:
+            await history.aclose()
             await services.aclose()
 
     app = FastAPI(
@@ -74,6 +87,8 @@ def create_app(
         default_response_class=JSONResponse,
     )
     app.state.traffic = traffic
+    app.state.api_keys = api_keys  # GET /auth/whoami tells a key's access
+    app.state.admin_keys = admin_keys
     install_error_handlers(app)
     _add_routes(
         app,
@@ -87,6 +102,7 @@ def create_app(
             admin.router,
             health.router,
             health.metrics_router,
+            console.router,
         ),
     )
     # Outermost last: the request id wraps everything, then the keys, then the body limit.

@@ -76,12 +76,15 @@ class Access:
 
 
 _OPEN_PATHS = {"/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs", "/redoc"}
+#: The console (``/ui``): its page and files hold no data; every call they make carries a key.
+_OPEN_PATHS |= {"/ui", "/ui/"}
+_OPEN_PREFIXES = ("/docs/", "/ui/static/")
 _ADMIN_ROUTES = {("POST", "/models/register_ollama"), ("POST", "/inference/clear-cache")}
 
 
 def access_of(method: str, path: str) -> str:
     """Who may call a route: anyone, holders of an API (or admin) key, admin keys only."""
-    if path in _OPEN_PATHS or path.startswith("/docs/"):
+    if path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
         return Access.OPEN
     if path.startswith("/admin/") or (method, path) in _ADMIN_ROUTES:
         return Access.ADMIN
