@@ -200,6 +200,7 @@ def test_supported_tasks_stats_and_health(aiml: RunningAiml, ollama: RunningOlla
         stats = client.get("/inference/stats").json()["stats"]
         assert stats["requests"] == 3 and stats["succeeded"] == 2 and stats["failed"] == 1
         assert stats["errors"] == {"model_not_found": 1}
+        assert stats["by_model"] == {"llama2-7b-chat": {"200": 2}, "-": {"404": 1}}
         assert stats["cache"]["hits"] == 1 and stats["cache"]["misses"] == 2
         assert stats["registry_lookups"] == aiml.spy.total
         assert stats["executors"] == ["text-generation/ollama"]

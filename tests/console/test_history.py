@@ -77,6 +77,7 @@ def test_the_first_reading_is_a_baseline_and_the_next_gives_rates(rig: Rig) -> N
     s.finished[("chat", "llamacpp", 200)] += 8
     s.finished[("chat", "llamacpp", 500)] += 2
     s.finished[("embeddings", "transformers", 200)] += 5
+    s.by_model.update({("smol", 200): 8, ("smol", 500): 2, ("minilm", 200): 5})
     s.tokens[("chat", "llamacpp")] += 400
     s.cache_hits += 9
     s.cache_misses += 1
@@ -97,6 +98,8 @@ def test_the_first_reading_is_a_baseline_and_the_next_gives_rates(rig: Rig) -> N
     assert v["requests_per_s"] == {"chat/llamacpp": 2.0, "embeddings/transformers": 1.0}
     assert v["status_per_s"] == {"200": 2.6, "500": 0.4}
     assert v["error_ratio"] == {"chat/llamacpp": 0.2, "embeddings/transformers": 0.0}
+    assert v["model_requests_per_s"] == {"smol": 2.0, "minilm": 1.0}
+    assert v["model_error_ratio"] == {"smol": 0.2, "minilm": 0.0}
     assert v["tokens_per_s"] == {"chat/llamacpp": 80.0, "model llamacpp:smol/1": 60.0}
     assert v["rejected_per_s"] == {"llamacpp": 2.0}
     assert v["queue_depth"] == {"llamacpp": 2}

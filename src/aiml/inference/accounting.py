@@ -37,14 +37,16 @@ class Accounting:
     ) -> None:
         self.task = task if task in tasks or task in OPERATIONS else "unknown"
         self.engine = "-"  # until the call's engine is known
+        self.model = "-"  # until the call's model reference is known
         self.started = time.perf_counter()
         self._stats = stats
         self._metrics = metrics
         self._gate: Admission | None = None
         self._done = False
 
-    def located(self, engine: str, engines: Collection[str]) -> None:
+    def located(self, engine: str, engines: Collection[str], model: str = "-") -> None:
         self.engine = engine if engine in engines else "unknown"
+        self.model = model
 
     def admitted(self, gate: Admission) -> None:
         self._gate = gate
@@ -57,6 +59,7 @@ class Accounting:
             self._gate.leave()
         stats = self._stats
         stats.finished[(self.task, self.engine, status)] += 1
+        stats.by_model[(self.model if status != 404 else "-", status)] += 1
         if generation is not None and generation.completion_tokens:
             stats.tokens[(self.task, self.engine)] += generation.completion_tokens
         elapsed = time.perf_counter() - self.started

@@ -199,7 +199,7 @@ class InferenceManager:
         try:
             self._check_draining()
             engine, ref = await _within(locate(), deadline_at)
-            account.located(engine, self.router.engines)
+            account.located(engine, self.router.engines, ref.name)
             if admit:
                 await self._admit(engine, account, deadline_at)
             result = await _within(work(engine, ref), deadline_at)
@@ -257,6 +257,9 @@ class InferenceManager:
         by_status: dict[str, int] = {}
         for (_, _, status), count in s.finished.items():
             by_status[str(status)] = by_status.get(str(status), 0) + count
+        by_model: dict[str, dict[str, int]] = {}
+        for (model, status), count in s.by_model.items():
+            by_model.setdefault(model, {})[str(status)] = count
         return {
             "uptime_s": round(time.monotonic() - self._started, 3),
             "requests": s.started,
@@ -264,6 +267,7 @@ class InferenceManager:
             "failed": s.failed,
             "cancelled": s.cancelled,
             "by_status": by_status,
+            "by_model": by_model,
             "errors": dict(s.errors),
             "rejected": dict(s.rejected),
             "generated_tokens": sum(s.tokens.values()),
@@ -330,7 +334,7 @@ class InferenceManager:
         if measure is not None:
             self.limits.check(measure())
         engine, ref = await _within(call.locate(), deadline_at)
-        account.located(engine, self.router.engines)
+        account.located(engine, self.router.engines, ref.name)
         executor = self.router.route(call.task, engine)
         await self._admit(engine, account, deadline_at)
         return executor, ref

@@ -17,6 +17,9 @@ class Stats:
     cancelled: int = 0
     #: Finished requests by (task, engine, HTTP status).
     finished: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    #: Finished requests by (model name, HTTP status); "-" before a name is known, and for
+    #: names nobody serves (404s), so the labels stay the registry's and engines' names.
+    by_model: Counter[tuple[str, int]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     #: Generated tokens by (task, engine).

@@ -44,6 +44,7 @@ class Reading:
 
     t: float
     finished: Mapping[tuple[str, str, int], int]
+    by_model: Mapping[tuple[str, int], int]
     tokens: Mapping[tuple[str, str], int]
     rejected: Mapping[str, int]  # 429s by engine
     queued: Mapping[str, int]
@@ -101,6 +102,7 @@ class TrafficHistory:
         return Reading(
             t=self._clock(),
             finished=dict(s.finished),
+            by_model=dict(s.by_model),
             tokens=dict(s.tokens),
             rejected={name: gate.rejected for name, gate in self._admission.items()},
             queued={name: gate.waiting for name, gate in self._admission.items()},
@@ -203,6 +205,13 @@ def between(a: Reading, b: Reading) -> Point:
         if status >= 400:
             failed[f"{task}/{engine}"] += delta
     errors = {route: round(failed[route] / n, 4) for route, n in by_route.items()}
+    model_n: Counter[str] = Counter()
+    model_failed: Counter[str] = Counter()
+    for (model, status), count in b.by_model.items():
+        delta = count - a.by_model.get((model, status), 0)
+        if delta > 0:
+            model_n[model] += delta
+            model_failed[model] += delta if status >= 400 else 0
     tokens = {f"{t}/{e}": rate(n, a.tokens.get((t, e), 0)) for (t, e), n in b.tokens.items()}
     # A model loaded since reading ``a`` generated all its tokens in this interval.
     tokens.update(
@@ -214,6 +223,8 @@ def between(a: Reading, b: Reading) -> Point:
         "requests_per_s": {k: round(n / dt, 4) for k, n in by_route.items()},
         "status_per_s": {k: round(n / dt, 4) for k, n in by_status.items()},
         "error_ratio": errors,
+        "model_requests_per_s": {m: round(n / dt, 4) for m, n in model_n.items()},
+        "model_error_ratio": {m: round(model_failed[m] / n, 4) for m, n in model_n.items()},
         "latency_s": _quantiles(a.latency, b.latency),
         "ttft_s": _quantiles(a.ttft, b.ttft),
         "tokens_per_s": tokens,

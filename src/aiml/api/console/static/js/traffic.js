@@ -139,6 +139,8 @@ export function TrafficPage() {
     ["requests", "Requests per second, by task/engine", pick(s, "requests_per_s"), "rate"],
     ["status", "Requests per second, by HTTP status", pick(s, "status_per_s"), "rate"],
     ["errors", "Error ratio (status ≥ 400), by task/engine", pick(s, "error_ratio"), "percent"],
+    ["model-requests", "Requests per second, by model", pick(s, "model_requests_per_s"), "rate"],
+    ["model-errors", "Error ratio (status ≥ 400), by model", pick(s, "model_error_ratio"), "percent"],
     ["latency", "Request latency (p50, p99)", pick(s, "latency_s"), "ms"],
     ["ttft", "Time to first token (p50, p99)", pick(s, "ttft_s"), "ms"],
     ["tokens", "Generated tokens per second", pick(s, "tokens_per_s"), "rate"],
