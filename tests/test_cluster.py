@@ -160,6 +160,14 @@ def test_a_model_is_served_by_the_replica_that_holds_it(cluster: Cluster) -> Non
     stats = cluster.stats("model-a/1")
     assert stats["replica"] in holders
     assert stats["loads"]["model-a/1"] == 1
+    # Operators (the console) see which replica holds it, through either front.
+    deadline = time.monotonic() + 10
+    while True:
+        loaded = httpx.get(f"{cluster.url(1)}/inference/loaded", timeout=30).json()
+        if (loaded.get("replicas") or {}).get("model-a/1") == sorted(holders):
+            break
+        assert time.monotonic() < deadline, loaded  # the replica reports at once on load
+        time.sleep(0.05)  # the next look, not a wait for the report: the loop checks it
 
 
 def test_many_clients_load_each_model_at_most_once_per_replica(cluster: Cluster) -> None:

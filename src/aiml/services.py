@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,8 @@ class Services:
     unavailable: Mapping[str, str] = field(default_factory=dict)
     #: In cluster mode, the feed of registry changes made through other fronts.
     changes: ChangeFeed | None = None
+    #: In cluster mode, which model replicas hold which model ids (``name/version``).
+    holders: Callable[[], Awaitable[dict[str, list[str]] | None]] | None = None
 
     def start(self) -> None:
         """Start background work (the idle-model reaper); needs a running event loop."""
@@ -182,6 +184,7 @@ def build_services(
         ),
     )
     changes = None
+    holders = None
     if settings.ray:
         from aiml.cluster.changes import ChangeFeed
 
@@ -192,6 +195,9 @@ def build_services(
                 router.invalidate_name(name)
 
         changes = ChangeFeed(settings.ray_app, on_change=heard)
+        from aiml.cluster.holdings import model_holders
+
+        holders = model_holders(settings.ray_app)
 
     def on_change(name: str) -> None:
         router.invalidate_name(name)
@@ -205,6 +211,7 @@ def build_services(
         router=router,
         manager=manager,
         changes=changes,
+        holders=holders,
         catalog=ModelCatalog(registry, engines, on_change=on_change),
         stats=stats,
         pool=pool,

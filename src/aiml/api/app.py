@@ -59,6 +59,7 @@ def create_app(
         )
         history.start()
         app.state.history = history
+        await anyio.to_thread.run_sync(console.bundle)  # the console's files, read once
         # Everything built so far (MLflow, pydantic, FastAPI: hundreds of thousands of
         # objects) lives as long as the process: keep it out of the collector's scans, which
         # otherwise stall requests for tens of milliseconds on every full collection.

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from aiml.cluster.holdings import REPORT_EVERY_S, holdings_board
 from aiml.engines.local import LocalEngine
 from aiml.engines.pool import ModelPool, PoolKey
 from aiml.errors import AimlError, InvalidRequest
@@ -86,6 +87,7 @@ class ModelReplica:
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._interval_s = settings.ray_stream_interval_ms / 1000
+        self._board = holdings_board(settings.ray_app)
 
     # -- what the front calls ------------------------------------------------------------
 
@@ -146,6 +148,7 @@ class ModelReplica:
         if not self._started:
             self._pool.start()
             self._started = True
+            self._spawn(self._keep_reporting())
         model_id = serve.get_multiplexed_model_id()
         self._wanted[model_id] = (local, model)
         await self.ticket(model_id)  # routing info for Ray; the model itself is in the pool
@@ -165,9 +168,7 @@ class ModelReplica:
         if wanted is None:
             return
         local, model = wanted
-        task = asyncio.ensure_future(self._unload(local, model))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._unload(local, model))
 
     async def _unload(self, local: LocalEngine, model: ResolvedModel) -> None:
         with contextlib.suppress(AimlError):
@@ -175,11 +176,28 @@ class ModelReplica:
 
     def _loaded(self, key: PoolKey, seconds: float) -> None:
         self.loads[f"{key[1]}/{key[2]}"] += 1
+        self._report()  # at once: operators see a load without waiting for the renewal
         log.info("model replica %s loaded %s/%s in %.2fs", self.name, key[1], key[2], seconds)
+
+    def _report(self) -> None:
+        """Tell the holdings board what this replica's pool holds (fire and forget)."""
+        held = [f"{entry.key[1]}/{entry.key[2]}" for entry in self._pool.entries()]
+        self._board.report.remote(self.name, held)
+
+    async def _keep_reporting(self) -> None:
+        while True:  # a renewal: the board drops a replica that stops reporting
+            self._report()
+            await asyncio.sleep(REPORT_EVERY_S)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def __del__(self) -> None:
         # Ray Serve calls this when it stops the replica: unload what the pool holds.
         await self._pool.aclose(wait_s=10.0)
+        self._report()  # holding nothing now (the board would drop it soon anyway)
         for engine in self._engines.values():
             await engine.aclose()
 

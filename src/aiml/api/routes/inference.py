@@ -102,7 +102,8 @@ async def supported_tasks(services: ServicesDep) -> JSONResponse:
 
 @router.get("/loaded")
 async def loaded(services: ServicesDep) -> JSONResponse:
-    """Models the local engines hold in memory: size, last use, whether in use now."""
+    """Models the local engines hold in memory: size, last use, whether in use now; on a
+    cluster, ``replicas``: which model replicas hold each ``name/version``."""
     pool = services.pool
     now = time.monotonic()
     models = [
@@ -123,7 +124,10 @@ async def loaded(services: ServicesDep) -> JSONResponse:
         "used_bytes": pool.used_bytes,
         "idle_ttl_s": pool.idle_ttl_s,
     }
-    return JSONResponse({"success": True, "models": models, "budget": budget})
+    body: dict[str, Any] = {"success": True, "models": models, "budget": budget}
+    if services.holders is not None:  # on a cluster the models are on the model replicas
+        body["replicas"] = await services.holders()
+    return JSONResponse(body)
 
 
 @router.get("/health")

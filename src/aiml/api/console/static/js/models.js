@@ -23,6 +23,7 @@ function LoadedTable({ loaded, admin, act }) {
       ${" "}${budget.max_models} models;
       ${" "}${ttl > 0 ? `idle models are unloaded after ${seconds(ttl)}.` : "idle models stay loaded."}
     </p>
+    ${loaded.replicas !== undefined && html`<${ReplicaTable} replicas=${loaded.replicas} />`}
     ${models.length === 0
       ? html`<p>No model is loaded in this process.</p>`
       : html`<div class="scroll"><table class="loaded">
@@ -45,6 +46,20 @@ function LoadedTable({ loaded, admin, act }) {
         })}</tbody>
       </table></div>`}
   </section>`;
+}
+
+/** On a cluster: which model replicas hold each version (their own reports, renewed). */
+function ReplicaTable({ replicas }) {
+  if (replicas === null) return html`<p class="muted">The model replicas' holdings are unknown right now.</p>`;
+  const held = Object.entries(replicas);
+  return held.length === 0
+    ? html`<p>No model replica holds a model.</p>`
+    : html`<div class="scroll"><table class="replicas">
+      <caption>On the model replicas</caption>
+      <thead><tr><th scope="col">Model</th><th scope="col">Replicas</th></tr></thead>
+      <tbody>${held.map(([ref, names]) => html`<tr key=${ref} data-model=${ref}>
+        <th scope="row">${ref}</th><td>${names.join(", ")}</td></tr>`)}</tbody>
+    </table></div>`;
 }
 
 function AliasForm({ model, versions, onDone }) {
@@ -123,7 +138,8 @@ function ModelCard({ model, detail, caps, loaded, admin, act, refresh }) {
             <td><code>${engineName(v)}</code></td>
             <td>${(caps[ref] ?? []).join(", ") || html`<span class="muted">read on first use</span>`}</td>
             <td>${other.map(([k, val]) => html`<span class="chip">${k}=${val}</span> `)}</td>
-            <td>${here ? `${bytes(here.size_bytes)}, ${here.in_use} in flight` : "no"}</td>
+            <td>${here ? `${bytes(here.size_bytes)}, ${here.in_use} in flight`
+              : loaded?.replicas?.[ref] ? `on ${loaded.replicas[ref].join(", ")}` : "no"}</td>
             ${admin && html`<td class="row-actions">${engine && (here
               ? html`<button type="button" onClick=${() => act("unload", engine, ref)} aria-label=${`Unload ${ref}`}>Unload</button>`
               : html`<button type="button" onClick=${() => act("load", engine, ref)} aria-label=${`Load ${ref}`}>Load</button>`)}</td>`}
