@@ -262,9 +262,10 @@ def quickstart(
     console.print(
         f"  curl -s {url}/inference/infer -H 'content-type: application/json' -d "
         '\'{"task": "embeddings", "engine": "transformers", "model_name": '
-        '"all-minilm-l6-v2@default", "data": {"inputs": ["cat", "kitten"]}}\'\n',
+        '"all-minilm-l6-v2@default", "data": {"inputs": ["cat", "kitten"]}}\'',
         soft_wrap=True,
     )
+    console.print(f"  the console: {url}/ui\n", soft_wrap=True)
     if serve_after:
         serve(host=host, port=port)
 
