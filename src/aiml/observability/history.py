@@ -182,7 +182,9 @@ class TrafficHistory:
 
 #: Groups of rates: a label missing from a point had nothing to count, a rate of 0 (where
 #: ratios and quantiles had nothing to measure: null).
-_RATES = frozenset({"requests_per_s", "status_per_s", "tokens_per_s", "rejected_per_s"})
+_RATES = frozenset(
+    {"requests_per_s", "model_requests_per_s", "status_per_s", "tokens_per_s", "rejected_per_s"}
+)
 
 
 def between(a: Reading, b: Reading) -> Point:
