@@ -28,14 +28,16 @@ import numpy as np
 from aiml.bundled import BUNDLED
 from aiml.engines import llama_scheduler as scheduling
 from aiml.engines.json_grammar import _schema_grammar, grammar_for
-from aiml.engines.llama_native import NativeModel, SamplerChain, Sampling, _candidates
+from aiml.engines.llama_native import (
+    NativeModel,
+    ParsedGrammar,
+    SamplerChain,
+    Sampling,
+    _candidates,
+)
 from aiml.engines.llama_scheduler import BatchScheduler, Job
 from aiml.types import OutputFormat
 from tests.api.test_structured_outputs import SCHEMAS
-
-
-def chain(model: NativeModel, sampling: Sampling) -> SamplerChain:
-    return SamplerChain(sampling, model.vocab, model.n_vocab, 0)
 
 
 def timed(call: Callable[[], object], repeat: int) -> float:
@@ -62,11 +64,9 @@ def main() -> None:
           f"max {max(cold):.2f} ms; cached: {statistics.median(warm) * 1000:.1f} us")  # fmt: skip
 
     model = NativeModel(smol, n_seq=1, n_ctx_seq=512, n_batch=512, n_threads=2)
-    grammars = [grammar_for(output) for output in formats]
+    grammars = [grammar_for(output).text for output in formats]
     parse = [
-        timed(
-            lambda g=g: SamplerChain(Sampling(grammar=g), model.vocab, model.n_vocab, 0).free(), 20
-        )  # type: ignore[misc]
+        timed(lambda g=g: ParsedGrammar(model.vocab, g).free(), 20)  # type: ignore[misc]
         for g in grammars
     ]
     print(f"GBNF -> llama.cpp grammar sampler: median {statistics.median(parse):.2f} ms, "
@@ -88,7 +88,7 @@ def main() -> None:
 
     def chain_first() -> None:
         chain = SamplerChain(
-            Sampling(temperature=0, grammar=grammar), model.vocab, model.n_vocab, 0
+            Sampling(temperature=0), model.n_vocab, 0, ParsedGrammar(model.vocab, grammar)
         )
         chain.sample(model.ctx, -1)
         chain.free()
@@ -120,9 +120,10 @@ def _generations(smol: Path, grammars: list[str]) -> None:
 
     def run(grammar: str | None) -> float:
         done = threading.Event()
-        sampling = Sampling(temperature=0, grammar=grammar)
+        parsed = None if grammar is None else ParsedGrammar(model.vocab, grammar)
         emit = lambda kind, _: kind != "text" and done.set()  # noqa: E731
-        job = Job(tokens=prompt, sampling=sampling, max_tokens=120, stop=(), emit=emit)
+        job = Job(tokens=prompt, sampling=Sampling(temperature=0), max_tokens=120, stop=(),
+                  emit=emit, grammar=parsed)  # fmt: skip
         started = time.perf_counter()
         scheduler.submit(job)
         done.wait()

@@ -5,7 +5,9 @@ The high-level ``llama_cpp.Llama`` owns one context for one sequence; continuous
 needs a context whose KV memory holds several sequences (``n_seq_max``) and batches that
 mix them, so aiml drives the C API itself here: load, tokenize, detokenize, metadata,
 per-sequence samplers. Everything in this module is blocking and runs on the scheduler's
-own thread (a llama.cpp context is not thread-safe).
+own thread (a llama.cpp context is not thread-safe), except :class:`ParsedGrammar`, which
+reads only the vocabulary and is built on a worker thread before its request joins the
+batch (parsing a large grammar takes seconds nobody else should wait for).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import Any
 import llama_cpp as llama
 import numpy as np
 
-__all__ = ["NativeModel", "SamplerChain", "Sampling", "kv_bytes_per_token", "read_metadata"]
+__all__ = [
+    "NativeModel",
+    "ParsedGrammar",
+    "SamplerChain",
+    "Sampling",
+    "kv_bytes_per_token",
+    "read_metadata",
+]
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -57,8 +66,23 @@ class Sampling:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     seed: int | None = None
-    #: A GBNF grammar every sampled token must follow (structured outputs); None: free.
-    grammar: str | None = None
+
+
+class ParsedGrammar:
+    """A GBNF grammar as llama.cpp's grammar sampler (``llama_sampler_init_grammar``), for
+    one sequence. It reads only the model's vocabulary, so it is built off the scheduler's
+    thread; a :class:`SamplerChain` given it owns it from then on."""
+
+    def __init__(self, vocab: Any, grammar: str) -> None:
+        self.sampler = llama.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not self.sampler:
+            self.sampler = None
+            raise ValueError("llama.cpp could not parse the grammar")
+
+    def free(self) -> None:
+        if self.sampler is not None:
+            llama.llama_sampler_free(self.sampler)
+            self.sampler = None
 
 
 class SamplerChain:
@@ -67,22 +91,24 @@ class SamplerChain:
     #: How many recent tokens the repeat penalty looks at (``Llama``'s default).
     PENALTY_LAST_N = 64
 
-    def __init__(self, sampling: Sampling, vocab: Any, n_vocab: int, default_seed: int) -> None:
+    def __init__(
+        self,
+        sampling: Sampling,
+        n_vocab: int,
+        default_seed: int,
+        grammar: ParsedGrammar | None = None,
+    ) -> None:
         params = llama.llama_sampler_chain_default_params()
         self._chain = llama.llama_sampler_chain_init(params)
         add = lambda sampler: llama.llama_sampler_chain_add(self._chain, sampler)  # noqa: E731
-        self._grammar = None
+        # Kept out of the chain: checking all ~50k tokens against a grammar costs far more
+        # than the rest of sampling, so (as llama.cpp's own server does) the chain picks a
+        # token first and the grammar checks that one; only a refused token makes the
+        # grammar filter the whole vocabulary and the chain pick again.
+        self._grammar = grammar.sampler if grammar is not None else None
+        if grammar is not None:
+            grammar.sampler = None  # this chain frees it
         self._n_vocab = n_vocab
-        if sampling.grammar is not None:
-            # Kept out of the chain: checking all ~50k tokens against a grammar costs far
-            # more than the rest of sampling, so (as llama.cpp's own server does) the chain
-            # picks a token first and the grammar checks that one; only a refused token
-            # makes the grammar filter the whole vocabulary and the chain pick again.
-            grammar = llama.llama_sampler_init_grammar(vocab, sampling.grammar.encode(), b"root")
-            if not grammar:
-                self.free()
-                raise ValueError("llama.cpp could not parse the grammar")
-            self._grammar = grammar
         # The binding takes n_vocab first, as llama-cpp-python's own sampler passes it.
         add(
             llama.llama_sampler_init_penalties(

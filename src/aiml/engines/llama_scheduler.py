@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .llama_native import NativeModel, SamplerChain, Sampling
+from .llama_native import NativeModel, ParsedGrammar, SamplerChain, Sampling
 
 __all__ = ["BatchScheduler", "Job", "SchedulerStats"]
 
@@ -47,6 +47,9 @@ class Job:
     stop: tuple[str, ...]
     emit: Emit
     ignore_eos: bool = False
+    #: The grammar its tokens must follow, parsed before it was submitted (never on the
+    #: scheduler's thread); the job owns it until its sampler chain takes it.
+    grammar: ParsedGrammar | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.monotonic)
     prompt_tokens: int = 0
@@ -167,6 +170,7 @@ class BatchScheduler:
             job = self._waiting[0]
             if job.cancelled.is_set():
                 self._waiting.popleft()
+                _discard(job)
                 continue
             free = [slot for slot in self._slots if slot.job is None]
             if not free:
@@ -179,11 +183,8 @@ class BatchScheduler:
     def _start(self, job: Job, free: list[_Slot]) -> None:
         """Put ``job`` in the free slot that reuses most of its prompt's KV."""
         model = self._model
-        try:
-            sampler = SamplerChain(job.sampling, model.vocab, model.n_vocab, self._seed)
-        except ValueError as exc:  # its grammar: this job fails, the batch goes on
-            job.emit("error", str(exc))
-            return
+        sampler = SamplerChain(job.sampling, model.n_vocab, self._seed, job.grammar)
+        job.grammar = None  # the chain owns it now
         prompt = job.tokens
         limit = len(prompt) - 1  # the last prompt token is always decoded: it gives logits
         slot = max(free, key=lambda s: (_common(s.cached, prompt, limit), -s.last_used))
@@ -328,6 +329,7 @@ class BatchScheduler:
             jobs.extend(self._waiting)
             self._waiting.clear()
         for job in jobs:
+            _discard(job)
             if not job.cancelled.is_set():
                 job.emit("error", exc)
         for slot in self._slots:
@@ -335,6 +337,13 @@ class BatchScheduler:
                 slot.sampler.free()
             slot.job = slot.sampler = None
         self.stats.running = self.stats.waiting = 0
+
+
+def _discard(job: Job) -> None:
+    """Free what a job that never got (or no longer has) a slot still owns."""
+    if job.grammar is not None:
+        job.grammar.free()
+        job.grammar = None
 
 
 def _common(cached: list[int], prompt: list[int], limit: int) -> int:

@@ -31,6 +31,7 @@ from aiml.types import (
 )
 
 from .details import gguf_details
+from .json_grammar import parse_grammar
 from .local import LocalEngine
 from .pool import Loaded
 from .tool_calls import answer_of, openai_tools, template_messages, tool_format
@@ -187,7 +188,9 @@ class LlamaCppEngine(LocalEngine):
             raise ModelNotServable("llamacpp models here take no images", param="messages")
         calling = bool(params.tools) and params.tool_choice != "none"
         if calling:  # the answer is a call (or a response) as JSON, under its grammar
-            params = replace(params, output_format=tool_format(params))
+            # Off the event loop: the tools' schemas are the client's, and may be megabytes.
+            output = await asyncio.to_thread(tool_format, params)
+            params = replace(params, output_format=output)
 
         def render(handle: _Generator) -> _Prompt:
             if handle.formatter is None:
@@ -262,16 +265,20 @@ class LlamaCppEngine(LocalEngine):
         template = meta.get("tokenizer.chat_template", "")
         return gguf_details(meta, fim, model.declared_task, takes_tools(template))
 
-    async def _sampling(self, params: SamplingParams) -> Any:
+    async def _grammar(self, params: SamplingParams) -> Any:
+        """The request's grammar (a ``json_grammar.Grammar``), or None: a cache hit, or a
+        conversion bounded by the schema limits, on a worker thread."""
         from .json_grammar import grammar_for
+
+        if params.output_format is None:
+            return None
+        return await asyncio.to_thread(grammar_for, params.output_format)
+
+    def _sampling(self, params: SamplingParams) -> Any:
         from .llama_native import Sampling
 
-        grammar = None
-        if params.output_format is not None:  # a cache hit, or a conversion of a few ms
-            grammar = await asyncio.to_thread(grammar_for, params.output_format)
         defaults = Sampling()
         return Sampling(
-            grammar=grammar,
             temperature=defaults.temperature if params.temperature is None else params.temperature,
             top_p=defaults.top_p if params.top_p is None else params.top_p,
             top_k=defaults.top_k if params.top_k is None else params.top_k,
@@ -288,11 +295,14 @@ class LlamaCppEngine(LocalEngine):
 
         if model.declared_task == Task.EMBEDDINGS:
             raise ModelNotServable(f"{model.engine_model} is an embeddings model", param="task")
-        sampling = await self._sampling(params)
+        sampling = self._sampling(params)
+        grammar = await self._grammar(params)  # a schema past the limits: refused unloaded
         lease = await self.acquire(model)
+        parsed = None
         try:
             handle: _Generator = lease.handle
-            prompt = render(handle)
+            # Off the event loop: a chat template over the client's messages (and tools).
+            prompt = await asyncio.to_thread(render, handle)
             window = handle.scheduler.n_ctx_seq
             if len(prompt.tokens) >= window:
                 raise InvalidRequest(
@@ -307,6 +317,9 @@ class LlamaCppEngine(LocalEngine):
                 with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
                     loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
+            if grammar is not None:
+                assert params.output_format is not None
+                parsed = await parse_grammar(handle.native.vocab, grammar, params.output_format)
             job = Job(
                 tokens=prompt.tokens,
                 sampling=sampling,
@@ -314,11 +327,13 @@ class LlamaCppEngine(LocalEngine):
                 stop=(*params.stop, *prompt.stop),
                 emit=emit,
                 ignore_eos=params.ignore_eos,
+                grammar=parsed,
             )
             try:
                 handle.scheduler.submit(job)
             except RuntimeError as exc:
                 raise EngineError(f"{model.engine_model} is being unloaded; retry") from exc
+            parsed = None  # the job owns it
             text: list[str] = []
             try:
                 while True:
@@ -335,7 +350,11 @@ class LlamaCppEngine(LocalEngine):
                 job.cancelled.set()  # a no-op when it finished; frees the sequence if not
                 handle.scheduler.wake()
         finally:
+            if parsed is not None:
+                parsed.free()
             lease.release()
+        if grammar is not None and grammar.open_bounds and finish == "stop":
+            await asyncio.to_thread(grammar.check, "".join(text))
         final = Generation(
             text="".join(text),
             finish_reason=finish,

@@ -19,6 +19,8 @@ from typing import Any
 from aiml.errors import EngineError, InvalidRequest
 from aiml.types import ChatMessage, OutputFormat, SamplingParams, Tool, ToolCall
 
+from .schema_bounds import MAX_SCHEMA_BYTES
+
 __all__ = [
     "answer_of",
     "arguments_of",
@@ -33,7 +35,8 @@ __all__ = [
 
 def tool_format(params: SamplingParams) -> OutputFormat:
     """The JSON the answer must be: a call of one of the tools (or of the named one), or,
-    under "auto", a plain response."""
+    under "auto", a plain response. Blocking (the schemas are the client's): call it on a
+    worker thread."""
     if params.output_format is not None:
         raise InvalidRequest("use tools or a response format, not both", param="tools")
     tools = params.tools
@@ -55,6 +58,12 @@ def tool_format(params: SamplingParams) -> OutputFormat:
 
 
 def _call_schema(tool: Tool) -> dict[str, Any]:
+    if len(tool.parameters) > MAX_SCHEMA_BYTES:  # refused unread (see schema_bounds)
+        raise InvalidRequest(
+            f"tool {tool.name!r}: parameters are {len(tool.parameters)} bytes of JSON schema; "
+            f"the most is {MAX_SCHEMA_BYTES}",
+            param="tools",
+        )
     try:
         parameters = json.loads(tool.parameters)
     except ValueError:
