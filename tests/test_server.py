@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
 from aiml.server import uvicorn_config
 from aiml.settings import Settings
+from tests.api.test_edge import closed, read_response, rss_mib
+from tests.fakes.processes import Process, aiml_serve
 from tests.fakes.servers import free_port
 
 # httpx's (and Node's) default: a pooled connection idle this long is closed by the client.
@@ -54,3 +59,178 @@ def test_an_idle_keep_alive_connection_is_still_served_after_the_clients_expiry(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# --- request heads and bodies: limits held as the bytes arrive --------------------------------
+
+MIB = 1 << 20
+KEY = "Bearer user-key"
+BODY_TIMEOUT_S = 1.0
+RSS_SLACK_MIB = 40
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, int]]:
+    """``aiml serve`` as a real process (its own memory to measure), default head limits."""
+    port = free_port()
+    env = {
+        "AIML_API_KEYS": "user-key",
+        "AIML_ENGINES": "ollama",
+        "OLLAMA_HOST": "http://127.0.0.1:9",
+        "AIML_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    }
+    process = aiml_serve(tmp_path_factory.mktemp("heads"), env, port)
+    process.start()
+    yield process, port
+    process.stop()
+
+
+def noop() -> None:
+    return None
+
+
+def send_heads(
+    port: int, start: bytes, *, mib: int, connections: int = 1, check: Callable[[], None] = noop
+) -> list[tuple[bytes, bool]]:
+    """On ``connections`` connections at once, ``start`` and then a ``mib`` MiB header value
+    (a MiB at a time, in turn), and the head's end, each until the server answers; returns
+    each answer and whether the server then closed that connection."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(connections)]
+    sending = set(socks)
+    piece = b"a" * MIB
+    try:
+        for sock in socks:
+            sock.sendall(start)
+        for _ in range(mib):
+            for sock in list(sending):
+                if select.select([sock], [], [], 0)[0]:
+                    sending.discard(sock)  # the answer (or the close) came: stop sending
+                    continue
+                try:
+                    sock.sendall(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    sending.discard(sock)  # closed under our writes; its answer may be read
+            check()
+        for sock in sending:
+            sock.sendall(b"\r\n\r\n")
+        return [(read_response(sock), closed(sock)) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_a_huge_header_without_a_key_is_431_and_the_memory_stays_flat(
+    edge: tuple[Process, int],
+) -> None:
+    """20 connections each sending a 32 MB header grew the server by ~640 MB, never given
+    back: the bytes past the limit must not reach the parser at all."""
+    process, port = edge
+    idle = rss_mib(process)
+
+    def bounded() -> None:
+        assert rss_mib(process) < idle + RSS_SLACK_MIB, "the server is holding the headers"
+
+    start = b"GET /v1/models HTTP/1.1\r\nHost: aiml\r\nX-Filler: "
+    ends = send_heads(port, start, mib=32, connections=20, check=bounded)
+    for answer, was_closed in ends:
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert b"request_header_fields_too_large" in answer
+        assert was_closed
+    bounded()
+
+
+@pytest.mark.slow
+def test_a_huge_header_with_a_valid_key_is_431_too(edge: tuple[Process, int]) -> None:
+    _, port = edge
+    start = f"GET /v1/models HTTP/1.1\r\nHost: aiml\r\nAuthorization: {KEY}\r\nX-Filler: "
+    [(answer, was_closed)] = send_heads(port, start.encode(), mib=64)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert was_closed
+
+
+def head(path: str, fields: int = 60, *, pad: int = 640, extra: str = "") -> bytes:
+    """A request head of ``fields`` header fields; by default 60 of them and ~40 KB."""
+    lines = [f"GET {path} HTTP/1.1", "Host: aiml", *extra.splitlines()]
+    lines += [f"X-Field-{n}: {'v' * pad}" for n in range(fields - len(lines) + 1)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def responses(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` responses read off one connection (each with a Content-Length)."""
+    buffer, found = b"", list[bytes]()
+    while len(found) < count:
+        top, sep, rest = buffer.partition(b"\r\n\r\n")
+        if sep:
+            length = next(
+                int(line.split(b":")[1]) for line in top.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            )  # fmt: skip
+            if len(rest) >= length:
+                found.append(top)
+                buffer = rest[length:]
+                continue
+        more = sock.recv(65536)
+        assert more, f"closed after {len(found)} responses: {found}"
+        buffer += more
+    return found
+
+
+@pytest.mark.slow
+def test_a_request_with_too_many_headers_is_431(edge: tuple[Process, int]) -> None:
+    _, port = edge
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head("/health/live", 100, pad=0))  # the most allowed
+        assert responses(sock, 1)[0].startswith(b"HTTP/1.1 200")
+        sock.sendall(head("/health/live", 101, pad=0))
+        answer = read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert closed(sock)
+
+
+@pytest.mark.slow
+def test_each_request_on_a_connection_has_the_whole_allowance(edge: tuple[Process, int]) -> None:
+    """Kept-alive and pipelined requests are measured one by one, bodies not counted: three
+    heads of 60 fields and 40 KB each (together past both limits) and bodies full of line
+    ends are all served."""
+    _, port = edge
+    noisy = b"\r\n\r\n\n\nx: y\r\n" * 10_000  # what a head reader must not count
+    length = head("/health/live", extra=f"Content-Length: {len(noisy)}") + noisy
+    chunked = (
+        head("/health/live", extra="Transfer-Encoding: chunked")
+        + b"%x\r\n%s\r\n" % (len(noisy), noisy)
+        + b"0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for _ in range(2):  # pipelined, then once more on the kept-alive connection
+            sock.sendall(length + chunked + head("/health/live"))
+            assert [r[:12] for r in responses(sock, 3)] == [b"HTTP/1.1 200"] * 3
+        sock.sendall(
+            f"GET /v1/models HTTP/1.1\r\nHost: aiml\r\nAuthorization: {KEY}\r\n\r\n".encode()
+        )
+        assert responses(sock, 1)[0].startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.slow
+def test_a_body_dribbled_under_the_gap_limit_is_cut_off(edge: tuple[Process, int]) -> None:
+    """A byte every half a body timeout never leaves a gap the size of the timeout; the
+    minimum pace catches it (as a byte every 5 s against the default 10 s)."""
+    _, port = edge
+    start = (
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: aiml\r\nAuthorization: {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(start)
+        began = time.monotonic()
+        answer = b""
+        while time.monotonic() - began < BODY_TIMEOUT_S + 5:
+            # The pace under test: waiting for the answer is what sets it.
+            if select.select([sock], [], [], BODY_TIMEOUT_S / 2)[0]:
+                answer = read_response(sock)
+                break
+            sock.sendall(b" ")
+        elapsed = time.monotonic() - began
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert BODY_TIMEOUT_S * 0.8 < elapsed < BODY_TIMEOUT_S + 4
+        assert closed(sock)

@@ -1,4 +1,5 @@
-"""What uvicorn does not limit: how long a request's headers may take, connections per client.
+"""What uvicorn does not limit: a request's head (its size, its time), a body's pace, and
+connections per client.
 
 uvicorn has a keep-alive timeout (restarted by every byte received, so a client dribbling a
 request line holds its connection forever), a global ``limit_concurrency`` and no header
@@ -10,6 +11,18 @@ deadline. Hand-written here, as small as could be, with public interfaces only:
   subclass of uvicorn's private protocol classes). It counts connections per peer address,
   refusing past the cap with a 503, and closes a connection whose request headers are not
   complete ``header_timeout_s`` after its first byte (or after it opened).
+* httptools gathers a head of any size (a 32 MB header cost ~32 MB that stayed taken), so
+  each request's head is measured as its bytes arrive (:class:`~aiml.http_framing.
+  RequestFraming`, per request: kept-alive and pipelined requests each have the whole
+  allowance) and the bytes past ``max_head_bytes`` or ``max_headers`` never reach the
+  parser: 431 and the connection is closed.
+* A body must keep coming: no gap longer than ``body_timeout_s``, and on average at least
+  ``body_min_rate`` bytes a second after a grace of ``body_timeout_s`` (a gap limit alone
+  lets a byte every few seconds hold a request for ever). Time the server itself holds the
+  body back (reading paused while the app has not taken what came) is not the client's.
+  Past either, 408 and the connection is closed.
+* Our own 431 or 408 is written only between responses; mid-response the connection is
+  just closed, and what the app answers after that is dropped.
 * Only the app learns that a request's headers are complete: :meth:`ConnectionGuard.app`
   wraps it and tells the connection. uvicorn starts the request's task inside
   ``data_received``, so the task's context carries the connection that :data:`_current`
@@ -25,7 +38,9 @@ from collections import Counter
 from contextvars import ContextVar
 from typing import Any, cast
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aiml.http_framing import RequestFraming
 
 __all__ = ["ConnectionGuard"]
 
@@ -41,6 +56,10 @@ _BUSY = (
     % (len(_BUSY_BODY), _BUSY_BODY)
 )
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
 
 _current: ContextVar[_Guarded | None] = ContextVar("aiml_connection", default=None)
 
@@ -48,12 +67,33 @@ _current: ContextVar[_Guarded | None] = ContextVar("aiml_connection", default=No
 class ConnectionGuard:
     """Per-address connection counts and the header deadline, for one server."""
 
-    def __init__(self, *, header_timeout_s: float, max_per_client: int) -> None:
+    def __init__(
+        self,
+        *,
+        header_timeout_s: float,
+        max_per_client: int,
+        max_head_bytes: int = 65536,
+        max_headers: int = 100,
+        body_timeout_s: float = 10.0,
+        body_min_rate: float = 500.0,
+    ) -> None:
         self.header_timeout_s = header_timeout_s
         self.max_per_client = max_per_client  # 0: no cap
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.body_timeout_s = body_timeout_s
+        self.body_min_rate = body_min_rate  # bytes a second; 0: only the gap counts
         self.refused = 0
         self.timed_out = 0
+        self.too_large = 0
+        self.body_timed_out = 0
         self._open: Counter[str] = Counter()
+        body = (
+            b'{"success":false,"error":{"code":"request_header_fields_too_large","message":'
+            b'"request headers over %d bytes or %d fields (AIML_MAX_HEADER_BYTES, '
+            b'AIML_MAX_HEADERS)"}}' % (max_head_bytes, max_headers)
+        )
+        self.too_large_answer = _LARGE % (len(body), body)
 
     def protocol(self, inner: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
         """A protocol class for uvicorn's ``Config(http=...)`` that wraps ``inner``."""
@@ -73,9 +113,16 @@ class ConnectionGuard:
             if connection is None or scope["type"] != "http":
                 await app(scope, receive, send)
                 return
+
+            async def answer(message: Message) -> None:
+                if connection.ended:
+                    return  # the connection was ended with our own answer, or none
+                await send(message)
+                connection.sent(message)
+
             connection.request_started()
             try:
-                await app(scope, receive, send)
+                await app(scope, receive, answer)
             finally:
                 connection.request_finished()
 
@@ -103,14 +150,40 @@ class ConnectionGuard:
 
     def expired(self, client: str) -> None:
         self.timed_out += 1
-        if self.timed_out % 100 == 1:
-            log.warning(
-                "closed a connection from %s: no complete request headers within %.0fs "
-                "(AIML_HEADER_TIMEOUT_S); %d so far",
-                client,
-                self.header_timeout_s,
-                self.timed_out,
-            )
+        _log_some(
+            self.timed_out,
+            "closed a connection from %s: no complete request headers within %.0fs "
+            "(AIML_HEADER_TIMEOUT_S); %d so far",
+            client,
+            self.header_timeout_s,
+        )
+
+    def head_too_large(self, client: str) -> None:
+        self.too_large += 1
+        _log_some(
+            self.too_large,
+            "closed a connection from %s: request headers over %d bytes or %d fields "
+            "(AIML_MAX_HEADER_BYTES, AIML_MAX_HEADERS); %d so far",
+            client,
+            self.max_head_bytes,
+            self.max_headers,
+        )
+
+    def body_expired(self, client: str) -> None:
+        self.body_timed_out += 1
+        _log_some(
+            self.body_timed_out,
+            "closed a connection from %s: its request body stalled (AIML_BODY_TIMEOUT_S "
+            "%.0fs, AIML_BODY_MIN_RATE %.0f B/s); %d so far",
+            client,
+            self.body_timeout_s,
+            self.body_min_rate,
+        )
+
+
+def _log_some(count: int, message: str, *args: object) -> None:
+    if count % 100 == 1:  # one line per hundred, not a flood under attack
+        log.warning(message, *args, count)
 
 
 class _Guarded(asyncio.Protocol):
@@ -129,6 +202,19 @@ class _Guarded(asyncio.Protocol):
         self._active = 0
         self._heard = False  # bytes arrived since the deadline was set
         self._deadline: asyncio.TimerHandle | None = None
+        self._framing = RequestFraming(
+            max_head_bytes=guard.max_head_bytes, max_headers=guard.max_headers
+        )
+        # Responses the app began and finished, to know whether one is under way (the
+        # framing counts the heads): our own answer may only come between two.
+        self._responses_begun = 0
+        self._responses_done = 0
+        self.ended = False  # by our 431 or 408 (or a close): nothing more goes either way
+        # The clock of the body now arriving: which request's, since when, from which byte.
+        self._body_of = 0
+        self._body_since = self._body_last = 0.0
+        self._body_from = 0
+        self._body_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a stream server's: a Transport
@@ -143,22 +229,30 @@ class _Guarded(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted:
+        if not self._admitted or self.ended:
             return
         if not self._active and self._deadline is None:
             self._arm()  # the first byte of a next request on a kept-alive connection
         self._heard = True
-        token = _current.set(self)  # the request task uvicorn may start here inherits it
-        try:
-            self._inner.data_received(data)
-        finally:
-            _current.reset(token)
+        allowed = self._framing.feed(data)
+        if allowed:
+            token = _current.set(self)  # the request task uvicorn may start here inherits it
+            try:
+                self._inner.data_received(data if allowed == len(data) else data[:allowed])
+            finally:
+                _current.reset(token)
+        if self._framing.too_large:
+            self._guard.head_too_large(self._client)
+            self._end(self._guard.too_large_answer, answered=self._framing.heads)
+        else:
+            self._clock_body()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._admitted else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_body_clock()
         if self._admitted:
             self._admitted = False
             self._guard.release(self._client)
@@ -178,6 +272,70 @@ class _Guarded(asyncio.Protocol):
 
     def request_finished(self) -> None:
         self._active -= 1  # at 0, idle: uvicorn's keep-alive timeout applies until a byte comes
+
+    def sent(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self._responses_begun += 1
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self._responses_done += 1
+
+    def _end(self, answer: bytes, *, answered: int) -> None:
+        """Closes the connection, with ``answer`` if the ``answered`` requests before this one
+        are answered and no response is under way (else it would land inside one)."""
+        self.ended = True
+        self._disarm()
+        self._stop_body_clock()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._responses_begun == self._responses_done == answered:
+            transport.write(answer)
+        transport.close()
+
+    def _clock_body(self) -> None:
+        if not self._framing.in_body:
+            self._stop_body_clock()
+            return
+        now = asyncio.get_running_loop().time()
+        if self._body_of != self._framing.heads:  # the first bytes of a new body
+            self._body_of = self._framing.heads
+            self._body_since, self._body_from = now, 0
+        self._body_last = now
+        if self._body_deadline is None:
+            self._body_deadline = asyncio.get_running_loop().call_at(
+                self._body_due(), self._check_body
+            )
+
+    def _body_due(self) -> float:
+        timeout_s, rate = self._guard.body_timeout_s, self._guard.body_min_rate
+        due = self._body_last + timeout_s
+        if rate > 0:
+            received = self._framing.body_bytes - self._body_from
+            due = min(due, self._body_since + timeout_s + received / rate)
+        return due
+
+    def _check_body(self) -> None:
+        self._body_deadline = None
+        transport = self._transport
+        if self.ended or not self._framing.in_body or transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not transport.is_reading():  # uvicorn holds the body back: the app has not taken
+            # what came; the wait is the server's, so the client's clock starts again.
+            self._body_since = self._body_last = now
+            self._body_from = self._framing.body_bytes
+        due = self._body_due()
+        if now < due:
+            self._body_deadline = loop.call_at(due, self._check_body)
+            return
+        self._guard.body_expired(self._client)
+        self._end(_TIMEOUT, answered=self._framing.heads - 1)
+
+    def _stop_body_clock(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
 
     def _arm(self) -> None:
         self._heard = False

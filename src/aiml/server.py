@@ -5,8 +5,10 @@ inference requests get 503 ``draining`` with ``Retry-After``, while the requests
 finish, for at most ``AIML_DRAIN_TIMEOUT_S``. Then uvicorn shuts down, the lifespan unloads
 every model, and the process exits 0. A second signal stops at once.
 
-Connections: a client must complete its request headers within ``AIML_HEADER_TIMEOUT_S`` and
-may hold at most ``AIML_MAX_CONNECTIONS_PER_CLIENT`` connections (:mod:`aiml.connections`).
+Connections: a client must complete its request headers within ``AIML_HEADER_TIMEOUT_S``
+(each head at most ``AIML_MAX_HEADER_BYTES`` and ``AIML_MAX_HEADERS`` fields), keep a body
+coming (``AIML_BODY_TIMEOUT_S``, ``AIML_BODY_MIN_RATE``) and may hold at most
+``AIML_MAX_CONNECTIONS_PER_CLIENT`` connections (:mod:`aiml.connections`).
 """
 
 from __future__ import annotations
@@ -51,11 +53,16 @@ def run(settings: Settings) -> None:
 
 
 def uvicorn_config(settings: Settings, app: Any, *, host: str) -> uvicorn.Config:
-    # uvicorn has no header-read deadline nor a per-client cap; the guard adds both around
-    # uvicorn's own HTTP protocol (the one its default http="auto" names): see connections.py.
+    # uvicorn has no header-read deadline, head size cap, body pace nor per-client cap; the
+    # guard adds them around uvicorn's own HTTP protocol (httptools, which its default
+    # http="auto" names when installed, as uvicorn[standard] does): see connections.py.
     guard = ConnectionGuard(
         header_timeout_s=settings.header_timeout_s,
         max_per_client=settings.max_connections_per_client,
+        max_head_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        body_timeout_s=settings.body_timeout_s,
+        body_min_rate=settings.body_min_rate,
     )
     return uvicorn.Config(
         guard.app(app),

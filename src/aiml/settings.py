@@ -216,6 +216,26 @@ class Settings(BaseSettings):
         description="How long a client may take to send a request's headers (from its first "
         "byte, or from connecting) before its connection is closed.",
     )
+    max_header_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        description="Largest request head (request line and headers together), per request; "
+        "past it, 431 and the connection is closed.",
+    )
+    max_headers: PositiveInt = Field(
+        default=100, description="Most header fields in one request; past it, 431 and closed."
+    )
+    body_timeout_s: PositiveFloat = Field(
+        default=10.0,
+        description="A request body may pause at most this long, and gets this long as a "
+        "grace before AIML_BODY_MIN_RATE applies; then 408 and the connection is closed.",
+    )
+    body_min_rate: float = Field(
+        default=500.0,
+        ge=0,
+        description="Bytes a second a request body must average, counted from its start "
+        "after the grace of AIML_BODY_TIMEOUT_S (0: only pauses count).",
+    )
     max_connections_per_client: int = Field(
         default=64,
         ge=0,
