@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     )
     admin_keys: str = Field(
         default="",
-        description="Comma-separated admin keys: registering, aliases, cache, load, unload.",
+        description="Comma-separated admin keys: register, aliases, cache, load, unload, pull.",
     )
     max_body_bytes: PositiveInt = Field(
         default=16 << 20, description="Largest request body (uploads to /admin excepted)."

@@ -5,16 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
+from starlette.routing import Route
 
-from aiml.api.auth import KeyRing
+from aiml.api.app import create_app
+from aiml.api.auth import ROUTE_ACCESS, Access, KeyRing, access_of
 from aiml.observability.logging import JsonFormatter
 from aiml.server import safe_host
 from aiml.settings import Settings
-from tests.conftest import Registry, RunningAiml
+from tests.conftest import Registry, RunningAiml, RunningOllama
 
 USER = {"authorization": "Bearer user-key"}
 ADMIN = {"authorization": "Bearer admin-key"}
@@ -164,3 +168,128 @@ def test_request_ids_come_back_and_go_into_the_logs(aiml: RunningAiml) -> None:
     assert any(
         r["request_id"] == fresh.headers["x-request-id"] and r["status"] == 404 for r in records
     )
+
+
+def test_a_user_key_neither_loads_nor_unloads_a_model_outside_a_request(
+    aiml: RunningAiml, ollama: RunningOllama
+) -> None:
+    model = "llama2-7b-chat"
+    with httpx.Client(base_url=aiml.url, headers=USER) as user:
+        for route, body in (
+            ("/api/generate", {"model": model, "keep_alive": 0}),  # unload
+            ("/api/chat", {"model": model, "keep_alive": "0s"}),
+            ("/api/generate", {"model": model, "prompt": ""}),  # load without a request
+            ("/api/chat", {"model": model, "messages": []}),
+        ):
+            refused = user.post(route, json=body)
+            assert refused.status_code == 403, (route, body, refused.text)
+            assert "admin key" in refused.json()["error"]
+        assert ollama.state.counts["load"] == ollama.state.counts["unload"] == 0
+        # A request loads what it uses; its keep_alive changes nothing (no unload).
+        used = user.post("/api/generate", json={"model": model, "prompt": "hi", "stream": False,
+                                                "keep_alive": 0})  # fmt: skip
+        assert used.status_code == 200 and used.json()["response"] == "llama2:7b heard: hi"
+        assert ollama.state.counts["unload"] == 0
+    with httpx.Client(base_url=aiml.url, headers=ADMIN) as admin:
+        loaded = admin.post("/api/generate", json={"model": model, "prompt": ""})
+        assert loaded.json()["done_reason"] == "load"
+        unloaded = admin.post("/api/chat", json={"model": model, "keep_alive": 0})
+        assert unloaded.json()["done_reason"] == "unload"
+    assert ollama.state.counts["load"] == ollama.state.counts["unload"] == 1
+
+
+def test_pull_needs_an_admin_key_and_show_a_user_key(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, ollama: RunningOllama
+) -> None:
+    registry.register("llama2-7b-chat", "llama2:7b")
+    ollama.state.pullable.add("llama2:7b")
+    aiml = start_aiml(api_keys="user-key", admin_keys="admin-key", ollama_allow_pull=True)
+    pull = {"model": "llama2-7b-chat", "stream": False}
+    with httpx.Client(base_url=aiml.url) as client:
+        refused = client.post("/api/pull", json=pull, headers=USER)
+        assert refused.status_code == 403 and "admin key" in refused.json()["error"]
+        assert ollama.state.counts["POST /api/pull"] == 0
+        pulled = client.post("/api/pull", json=pull, headers=ADMIN)
+        assert pulled.status_code == 200 and pulled.json() == {"status": "success"}
+        assert ollama.state.counts["POST /api/pull"] == 1
+        for read in ("/api/show", "/api/ps", "/api/tags"):  # reading stays a user's right
+            method = "POST" if read == "/api/show" else "GET"
+            body = {"model": "llama2-7b-chat"} if method == "POST" else None
+            assert client.request(method, read, json=body, headers=USER).status_code == 200
+
+
+def test_a_stored_response_is_its_keys_own(
+    start_aiml: Callable[..., RunningAiml], registry: Registry
+) -> None:
+    registry.register("chatty", "llama2:7b", task="chat")
+    aiml = start_aiml(api_keys="user-key,second-user", admin_keys="admin-key")
+    other = {"authorization": "Bearer second-user"}
+    with httpx.Client(base_url=aiml.url) as client:
+
+        def create(headers: dict[str, str], **extra: str) -> httpx.Response:
+            body = {"model": "chatty", "input": "My cat is Tom.", **extra}
+            return client.post("/v1/responses", json=body, headers=headers)
+
+        mine = create(USER).json()["id"]
+        path = f"/v1/responses/{mine}"
+        # Another user key: as if the id did not exist.
+        assert client.get(path, headers=other).status_code == 404
+        assert client.delete(path, headers=other).status_code == 404
+        continued = create(other, previous_response_id=mine)
+        assert continued.status_code == 404
+        assert continued.json()["error"]["param"] == "previous_response_id"
+        # Its own key, and admin keys, see it.
+        assert client.get(path, headers=USER).json()["id"] == mine
+        assert create(USER, previous_response_id=mine).status_code == 200
+        assert client.get(path, headers=ADMIN).json()["id"] == mine
+        assert create(ADMIN, previous_response_id=mine).status_code == 200
+        assert client.delete(path, headers=USER).status_code == 200
+        assert client.get(path, headers=USER).status_code == 404
+        admins = create(ADMIN).json()["id"]  # an admin's is its own too, to user keys
+        assert client.get(f"/v1/responses/{admins}", headers=USER).status_code == 404
+        kept = create(USER).json()["id"]
+        assert client.delete(f"/v1/responses/{kept}", headers=ADMIN).status_code == 200
+
+
+def test_without_keys_every_stored_response_is_everyones(
+    start_aiml: Callable[..., RunningAiml], registry: Registry
+) -> None:
+    registry.register("chatty", "llama2:7b", task="chat")
+    with start_aiml().client() as client:
+        first = client.post("/v1/responses", json={"model": "chatty", "input": "hi"}).json()["id"]
+        assert client.get(f"/v1/responses/{first}").json()["id"] == first
+        follow = {"model": "chatty", "input": "again", "previous_response_id": first}
+        assert client.post("/v1/responses", json=follow).status_code == 200
+        assert client.delete(f"/v1/responses/{first}").status_code == 200
+
+
+def test_the_readme_key_table_is_the_path_table(tmp_path: Path) -> None:
+    """Each route of the app gets from the README's table the key the middleware asks."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    table = text[text.index("| routes | key |") :].split("\n\n")[0].splitlines()[2:]
+    listed: dict[str, list[str]] = {"none": [], "user": [], "admin": []}
+    for row in table:
+        routes, key = (cell.strip() for cell in row.strip("|").rsplit("|", 1))
+        listed[key] += re.findall(r"`((?:[A-Z]+ )?/[^`]*)`", routes)
+    rules = {Access.OPEN: "none", Access.ADMIN: "admin"}
+    assert sorted(listed["none"] + listed["admin"]) == sorted(map(str, ROUTE_ACCESS))
+    for rule in ROUTE_ACCESS:
+        assert str(rule) in listed[rules[rule.access]], rule
+
+    def matches(item: str, method: str, path: str) -> bool:
+        wanted, _, pattern = item.rpartition(" ")
+        if wanted and wanted != method:
+            return False
+        return path.startswith(pattern[:-1]) if pattern.endswith("*") else path == pattern
+
+    app = create_app(Settings(home=tmp_path))
+    routes = [(m, r.path) for r in app.routes if isinstance(r, Route) for m in r.methods or ()]
+    used = set()
+    for method, path in routes:
+        said = [key for key, items in listed.items() for i in items if matches(i, method, path)]
+        # An explicit none/admin row wins over the user row's groups.
+        verdict = next((key for key in ("none", "admin") if key in said), "user" if said else None)
+        assert verdict is not None, f"{method} {path} is not in the README's key table"
+        assert verdict == {**rules, Access.USER: "user"}[access_of(method, path)], (method, path)
+        used.update(i for i in listed["user"] if matches(i, method, path))
+    assert used == set(listed["user"])  # no user group that names no route

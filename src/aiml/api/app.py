@@ -17,10 +17,10 @@ from aiml.observability.history import TrafficHistory
 from aiml.services import Services, build_services
 from aiml.settings import Settings
 
-from .auth import KeyRing
+from .auth import Access, KeyRing, access_of
 from .disconnect import CancelOnDisconnect
 from .errors import install_error_handlers
-from .middleware import Access, Authentication, BodyLimit, RequestContext, Traffic, access_of
+from .middleware import Authentication, BodyLimit, RequestContext, Traffic
 from .responses import JSONResponse
 from .routes import admin, audio, console, health, inference, models, ollama, openai, responses
 
@@ -88,8 +88,6 @@ def create_app(
         default_response_class=JSONResponse,
     )
     app.state.traffic = traffic
-    app.state.api_keys = api_keys  # GET /auth/whoami tells a key's access
-    app.state.admin_keys = admin_keys
     install_error_handlers(app)
     _add_routes(
         app,

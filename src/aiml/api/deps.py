@@ -8,9 +8,10 @@ from fastapi import Depends, Request
 
 from aiml.services import Services
 
+from .auth import Caller, caller_of
 from .schemas import ErrorResponse
 
-__all__ = ["ERROR_RESPONSES", "ServicesDep"]
+__all__ = ["ERROR_RESPONSES", "CallerDep", "ServicesDep"]
 
 
 async def _services(request: Request) -> Services:
@@ -20,6 +21,14 @@ async def _services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
+
+
+async def _caller(request: Request) -> Caller:
+    return caller_of(request.scope)
+
+
+#: Who sent the request (its key's digest, admin or not), as the Authentication middleware found.
+CallerDep = Annotated[Caller, Depends(_caller)]
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}

@@ -4,9 +4,10 @@
   one) returned in the response header and put on every log line; the client's
   ``X-Request-Timeout`` (seconds, only ever shortening the deadline); one access log line;
   the count of requests in flight that a graceful shutdown waits for.
-* :class:`Authentication`: bearer keys; admin routes need an admin key. It runs before
-  anything reads the body, so a refused client's body is never read (and the connection is
-  closed rather than drained).
+* :class:`Authentication`: bearer keys, by the one path table (``aiml.api.auth``'s
+  ``ROUTE_ACCESS``: open, user or admin routes); it leaves the caller (its key's digest,
+  admin or not) in the scope's state. It runs before anything reads the body, so a refused
+  client's body is never read (and the connection is closed rather than drained).
 * :class:`BodyLimit`: request bodies are counted as they stream through to the app, never
   buffered here; past the route's limit, 413.
 """
@@ -31,10 +32,10 @@ from aiml.observability.context import (
     response_headers,
 )
 
-from .auth import KeyRing
+from .auth import ANONYMOUS, NO_KEYS, Access, Caller, KeyRing, access_of, key_digest, set_caller
 from .errors import render_error
 
-__all__ = ["Access", "Authentication", "BodyLimit", "RequestContext", "Traffic", "access_of"]
+__all__ = ["Authentication", "BodyLimit", "RequestContext", "Traffic"]
 
 log = logging.getLogger("aiml.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,64}")
@@ -67,30 +68,6 @@ class Traffic:
         except TimeoutError:
             return False
         return True
-
-
-class Access:
-    OPEN = "open"
-    USER = "user"
-    ADMIN = "admin"
-
-
-_OPEN_PATHS = {"/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs", "/redoc"}
-#: The console (``/ui``): its page and files hold no data; every call they make carries a key.
-_OPEN_PATHS |= {"/ui", "/ui/"}
-_OPEN_PREFIXES = ("/docs/", "/ui/static/")
-_ADMIN_ROUTES = {("POST", "/models/register_ollama"), ("POST", "/inference/clear-cache")}
-
-
-def access_of(method: str, path: str) -> str:
-    """Who may call a route: anyone, holders of an API (or admin) key, admin keys only."""
-    if path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
-        return Access.OPEN
-    if path.startswith("/admin/") or (method, path) in _ADMIN_ROUTES:
-        return Access.ADMIN
-    if method in ("PUT", "DELETE") and path.startswith("/models/registered_in_mlflow/"):
-        return Access.ADMIN  # aliases
-    return Access.USER
 
 
 class RequestContext:
@@ -173,6 +150,9 @@ class RequestContext:
 
 
 class Authentication:
+    """Refuses what a request's key does not grant (``ROUTE_ACCESS``); for the rest,
+    leaves the :class:`~aiml.api.auth.Caller` in the scope's state for the routes."""
+
     def __init__(self, app: ASGIApp, *, api_keys: KeyRing, admin_keys: KeyRing) -> None:
         self.app = app
         self.api_keys = api_keys
@@ -180,23 +160,31 @@ class Authentication:
         self.enabled = bool(api_keys) or bool(admin_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.enabled:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self.enabled:
+            set_caller(scope, NO_KEYS)
             await self.app(scope, receive, send)
             return
         path = scope["path"]
         need = access_of(scope["method"], path)
-        if need == Access.OPEN:
+        if need is Access.OPEN:
+            set_caller(scope, ANONYMOUS)
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)
         if token is None:
             refusal = (401, "unauthorized", "this route needs 'Authorization: Bearer <key>'")
         else:
-            admin = self.admin_keys.accepts(token)
-            if admin or (need == Access.USER and self.api_keys.accepts(token)):
+            digest = key_digest(token)
+            admin = self.admin_keys.holds(digest)
+            user = self.api_keys.holds(digest)
+            if admin or (user and need is Access.USER):
+                set_caller(scope, Caller(key=digest.hex(), admin=admin))
                 await self.app(scope, receive, send)
                 return
-            if need == Access.ADMIN and self.api_keys.accepts(token):
+            if user:
                 refusal = (403, "forbidden", "this route needs an admin key (AIML_ADMIN_KEYS)")
             else:
                 refusal = (401, "unauthorized", "the key is not valid")

@@ -29,7 +29,7 @@ from starlette.responses import Response
 
 from aiml.observability.history import TrafficHistory
 
-from ..auth import KeyRing
+from ..deps import CallerDep
 from ..responses import JSONResponse
 
 __all__ = ["CSP", "STATIC_DIR", "router"]
@@ -127,16 +127,10 @@ async def static(build: str, path: str, request: Request) -> Response:
 
 
 @router.get("/auth/whoami")
-async def whoami(request: Request) -> JSONResponse:
+async def whoami(caller: CallerDep) -> JSONResponse:
     """What the caller's key may do: ``open`` (no keys configured: everything is open),
     ``user`` (API routes) or ``admin`` (admin routes too)."""
-    api_keys: KeyRing = request.app.state.api_keys
-    admin_keys: KeyRing = request.app.state.admin_keys
-    if not api_keys and not admin_keys:
-        return JSONResponse({"access": "open"})
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    admin = scheme.lower() == "bearer" and admin_keys.accepts(token.strip())
-    return JSONResponse({"access": "admin" if admin else "user"})
+    return JSONResponse({"access": caller.access})
 
 
 @router.get("/inference/traffic", tags=["inference"])

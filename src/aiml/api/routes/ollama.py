@@ -3,7 +3,12 @@
 Tools written for Ollama work on registry names: ``name`` (or ``name:latest``) is the latest
 version, ``name:3`` version 3, ``name:prod`` the alias ``prod``; a name the registry does
 not hold goes to the Ollama engine as it is. Streaming is NDJSON by default, as Ollama's,
-with its timing fields in nanoseconds. aiml does not pull, push, create or delete models.
+with its timing fields in nanoseconds. aiml does not push, create or delete models.
+
+Loading a model without a request (an empty prompt), unloading it (``keep_alive`` 0) and
+``pull`` (which fetches its files) need an admin key where keys are configured, as
+``/admin/models/*`` do; a user's request loads the model it uses. ``keep_alive`` is
+otherwise ignored: the pool's idle policy (``AIML_MODEL_IDLE_TTL_S``) is the operator's.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from aiml.engines.tool_calls import ollama_call
-from aiml.errors import AimlError, EngineError
+from aiml.errors import AimlError, EngineError, Forbidden
 from aiml.inference.manager import Locate, StreamOutcome, TaskCall
 from aiml.inference.targets import ollama_target
 from aiml.inference.tasks.chat import ChatInput
@@ -29,7 +34,8 @@ from aiml.inference.tasks.vlm import VlmInput
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation, ModelDetails
 
-from ..deps import ServicesDep
+from ..auth import Caller
+from ..deps import CallerDep, ServicesDep
 from ..ollama_schemas import (
     ChatBody,
     EmbedBody,
@@ -103,7 +109,8 @@ async def show(body: ShowBody, services: ServicesDep) -> JSONResponse:
 @router.post("/pull")
 async def pull(body: PullBody, services: ServicesDep) -> Response:
     """A registry name's files fetched into the artifact cache and verified (local
-    engines), or the Ollama server's own pull where settings allow it."""
+    engines), or the Ollama server's own pull where settings allow it (admin keys only:
+    ``aiml.api.auth.ROUTE_ACCESS``)."""
     resolved = await services.manager.resolve(_target(services, body.model))
     lines = services.engines[resolved.engine].pull(resolved)
     first = await anext(lines, {"status": "success"})  # errors before any line: a status
@@ -148,11 +155,11 @@ async def ps(services: ServicesDep) -> JSONResponse:
 
 
 @router.post("/generate")
-async def generate(body: GenerateBody, services: ServicesDep) -> Response:
+async def generate(body: GenerateBody, services: ServicesDep, caller: CallerDep) -> Response:
     body.check()
     locate = _target(services, body.model)
     if not body.prompt and not body.images:  # Ollama: an empty prompt loads or unloads
-        return await _load_or_unload(services, locate, body.model, body.keep_alive, chat=False)
+        return await _load_or_unload(services, caller, locate, body, chat=False)
     params = sampling(body.options, body.format)
     if body.suffix:
         params = replace(params, suffix=body.suffix)
@@ -168,11 +175,11 @@ async def generate(body: GenerateBody, services: ServicesDep) -> Response:
 
 
 @router.post("/chat")
-async def chat(body: ChatBody, services: ServicesDep) -> Response:
+async def chat(body: ChatBody, services: ServicesDep, caller: CallerDep) -> Response:
     messages = body.to_messages()
     locate = _target(services, body.model)
     if not messages:  # Ollama: no messages loads or unloads
-        return await _load_or_unload(services, locate, body.model, body.keep_alive, chat=True)
+        return await _load_or_unload(services, caller, locate, body, chat=True)
     call = TaskCall("chat", locate, ChatInput(messages, body.params()))
     return await _answer(services, call, body.model, body.stream, chat=True)
 
@@ -297,18 +304,26 @@ def _final(
 
 async def _load_or_unload(
     services: Services,
+    caller: Caller,
     locate: Locate,
-    model: str,
-    keep_alive: float | str | None,
+    body: GenerateBody | ChatBody,
     *,
     chat: bool,
 ) -> JSONResponse:
-    unload = keep_alive in (0, "0", "0s", "0m")
+    """What ``/admin/models/load`` and ``unload`` do, so only for what may call those."""
+    unload = body.keep_alive in (0, "0", "0s", "0m")
+    if not caller.admin:  # refused, not ignored: the client would believe it was done
+        what = "unloading a model (keep_alive 0)" if unload else "loading a model without a prompt"
+        raise Forbidden(f"{what} needs an admin key (AIML_ADMIN_KEYS)")
     if unload:
         await services.manager.unload(locate)
     else:
         await services.manager.load(locate)
-    frame = {**_piece(model, "", chat), "done_reason": "unload" if unload else "load", "done": True}
+    frame = {
+        **_piece(body.model, "", chat),
+        "done_reason": "unload" if unload else "load",
+        "done": True,
+    }
     return JSONResponse(frame)
 
 

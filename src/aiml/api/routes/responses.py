@@ -5,7 +5,8 @@ A request is a chat turn: ``instructions`` as the system turn, the stored conver
 OpenAI does), then the new input. Answers are ``message`` and ``function_call`` output
 items; streams are the typed server-sent events (``response.created`` ...
 ``response.completed``). With ``store`` (the default) the response and its conversation are
-kept in aiml's home for ``AIML_RESPONSES_RETENTION_S``.
+kept in aiml's home for ``AIML_RESPONSES_RETENTION_S``, owned by the key that made it: any
+other key (but an admin key) gets 404 for it, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from starlette.responses import Response
 
 from aiml.errors import AimlError, EngineError, NotFound
 from aiml.inference.manager import StreamOutcome, TaskCall
+from aiml.inference.response_store import EVERY_OWNER, Viewer
 from aiml.inference.targets import openai_target
 from aiml.inference.tasks.chat import ChatInput
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation
 
-from ..deps import ServicesDep
+from ..auth import Caller
+from ..deps import CallerDep, ServicesDep
 from ..responses import JSONResponse
 from ..responses_schemas import ResponsesRequest, messages_of
 from ..streaming import SSE, streaming_response
@@ -37,10 +40,12 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 @router.post("/responses")
-async def create_response(body: ResponsesRequest, services: ServicesDep) -> Response:
+async def create_response(
+    body: ResponsesRequest, services: ServicesDep, caller: CallerDep
+) -> Response:
     history: list[dict[str, Any]] = []
     if body.previous_response_id:
-        stored = await services.responses.get(body.previous_response_id)
+        stored = await services.responses.get(body.previous_response_id, _viewer(caller))
         if stored is None:
             raise NotFound(
                 f"no stored response {body.previous_response_id!r}", param="previous_response_id"
@@ -56,7 +61,7 @@ async def create_response(body: ResponsesRequest, services: ServicesDep) -> Resp
         lambda: openai_target(services.router, body.model),
         ChatInput(tuple(messages), params),
     )
-    reply = _Reply(body, services, conversation)
+    reply = _Reply(body, services, conversation, owner=caller.key)
     if body.stream:
         return streaming_response(reply.events(await services.manager.open(call)), SSE)
     outcome = await services.manager.run(call)
@@ -65,29 +70,42 @@ async def create_response(body: ResponsesRequest, services: ServicesDep) -> Resp
 
 
 @router.get("/responses/{response_id}")
-async def get_response(response_id: str, services: ServicesDep) -> JSONResponse:
-    stored = await services.responses.get(response_id)
+async def get_response(response_id: str, services: ServicesDep, caller: CallerDep) -> JSONResponse:
+    stored = await services.responses.get(response_id, _viewer(caller))
     if stored is None:
         raise NotFound(f"no stored response {response_id!r}", param="response_id")
     return JSONResponse(stored["response"])
 
 
 @router.delete("/responses/{response_id}")
-async def delete_response(response_id: str, services: ServicesDep) -> JSONResponse:
-    if not await services.responses.delete(response_id):
+async def delete_response(
+    response_id: str, services: ServicesDep, caller: CallerDep
+) -> JSONResponse:
+    if not await services.responses.delete(response_id, _viewer(caller)):
         raise NotFound(f"no stored response {response_id!r}", param="response_id")
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+def _viewer(caller: Caller) -> Viewer:
+    """The stored responses a caller sees: its key's own; an admin's (or without keys), all."""
+    return EVERY_OWNER if caller.admin else Viewer(owner=caller.key)
 
 
 class _Reply:
     """One response object, whole or as its stream of events, stored when it is done."""
 
     def __init__(
-        self, body: ResponsesRequest, services: Services, conversation: list[dict[str, Any]]
+        self,
+        body: ResponsesRequest,
+        services: Services,
+        conversation: list[dict[str, Any]],
+        *,
+        owner: str | None,
     ) -> None:
         self.body = body
         self.services = services
         self.conversation = conversation
+        self.owner = owner
         self.id = f"resp_{uuid.uuid4().hex}"
         self.message_id = f"msg_{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -125,7 +143,7 @@ class _Reply:
         }  # fmt: skip
         if self.body.store:
             record = {"response": response, "conversation": [*self.conversation, *output]}
-            await self.services.responses.save(self.id, record)
+            await self.services.responses.save(self.id, record, owner=self.owner)
         return response
 
     def message(self, text: str, status: str = "completed") -> list[dict[str, Any]]:
