@@ -105,19 +105,27 @@ ROUTE_ACCESS: tuple[RouteRule, ...] = (
     RouteRule("POST", "/inference/clear-cache", Access.ADMIN),
     RouteRule("POST", "/api/pull", Access.ADMIN),
 )
-# Looked up on every request: exact paths in a dict, the few prefixes in a loop.
-_EXACT = {(r.method, r.path): r.access for r in ROUTE_ACCESS if not r.path.endswith("*")}
-_PREFIXES = tuple((r.method, r.path[:-1], r.access) for r in ROUTE_ACCESS if r.path.endswith("*"))
+# Looked up on every request: one dict lookup by path, one C-level prefix test; only a
+# path under a prefix walks the (few) prefix rules.
+_EXACT: dict[str, dict[str | None, Access]] = {}
+for _rule in ROUTE_ACCESS:
+    if not _rule.path.endswith("*"):
+        _EXACT.setdefault(_rule.path, {})[_rule.method] = _rule.access
+_PREFIX_RULES = tuple((r.method, r.path[:-1], r.access) for r in ROUTE_ACCESS if r.path[-1] == "*")
+_PREFIXES = tuple(prefix for _, prefix, _ in _PREFIX_RULES)
 
 
 def access_of(method: str, path: str) -> Access:
     """Who may call a route: anyone, holders of an API (or admin) key, admin keys only."""
-    found = _EXACT.get((None, path)) or _EXACT.get((method, path))
-    if found is not None:
-        return found
-    for rule_method, prefix, access in _PREFIXES:
-        if path.startswith(prefix) and rule_method in (None, method):
-            return access
+    exact = _EXACT.get(path)
+    if exact is not None:
+        found = exact.get(None) or exact.get(method)
+        if found is not None:
+            return found
+    if path.startswith(_PREFIXES):
+        for rule_method, prefix, access in _PREFIX_RULES:
+            if path.startswith(prefix) and rule_method in (None, method):
+                return access
     return Access.USER
 
 
