@@ -164,10 +164,14 @@ def _violations(schema: str, answer: str) -> str:
         value = json.loads(answer)
     except ValueError:
         return "the answer is not JSON"
-    base = jsonschema.validators.validator_for(json.loads(schema), jsonschema.Draft202012Validator)
+    rules = json.loads(schema)
+    base = jsonschema.validators.validator_for(rules, jsonschema.Draft202012Validator)
     checker = jsonschema.validators.extend(base, {"pattern": _pattern_not_checked})
-    errors = sorted(checker(json.loads(schema)).iter_errors(value), key=lambda e: str(e.json_path))
-    return "; ".join(f"{e.message[:200]} (at {e.json_path})" for e in errors[:3])
+    errors = sorted(checker(rules).iter_errors(value), key=lambda e: str(e.json_path))
+    return "; ".join(  # the rule broken and where: the value itself may be megabytes
+        f"{e.validator} {repr(e.validator_value)[:80]} not met (at {e.json_path})"
+        for e in errors[:3]
+    )
 
 
 def _pattern_not_checked(*_: Any) -> None:
