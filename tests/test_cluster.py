@@ -53,6 +53,7 @@ class Cluster:
     registry: Registry
     fronts: list[Process]
     postgres: PostgresCluster
+    ray_logs: Path  # Ray's log files on this machine
 
     def url(self, front: int) -> str:
         return self.fronts[front].health_url.removesuffix("/health/live")
@@ -115,11 +116,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
             "AIML_LLAMACPP_THREADS": "1",
         }
         for index in range(2):
-            front = aiml_serve(root / f"front-{index}", settings, extra_args=["--ray"])
+            front = aiml_serve(
+                root / f"front-{index}", settings, extra_args=["--ray"], separate_stderr=True
+            )
             front.start(timeout_s=240)
             fronts.append(front)
-        ray.init(address=address, log_to_driver=False)
-        yield Cluster(address, registry, fronts, postgres)
+        context = ray.init(address=address, log_to_driver=False)
+        ray_logs = Path(context.address_info["session_dir"]) / "logs"
+        yield Cluster(address, registry, fronts, postgres, ray_logs)
     finally:
         for front in fronts:
             front.stop()
@@ -168,6 +172,26 @@ def test_a_model_is_served_by_the_replica_that_holds_it(cluster: Cluster) -> Non
             break
         assert time.monotonic() < deadline, loaded  # the replica reports at once on load
         time.sleep(0.05)  # the next look, not a wait for the report: the loop checks it
+
+
+def test_a_front_logs_one_json_object_a_line_and_ray_logs_to_its_own_files(
+    cluster: Cluster,
+) -> None:
+    def parsed(line: str) -> Any:
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    for front in cluster.fronts:
+        assert front.stderr_log is not None and front.proc is not None
+        lines = front.stderr_log.read_text().splitlines()
+        assert lines  # at least the warning that no API keys are configured
+        assert [line for line in lines if not isinstance(parsed(line), dict)] == []
+        assert [key for line in lines for key in parsed(line) if key.startswith("_")] == []
+        # Ray's own lines (joining the cluster, Serve's handle) are in Ray's log files.
+        ray_log = (cluster.ray_logs / f"aiml-front-{front.proc.pid}.log").read_text()
+        assert "Connected to Ray cluster" in ray_log and "ray.serve" in ray_log
 
 
 def test_many_clients_load_each_model_at_most_once_per_replica(cluster: Cluster) -> None:

@@ -18,34 +18,48 @@ from tests.fakes.servers import free_port
 class Process:
     """A child process in its own process group, stopped with the whole group."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str], log: Path, health_url: str) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log: Path,
+        health_url: str,
+        stderr_log: Path | None = None,
+    ) -> None:
         self.argv = argv
         self.env = env
         self.log = log
+        self.stderr_log = stderr_log  # stderr apart from stdout, when given
         self.health_url = health_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 60.0) -> None:
-        with self.log.open("ab") as log:
+        with self.log.open("ab") as log, (self.stderr_log or self.log).open("ab") as errors:
             self.proc = subprocess.Popen(
                 self.argv,
                 env=self.env,
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=errors if self.stderr_log else subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[:3]} exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.argv[:3]} exited: {self.tail()}")
             try:
                 if httpx.get(self.health_url, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.argv[:3]} not healthy: {self.log.read_text()[-2000:]}")
+                raise TimeoutError(f"{self.argv[:3]} not healthy: {self.tail()}")
             time.sleep(0.2)
+
+    def tail(self) -> str:
+        """The end of what the process wrote (its stderr's too, when kept apart)."""
+        logs = [self.log] + ([self.stderr_log] if self.stderr_log else [])
+        return "\n".join(log.read_text(errors="replace")[-2000:] for log in logs)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
         if self.proc is None:
@@ -90,6 +104,7 @@ def aiml_serve(
     *,
     log_level: str = "warning",
     extra_args: list[str] | None = None,
+    separate_stderr: bool = False,
 ) -> Process:
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,4 +116,5 @@ def aiml_serve(
         env=full_env,
         log=folder / "aiml.log",
         health_url=f"http://127.0.0.1:{port}/health/live",
+        stderr_log=folder / "aiml.err" if separate_stderr else None,
     )

@@ -9,7 +9,9 @@ So the proxy is disabled and only local models (llama.cpp, transformers) go thro
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -25,14 +27,66 @@ __all__ = ["connect", "deploy", "model_handle"]
 log = logging.getLogger("aiml.cluster")
 
 
+#: Ray's own loggers in a driver: on import Ray gives each a handler writing plain text to
+#: stderr, where the front's log is one JSON object per line.
+RAY_LOGGERS = ("ray", "ray.serve")
+
+
 def connect() -> None:
-    """Join the cluster at ``RAY_ADDRESS`` (a running ``ray start --head``) once."""
-    if not ray.is_initialized():
-        ray.init(
+    """Join the cluster at ``RAY_ADDRESS`` (a running ``ray start --head``) once.
+
+    Ray's own log records go to Ray's log files on this node, not to the front's stderr:
+    held in memory while joining (the logs folder is known only then), then written to
+    ``<session>/logs/aiml-front-<pid>.log``. If joining fails, what Ray said is handed to
+    the front's log instead, since it explains why.
+    """
+    if ray.is_initialized():
+        return
+    joining = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+    _route_ray_logs(joining)
+    try:
+        # ray.init keeps the "ray" logger's handlers (it sets their format and level);
+        # configure_logging=False would remove them, and Python print to stderr instead.
+        context = ray.init(
             address=os.environ.get("RAY_ADDRESS", "auto"),
             log_to_driver=False,  # the replicas log on their nodes; the front keeps its own log
-            logging_level=logging.WARNING,
         )
+    except BaseException:
+        _hand_over(joining, _ToRoot())
+        raise
+    # Ray's log files are in its session folder on this node (unknown over a ray:// client)
+    session_dir = getattr(context, "address_info", {}).get("session_dir")
+    if session_dir is None:
+        _hand_over(joining, _ToRoot())
+        return
+    ray_log = logging.FileHandler(
+        Path(session_dir) / "logs" / f"aiml-front-{os.getpid()}.log", encoding="utf-8"
+    )
+    ray_log.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)s %(message)s")
+    )
+    _hand_over(joining, ray_log)
+
+
+def _hand_over(held: logging.handlers.MemoryHandler, handler: logging.Handler) -> None:
+    """Ray's loggers write to ``handler`` from now on, after what ``held`` holds."""
+    held.setTarget(handler)
+    _route_ray_logs(handler)
+    held.close()  # writes what it held to its target
+
+
+def _route_ray_logs(handler: logging.Handler) -> None:
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+
+
+class _ToRoot(logging.Handler):
+    """Hands records to the root logger's handlers (the front's own log)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
 
 
 def deploy(settings: Settings) -> None:

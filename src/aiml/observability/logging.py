@@ -18,7 +18,9 @@ from .context import request_id
 
 __all__ = ["JsonFormatter", "configure_logging"]
 
-# Attributes every LogRecord has; anything else was passed in ``extra`` and is logged too.
+# Attributes every LogRecord has; anything else was passed in ``extra`` and is logged too,
+# unless its name starts with "_": a library's own bookkeeping, such as the
+# ``_ray_timestamp_ns`` that Ray's record factory adds to every record once Ray is imported.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -33,7 +35,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None) or request_id.get(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD:
+            if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

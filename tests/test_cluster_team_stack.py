@@ -1,0 +1,144 @@
+"""``scripts/team-stack`` for real: PostgreSQL, an MLflow server on it and a Ray head with
+token authentication, all on loopback; ``start`` brings back a part that is down, ``status``
+says which, ``stop`` leaves a Ray that is not the stack's running.
+
+One test, its own state folder and free ports, and a second Ray head started beside it the
+way the cluster tests start theirs. It takes about two minutes on 2 busy cores (MLflow's
+start dominates), too long for the suite's budget: it runs when AIML_TEST_TEAM_STACK=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.postgres import postgres_bin
+from tests.fakes.ray_nodes import marked_processes, start_ray_node, stop_ray
+from tests.fakes.servers import free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("AIML_TEST_TEAM_STACK") != "1", reason="set AIML_TEST_TEAM_STACK=1"
+    ),
+]
+
+pytest.importorskip("ray.serve")
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "team-stack"
+LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
+
+
+class Stack:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ports = {name: free_port() for name in ("PG", "MLFLOW", "RAY", "RAY_CLIENT")}
+        self.env = {
+            **os.environ,
+            "AIML_STACK": str(folder),
+            **{f"AIML_STACK_{name}_PORT": str(port) for name, port in self.ports.items()},
+            "AIML_STACK_RAY_ARGS": "--num-cpus=1 --object-store-memory=150000000",
+        }
+
+    def run(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), command], env=self.env, capture_output=True, text=True, timeout=300
+        )
+
+    def processes(self) -> set[int]:
+        """The stack's processes: its Ray, MLflow's group and PostgreSQL's."""
+        found = marked_processes(f"AIML_STACK_RAY={self.folder}")
+        mlflow = int((self.folder / "mlflow.pid").read_text())
+        postmaster = int((self.folder / "pg/data/postmaster.pid").read_text().split()[0])
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and _group_or_parent(int(pid)) & {mlflow, postmaster}:
+                found.add(int(pid))
+        return found | {mlflow, postmaster}
+
+
+def _group_or_parent(pid: int) -> set[int]:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return set()
+    return {int(fields[1]), int(fields[2])}  # parent, process group
+
+
+def listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket the processes listen on (``ss``)."""
+    table = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in table.splitlines():
+        fields = line.split()
+        owners = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if owners & pids:
+            address, _, port = fields[3].rpartition(":")
+            found.append((address, int(port)))
+    return found
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    if postgres_bin() is None or shutil.which("ss") is None:
+        pytest.skip("needs PostgreSQL and ss")
+    # A short folder: Ray's socket paths under it must stay within 107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="aiml-stack-"))
+    folder.chmod(0o755)  # PostgreSQL runs as nobody when the tests run as root
+    stack = Stack(folder)
+    try:
+        yield stack
+    finally:
+        stack.run("stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_the_team_stack_listens_on_loopback_restarts_what_is_down_and_stops_only_itself(
+    stack: Stack,
+) -> None:
+    # Someone else's Ray on this machine, on other ports and in its own folder.
+    other = Path(tempfile.mkdtemp(prefix="aiml-other-ray-"))
+    start_ray_node("--head", f"--port={free_port()}", f"--temp-dir={other}",
+                   f"--ray-client-server-port={free_port()}", "--include-dashboard=false",
+                   cpus=1)  # fmt: skip
+    try:
+        others = marked_processes(f"AIML_TEST_RAY={os.getpid()}")
+        started = stack.run("start")
+        assert started.returncode == 0, started.stderr
+        assert f"export RAY_AUTH_TOKEN_PATH={stack.folder}/ray/auth_token" in started.stdout
+        status = stack.run("status")
+        assert status.returncode == 0, status.stdout
+
+        sockets = listening(stack.processes())
+        ports = {port for _, port in sockets}
+        assert {stack.ports["PG"], stack.ports["MLFLOW"], stack.ports["RAY"]} <= ports, sockets
+        assert stack.ports["RAY_CLIENT"] in ports, sockets
+        assert {address for address, _ in sockets} <= LOOPBACK, sockets
+
+        os.killpg(int((stack.folder / "mlflow.pid").read_text()), signal.SIGKILL)  # a crash
+        status = stack.run("status")
+        assert status.returncode == 1
+        assert re.search(r"^mlflow\s+down", status.stdout, re.M), status.stdout
+        assert re.search(r"^postgresql\s+up", status.stdout, re.M), status.stdout
+        again = stack.run("start")  # PostgreSQL and Ray still run: MLflow comes back
+        assert again.returncode == 0, again.stderr
+        assert stack.run("status").returncode == 0
+
+        stopped = stack.run("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        status = stack.run("status")
+        assert status.returncode == 1
+        assert len(re.findall(r"\sdown$", status.stdout, re.M)) == 3, status.stdout
+        assert not marked_processes(f"AIML_STACK_RAY={stack.folder}")
+        assert all(Path(f"/proc/{pid}").exists() for pid in others)  # the other Ray runs on
+    finally:
+        stop_ray()
+        shutil.rmtree(other, ignore_errors=True)
