@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
+from aiml.engines.threads import RunningThreads
 from aiml.errors import AimlError, DeadlineExceeded
 from aiml.observability.metrics import Metrics
 from aiml.types import Generation, GenerationChunk
@@ -30,7 +31,8 @@ OPERATIONS = frozenset({"lookup", "load", "unload"})
 
 
 class Accounting:
-    """Where one call's outcome is counted (stats, metrics) and its admission slot given back."""
+    """Where one call's outcome is counted (stats, metrics) and its admission slot given back:
+    once the call is over and its worker threads (:attr:`threads`) have stopped."""
 
     def __init__(
         self, stats: Stats, metrics: Metrics, task: str, *, tasks: Collection[str]
@@ -43,6 +45,7 @@ class Accounting:
         self._metrics = metrics
         self._gate: Admission | None = None
         self._done = False
+        self.threads = RunningThreads()
 
     def located(self, engine: str, engines: Collection[str], model: str = "-") -> None:
         self.engine = engine if engine in engines else "unknown"
@@ -56,7 +59,7 @@ class Accounting:
             return
         self._done = True
         if self._gate is not None:
-            self._gate.leave()
+            self.threads.when_idle(self._gate.leave)
         stats = self._stats
         stats.finished[(self.task, self.engine, status)] += 1
         stats.by_model[(self.model if status != 404 else "-", status)] += 1
