@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from aiml.engines.threads import request_threads
 from aiml.errors import AimlError, Draining, InvalidRequest
 from aiml.observability.context import request_deadline, request_started
 from aiml.observability.metrics import Metrics
@@ -319,6 +320,9 @@ class InferenceManager:
         if not counted:
             self.stats_source.started += 1
         account = Accounting(self.stats_source, self.metrics, task, tasks=_TASKS)
+        # The worker threads engines start from here on, in this task, are this call's: its
+        # slot is held until they stop (a later gate passage in the task takes over).
+        request_threads.set(account.threads)
         return account, self.deadline_at()
 
     def _check_draining(self) -> None:
