@@ -328,3 +328,6 @@ class DocumentPage:
     method: str
     text: str
     lines: tuple[TextLine, ...] = ()
+    #: The resolution an OCR'd page was rendered at (its lines' boxes are in those pixels):
+    #: AIML_DOCUMENT_DPI, or less for a page too large for AIML_MAX_IMAGE_PIXELS.
+    dpi: int | None = None

@@ -136,16 +136,49 @@ def _latin1(text: str) -> bool:
     return True
 
 
-def scanned_pdf(pages: list[list[str]], *, size: int = 32) -> bytes:
-    """A PDF of A4 pages (150 dpi) that are pictures only: no text layer, as a scanner
-    makes. Each page shows its lines in DejaVu Sans at ``size`` pixels, top left."""
+def scanned_pdf(
+    pages: list[list[str]],
+    *,
+    size: int = 32,
+    page_size: tuple[int, int] = PAGE_SIZE,
+    dpi: int = PAGE_DPI,
+    at: tuple[int, int] | None = None,
+) -> bytes:
+    """A PDF of pages that are pictures only: no text layer, as a scanner makes. Each page
+    is ``page_size`` pixels at ``dpi`` (A4 at 150 dpi unless told) and shows its lines in
+    DejaVu Sans at ``size`` pixels, their top left ``at`` (a margin of half an inch)."""
     images = []
     for lines in pages:
-        page = Image.new("RGB", PAGE_SIZE, "white")
-        page.paste(text_image(lines, size=size), (PAGE_DPI // 2, PAGE_DPI // 2))
+        page = Image.new("RGB", page_size, "white")
+        page.paste(text_image(lines, size=size), at or (dpi // 2, dpi // 2))
         images.append(page)
     out = io.BytesIO()
     images[0].save(
-        out, format="PDF", resolution=float(PAGE_DPI), save_all=True, append_images=images[1:]
+        out, format="PDF", resolution=float(dpi), save_all=True, append_images=images[1:]
     )
     return out.getvalue()
+
+
+def giant_page_pdf(width_in: float, height_in: float) -> bytes:
+    """A one-page PDF of a few hundred bytes whose page is ``width_in`` x ``height_in``
+    inches and empty: no text layer, so it is rendered to be read (a 200 x 200 inch page at
+    150 dpi is 30000 x 30000 pixels, ~2.7 GB for each copy of them)."""
+    width, height = round(width_in * 72), round(height_in * 72)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] >>".encode(),
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)

@@ -6,23 +6,37 @@ detection runs at the image's own size, only shrunk past ~1000-2000 px (its defa
 the short side to 736 px, 4x slower and less exact on text images), and the 180-degree
 direction classifier is off (it turned correctly read upright lines over at 48 px).
 PDFium is not thread-safe even across documents, so every pdfium call holds one lock.
+
+A PDF is read a page at a time (:func:`page_count`, then :meth:`OcrReader.read_page` for
+each), each page its own run on the model, so a request past its deadline stops at the
+next page and another request's OCR waits at most one page. A page is rendered only at a
+size within the pixel limit: its size is read first (points), and a page too large for
+the pixel limit at ``AIML_DOCUMENT_DPI`` is rendered at the highest lower DPI that fits
+(no lower than :data:`MIN_DPI`; past that a 413 names the page): one rendered page at a
+time per request, so its memory is bounded by the limit whatever the page claims to be.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from aiml.errors import InvalidRequest, ModelLoadFailed, PayloadTooLarge
 from aiml.types import DocumentPage, TextLine
 
-__all__ = ["OcrReader"]
+__all__ = ["MIN_DPI", "OcrReader", "open_image", "page_count"]
 
 _PDFIUM = threading.Lock()
 #: A page with fewer visible characters in its text layer than this is read by OCR.
 _TEXT_LAYER_MIN = 16
+#: The lowest resolution a page too large for the pixel limit is shrunk to; below it, 413
+#: (text of a few points would be a few pixels high: nothing OCR could read).
+MIN_DPI = 36
 
 
 class OcrReader:
@@ -53,7 +67,11 @@ class OcrReader:
 
     def read(self, image: Any) -> list[TextLine]:
         """The lines of a PIL image, top to bottom."""
-        found, _ = self._ocr(image.convert("RGB"), use_cls=False)
+        return self._lines(image if image.mode == "RGB" else image.convert("RGB"))
+
+    def _lines(self, pixels: Any) -> list[TextLine]:
+        """The lines of an RGB PIL image, or of a BGR numpy array (a rendered page)."""
+        found, _ = self._ocr(pixels, use_cls=False)
         return [
             TextLine(
                 text=str(text),
@@ -66,60 +84,108 @@ class OcrReader:
     def read_bytes(self, data: bytes, *, max_pixels: int) -> list[TextLine]:
         return self.read(open_image(data, max_pixels=max_pixels))
 
-    def pages(self, pdf: bytes, *, max_pages: int, dpi: int) -> list[DocumentPage]:
-        """Each page's text: its text layer, else OCR of the page rendered at ``dpi``."""
-        import pypdfium2
-
-        with _PDFIUM:
-            try:
-                document = pypdfium2.PdfDocument(pdf)
-            except pypdfium2.PdfiumError as exc:
-                raise InvalidRequest(f"not a PDF aiml can read ({exc})", param="document") from exc
-        try:
-            with _PDFIUM:
-                count = len(document)
-            if count > max_pages:
-                raise PayloadTooLarge(
-                    f"the document has {count} pages; the limit is {max_pages} "
-                    "(AIML_MAX_DOCUMENT_PAGES)",
-                    param="document",
-                )
-            return [self._page(document, number, dpi) for number in range(count)]
-        finally:
-            with _PDFIUM:
-                document.close()
-
-    def _page(self, document: Any, index: int, dpi: int) -> DocumentPage:
-        with _PDFIUM:  # OCR runs outside the lock, on the rendered image
+    def read_page(self, pdf: bytes, index: int, *, dpi: int, max_pixels: int) -> DocumentPage:
+        """Page ``index`` (from 0): its text layer, else OCR of the page rendered at ``dpi``
+        or the highest lower DPI within ``max_pixels`` (413 if not even :data:`MIN_DPI`)."""
+        number = index + 1
+        with _document(pdf) as document, _PDFIUM:  # OCR runs outside the lock
             page = document[index]
             try:
                 textpage = page.get_textpage()
                 text = textpage.get_text_range().replace("\r\n", "\n").strip()
                 textpage.close()
-                image = None
+                pixels = None
                 if sum(not c.isspace() for c in text) < _TEXT_LAYER_MIN:
-                    image = page.render(scale=dpi / 72).to_pil()
+                    width, height = page.get_size()
+                    dpi = _fitting_dpi(width, height, dpi, max_pixels, number)
+                    bitmap = page.render(scale=dpi / 72)  # BGR, 3 bytes a pixel
+                    # A view of the bitmap's buffer (Python's, so it outlives the bitmap):
+                    # the page's only copy of its pixels, where a PIL image took four.
+                    pixels = bitmap.to_numpy()
+                    bitmap.close()
             finally:
                 page.close()
-        if image is None:
-            return DocumentPage(number=index + 1, method="text", text=text)
-        lines = self.read(image)
+        if pixels is None:
+            return DocumentPage(number=number, method="text", text=text)
+        lines = self._lines(pixels)
+        del pixels  # the page's pixels go before the result is built
         text = "\n".join(line.text for line in lines)
-        return DocumentPage(number=index + 1, method="ocr", text=text, lines=tuple(lines))
+        return DocumentPage(number=number, method="ocr", text=text, lines=tuple(lines), dpi=dpi)
+
+
+def page_count(pdf: bytes, *, max_pages: int) -> int:
+    """How many pages ``pdf`` has; 400 if it is not a PDF, 413 past ``max_pages``."""
+    with _document(pdf) as document, _PDFIUM:
+        count = len(document)
+    if count > max_pages:
+        raise PayloadTooLarge(
+            f"the document has {count} pages; the limit is {max_pages} (AIML_MAX_DOCUMENT_PAGES)",
+            param="document",
+        )
+    return count
+
+
+@contextlib.contextmanager
+def _document(pdf: bytes) -> Iterator[Any]:
+    """The PDF opened (and closed again), each pdfium call under the lock."""
+    import pypdfium2
+
+    with _PDFIUM:
+        try:
+            document = pypdfium2.PdfDocument(pdf)
+        except pypdfium2.PdfiumError as exc:
+            raise InvalidRequest(f"not a PDF aiml can read ({exc})", param="document") from exc
+    try:
+        yield document
+    finally:
+        with _PDFIUM:
+            document.close()
+
+
+def _fitting_dpi(width_pt: float, height_pt: float, dpi: int, max_pixels: int, number: int) -> int:
+    """``dpi``, or the highest lower one at which the page's pixels fit in ``max_pixels``."""
+
+    def pixels(at: int) -> int:  # what pdfium renders: each side rounded up
+        return math.ceil(width_pt * at / 72) * math.ceil(height_pt * at / 72)
+
+    if pixels(dpi) > max_pixels:
+        area = max(width_pt * height_pt, 1e-9)
+        dpi = min(dpi, math.floor(72 * math.sqrt(max_pixels / area) + 1e-6))  # then checked
+        while dpi >= MIN_DPI and pixels(dpi) > max_pixels:
+            dpi -= 1
+    if dpi < MIN_DPI:
+        raise PayloadTooLarge(
+            f"page {number} is {width_pt / 72:.4g} x {height_pt / 72:.4g} inches: even at "
+            f"{MIN_DPI} dpi it is over {max_pixels} pixels (AIML_MAX_IMAGE_PIXELS)",
+            param="document",
+        )
+    return dpi
 
 
 def open_image(data: bytes, *, max_pixels: int, param: str = "image") -> Any:
-    """A PIL image from the bytes of any format Pillow reads; 400 if none, 413 if huge."""
+    """A PIL image from the bytes of any format Pillow reads; 400 if none, 413 if huge.
+
+    The size comes from the header, so a huge image is refused before it is decoded; so is
+    one past Pillow's own bomb limit (twice ``PIL.Image.MAX_IMAGE_PIXELS``), which it
+    raises while reading the header: a 413 too, not a 400 (that is what it is).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
-            raise PayloadTooLarge(
-                f"the image is {width}x{height}; the limit is {max_pixels} pixels", param=param
-            )
+            raise _too_many_pixels(f"{width}x{height}", max_pixels, param)
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(f"over Pillow's limit ({exc})", max_pixels, param) from exc
+    except (UnidentifiedImageError, OSError) as exc:
         raise InvalidRequest(f"not an image aiml can read ({exc})", param=param) from exc
     return image
+
+
+def _too_many_pixels(size: str, max_pixels: int, param: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the image is {size}; the limit is {max_pixels} pixels (AIML_MAX_IMAGE_PIXELS)",
+        param=param,
+    )

@@ -3,17 +3,22 @@ document analysis (PP-OCRv4 through RapidOCR).
 
 A registered ONNX model is one ``.onnx`` file (its name in the ``onnx_file`` tag; Silero
 VAD) or a folder of them (PP-OCR's detection, recognition and direction models); the
-version's task says which pipeline runs it. Each model runs one request at a time (the VAD
-session carries state, and OCR takes ~0.5 GiB while it reads a page), queued first come,
-first served by the pool's per-model lock.
+version's task says which pipeline runs it. Each model runs one piece of work at a time (OCR
+takes ~0.5 GiB while it reads a page), queued first come, first served by the pool's
+per-model lock: an image, a page of a document (each page queues again, so a long document
+holds another request's OCR up by one page, not by the document), or a request's audio for
+voice activity, decoded and scored a minute at a time. Every run stops at its next piece
+once its request is cancelled or past its deadline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from aiml.errors import ModelLoadFailed, ModelNotServable
+import numpy as np
+
+from aiml.errors import EngineError, ModelLoadFailed, ModelNotServable
 from aiml.types import (
     DocumentPage,
     ResolvedModel,
@@ -22,9 +27,11 @@ from aiml.types import (
     TextLine,
 )
 
-from .audio import RATE, decode
+from .audio import RATE, decode_chunks
 from .local import MediaEngine
+from .ocr import OcrReader, page_count
 from .pool import Loaded
+from .vad import speech_segments
 
 __all__ = ["ONNX_FILE_TAG", "OnnxEngine"]
 
@@ -73,8 +80,6 @@ class OnnxEngine(MediaEngine):
             except (OSError, RuntimeError, ValueError) as exc:  # onnxruntime's load errors
                 raise ModelLoadFailed(f"{model.engine_model}: {exc}") from exc
             return Loaded(handle=vad, size_bytes=self.estimate_bytes(model))
-        from .ocr import OcrReader
-
         reader = OcrReader(self.folder(model), threads=self._threads)
         return Loaded(handle=reader, size_bytes=self.estimate_bytes(model))
 
@@ -82,13 +87,23 @@ class OnnxEngine(MediaEngine):
         self._expect(model, Task.VAD)
         most = self._max_audio_s
 
-        def run(vad: Any) -> list[SpeechSegment]:
-            from .vad import speech_segments
+        def run(vad: Any) -> Iterator[list[SpeechSegment] | None]:
+            """None after each piece (about a minute of audio: where a stopped run ends),
+            then the segments."""
+            windows = vad.windows()
+            scored, samples = [], 0
+            for piece in decode_chunks(audio, max_seconds=most):
+                scored.append(windows.feed(piece))
+                samples += piece.size
+                yield None
+            scored.append(windows.finish())
+            yield speech_segments(np.concatenate(scored), samples / RATE)
 
-            samples = decode(audio, max_seconds=most)
-            return speech_segments(vad.probabilities(samples), samples.size / RATE)
-
-        return await self._alone(model, run)
+        lease = await self.acquire(model)
+        items = [item async for item in self.exclusive(lease, run)]
+        if not items or items[-1] is None:  # only a stopped run ends early, and it raises
+            raise EngineError("voice activity detection ended without a result")
+        return items[-1]
 
     async def read_text(self, model: ResolvedModel, image: bytes) -> list[TextLine]:
         self._expect(model, Task.OCR, Task.DOCUMENT_ANALYSIS)
@@ -97,13 +112,26 @@ class OnnxEngine(MediaEngine):
 
     async def analyse_document(self, model: ResolvedModel, pdf: bytes) -> list[DocumentPage]:
         self._expect(model, Task.OCR, Task.DOCUMENT_ANALYSIS)
-        pages, dpi = self._max_pages, self._dpi
-        return await self._alone(model, lambda ocr: ocr.pages(pdf, max_pages=pages, dpi=dpi))
+        most, dpi, pixels = self._max_pages, self._dpi, self._max_pixels
+        count = await self._alone(model, lambda _: page_count(pdf, max_pages=most))
+        pages = []
+        for index in range(count):  # a run per page: see the module's docstring
+
+            def page(ocr: OcrReader, index: int = index) -> DocumentPage:
+                return ocr.read_page(pdf, index, dpi=dpi, max_pixels=pixels)
+
+            pages.append(await self._alone(model, page))
+        return pages
 
     async def _alone(self, model: ResolvedModel, run: Callable[[Any], T]) -> T:
-        """``run(model)`` alone on the leased model, in a worker thread."""
+        """``run(model)`` alone on the leased model, in a worker thread (not started at all
+        if the request is stopped first)."""
+
+        def once(handle: Any) -> Iterator[T]:
+            yield run(handle)
+
         lease = await self.acquire(model)
-        results = [item async for item in self.exclusive(lease, lambda m: iter([run(m)]))]
+        results = [item async for item in self.exclusive(lease, once)]
         return results[0]
 
     def _expect(self, model: ResolvedModel, *tasks: Task) -> None:

@@ -19,14 +19,15 @@ from aiml.types import SpeechSegment
 
 from .audio import RATE
 
-__all__ = ["SileroVad", "speech_segments"]
+__all__ = ["SileroVad", "Windows", "speech_segments"]
 
 _WINDOW = 512
 _CONTEXT = 64
 
 
 class SileroVad:
-    """One ONNX Runtime session on Silero's stateful model; one stream at a time."""
+    """One ONNX Runtime session on Silero's stateful model; each stream's state in its
+    :class:`Windows`."""
 
     def __init__(self, path: Path, *, threads: int) -> None:
         import onnxruntime
@@ -39,18 +40,50 @@ class SileroVad:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
 
-    def probabilities(self, audio: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """The probability of speech in each 32 ms window of 16 kHz mono float32 audio."""
-        windows = -(-audio.size // _WINDOW)  # the last one zero-padded
-        padded = np.zeros(_CONTEXT + windows * _WINDOW, dtype=np.float32)
-        padded[_CONTEXT : _CONTEXT + audio.size] = audio
-        state = np.zeros((2, 1, 128), dtype=np.float32)
+    def windows(self) -> Windows:
+        """A new stream of audio to score, fed a piece at a time (its own state)."""
+        return Windows(self._session)
+
+
+class Windows:
+    """One stream's scoring: its state and the last samples carry from piece to piece, so
+    audio fed in pieces scores exactly as it would whole, in memory for one piece."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._context = np.zeros(_CONTEXT, dtype=np.float32)
+        self._rest = np.zeros(0, dtype=np.float32)  # the samples short of a whole window
+
+    def feed(self, audio: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The probability of speech in each whole 32 ms window of 16 kHz mono float32
+        audio so far; what is left over waits for the next piece."""
+        samples = np.concatenate([self._rest, audio.astype(np.float32, copy=False)])
+        whole = samples.size // _WINDOW * _WINDOW
+        self._rest = samples[whole:]
+        return self._score(samples[:whole])
+
+    def finish(self) -> np.ndarray[Any, Any]:
+        """The last window's probability (zero-padded), if samples were left over."""
+        if not self._rest.size:
+            return np.zeros(0, dtype=np.float32)
+        padded = np.zeros(_WINDOW, dtype=np.float32)
+        padded[: self._rest.size] = self._rest
+        self._rest = np.zeros(0, dtype=np.float32)
+        return self._score(padded)
+
+    def _score(self, samples: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        padded = np.concatenate([self._context, samples])
         rate = np.array(RATE, dtype=np.int64)  # a 0-d int64 tensor: a Python int is refused
+        windows = samples.size // _WINDOW
         out = np.empty(windows, dtype=np.float32)
         for i in range(windows):
             chunk = padded[i * _WINDOW : (i + 1) * _WINDOW + _CONTEXT][None, :]
-            prob, state = self._session.run(None, {"input": chunk, "state": state, "sr": rate})
+            feed = {"input": chunk, "state": self._state, "sr": rate}
+            prob, self._state = self._session.run(None, feed)
             out[i] = prob[0, 0]
+        if windows:
+            self._context = padded[-_CONTEXT:]
         return out
 
 

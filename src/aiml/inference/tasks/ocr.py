@@ -1,6 +1,7 @@
 """``ocr``: ``data: {image: base64}`` -> ``{text, lines: [{text, box, confidence}]}``;
 ``document-analysis``: ``data: {document: base64 PDF}`` -> ``{text, pages: [{page, method,
-text, lines}]}``, each page from its text layer, or OCR where it has none."""
+text, lines, dpi}]}``, each page from its text layer, or OCR where it has none (``dpi``: what
+the page was rendered at, its boxes in those pixels; null for a text-layer page)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,13 @@ class _Read(Handler[OcrInput]):
             "text": "\n\n".join(page.text for page in pages),
             "page_count": len(pages),
             "pages": [
-                {"page": p.number, "method": p.method, "text": p.text, "lines": _lines(p.lines)}
+                {
+                    "page": p.number,
+                    "method": p.method,
+                    "text": p.text,
+                    "lines": _lines(p.lines),
+                    "dpi": p.dpi,
+                }
                 for p in pages
             ],
         }
