@@ -100,7 +100,7 @@ class OcrReader:
                     dpi = _fitting_dpi(width, height, dpi, max_pixels, number)
                     bitmap = page.render(scale=dpi / 72)  # BGR, 3 bytes a pixel
                     # A view of the bitmap's buffer (Python's, so it outlives the bitmap):
-                    # the page's only copy of its pixels, where a PIL image took four.
+                    # the page's one copy of its pixels (PIL's route copied them 4 more times).
                     pixels = bitmap.to_numpy()
                     bitmap.close()
             finally:
