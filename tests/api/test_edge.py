@@ -179,7 +179,7 @@ def test_an_upload_goes_to_disk_as_it_arrives(server: tuple[Process, int]) -> No
 
     def body() -> Iterator[bytes]:
         nonlocal peak
-        yield head
+        yield head + b"GGUF" + (3).to_bytes(4, "little") + bytes(16)  # a GGUF header, then zeros
         for chunk in zeros(300 * MIB):
             peak = max(peak, rss_mib(process))
             yield chunk

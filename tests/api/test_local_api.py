@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -229,7 +230,7 @@ def test_a_model_that_fails_to_load_leaves_nothing_and_says_why(
     start_aiml: Callable[..., RunningAiml], registry: Registry, tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\0" * 1024)
+    broken.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + b"\0" * 1024)  # a header only
     registry.register_files(broken, "broken")
     aiml = start_aiml()
     response = infer(aiml, "llamacpp", "text-generation", "broken", {"inputs": "hi"})

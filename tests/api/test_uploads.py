@@ -3,6 +3,7 @@ a refused or broken upload leaves nothing behind."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def file(name: str, filename: str, content: bytes) -> bytes:
 
 
 END = f"--{B}--\r\n".encode()
-GGUF = file("files", "m.gguf", b"GGUF" + bytes(4096))
+# A GGUF header (version 3, no tensors, no metadata): what registration checks.
+GGUF_HEADER = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
+GGUF = file("files", "m.gguf", GGUF_HEADER + bytes(4096))
 
 
 @pytest.fixture
@@ -80,4 +83,25 @@ def test_a_streamed_upload_registers_what_arrived(aiml: RunningAiml) -> None:
             headers=TYPE,
         )
         assert again.json()["created"] is False  # the same bytes arrived
+    assert uploads_left(aiml) == []
+
+
+REFUSED = [
+    (file("files", "a", b"x") + file("files", "a/b", b"y"), "'a/b' would be inside 'a'"),
+    (file("files", "a/b", b"x") + file("files", "a", b"y"), "'a' is the folder of 'a/b'"),
+    (file("files", "m.gguf", b"GGU"), "m.gguf is 3 bytes: too short for a GGUF header"),
+    (file("files", "m.gguf", b"PK\x03\x04" + bytes(64)), "m.gguf is not a GGUF file"),
+    (file("files", "m.gguf", b"GGUF" + struct.pack("<IQQ", 1, 0, 0)), "GGUF version 1"),
+    (file("files", "m.gguf", b"GGUF" + struct.pack("<IQQ", 3, 1 << 40, 0)), "is corrupt"),
+]
+
+
+def test_files_that_cannot_be_a_model_are_a_422_naming_them(aiml: RunningAiml) -> None:
+    with aiml.client() as client:
+        for files, says in REFUSED:
+            body = field("registered_name", "m") + files + END
+            answer = client.post("/admin/models/register", content=body, headers=TYPE)
+            assert answer.status_code == 422, (says, answer.text)
+            assert says in answer.json()["error"]["message"], (says, answer.text)
+        assert client.get("/models/registered_in_mlflow").json()["models"] == []
     assert uploads_left(aiml) == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import anyio.to_thread
@@ -110,6 +110,8 @@ class _Sink:
         self._value = bytearray()
         self._file: BinaryIO | None = None  # the file part being written
         self._buffer = bytearray()
+        self._files: set[str] = set()  # the paths of the files so far
+        self._folders: dict[str, str] = {}  # each folder of those, with a file inside it
 
     async def handle(self, event: str, data: bytes) -> None:
         if event == "data":
@@ -162,10 +164,31 @@ class _Sink:
         if name != self.files_field:
             raise InvalidRequest(f"files go in {self.files_field!r}, not {name!r}", param=name)
         relpath = safe_relpath(_text(filename, "a file name"))
-        if relpath in self.upload.files:
+        if relpath in self._files:
             raise InvalidRequest(f"{relpath!r} uploaded twice", param=self.files_field)
+        self._check_tree(relpath)
         self.upload.files.append(relpath)
         self._file = await anyio.to_thread.run_sync(_create, self.folder / relpath)
+
+    def _check_tree(self, relpath: str) -> None:
+        """A path cannot be both a file and a folder (``a``, then ``a/b``, or the reverse):
+        refused by name here, before the disk would refuse it with an OS error."""
+        if relpath in self._folders:
+            inside = self._folders[relpath]
+            raise InvalidRequest(
+                f"{relpath!r} is the folder of {inside!r}, so it cannot be a file",
+                param=self.files_field,
+            )
+        folders = [str(folder) for folder in PurePosixPath(relpath).parents][:-1]  # not "."
+        for folder in folders:
+            if folder in self._files:
+                raise InvalidRequest(
+                    f"{relpath!r} would be inside {folder!r}, which is a file",
+                    param=self.files_field,
+                )
+        self._files.add(relpath)
+        for folder in folders:
+            self._folders.setdefault(folder, relpath)
 
     async def _end(self) -> None:
         if self._file is not None:
