@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -151,3 +152,32 @@ def test_a_hanging_registry_is_bounded_by_the_deadline_on_every_surface(
         stats = client.get("/inference/stats").json()["stats"]
     assert stats["by_status"]["504"] == 3  # counted, though two never reached an engine
     adapter._client = real
+
+
+def test_a_registry_outage_leaves_a_front_that_served_ready_and_listing(
+    start_aiml: Callable[..., RunningAiml], registry: Registry, tmp_path: Path
+) -> None:
+    registry.register("llama2-7b-chat", "llama2:7b", task="chat", alias="production")
+    warm, cold = start_aiml(), start_aiml(home=tmp_path / "cold-home")
+    with warm.client() as client:
+        assert client.post("/inference/infer", json=CHAT).status_code == 200
+        listing = client.get("/v1/models").json()
+        tags = client.get("/api/tags").json()
+        assert client.get("/health/ready").json()["status"] == "ready"
+    for aiml in (warm, cold):  # the registry goes away under both fronts
+        aiml.services.registry._client = UnreachableMlflowClient()  # type: ignore[assignment]
+    with warm.client() as client:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["degraded"] == ["registry"]
+        assert client.post("/inference/infer", json=CHAT).status_code == 200
+        assert client.get("/v1/models").json() == listing
+        assert client.get("/api/tags").json() == tags
+        assert client.get("/inference/health").status_code == 503  # reachability, as before
+    with cold.client() as client:  # never resolved nor listed: nothing it could serve
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert "registry" in ready.json()["degraded"]
+        listed = client.get("/v1/models")
+        assert (listed.status_code, listed.json()["error"]["code"]) == (503, "registry_unavailable")

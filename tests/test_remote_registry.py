@@ -2,7 +2,8 @@
 
 Registration goes through aiml (the server validates version sources), inference is counted
 in registry calls per cold and warm request, and the registry is stopped and restarted under
-the service: known references keep being served, new ones get 503 promptly, and service
+the service: known references keep being served, and so are the model listings, the front
+stays ready (degraded, naming the registry), new references get 503 promptly, and service
 resumes when the registry is back.
 """
 
@@ -88,11 +89,16 @@ def test_aiml_serve_against_a_remote_registry(
                 infer(client, "llama2-7b-chat/2").json()["resolved"]["engine_model"] == "llama2:13b"
             )
 
+            listings = client.get("/v1/models").json(), client.get("/api/tags").json()
+            listed_at = time.monotonic()
+            assert "llama2-7b-chat@production" in {m["id"] for m in listings[0]["data"]}
+
             remote.stop()
             # Requests go on until the 0.5 s TTL lapses and a refresh meets the dead registry:
-            # each is answered from the cache, the last one as a stale entry.
+            # each is answered from the cache, the last one as a stale entry (and the
+            # listings' TTL lapses too).
             stopped = time.monotonic()
-            while stale_served(client) == 0:
+            while stale_served(client) == 0 or time.monotonic() - listed_at < 0.5:
                 assert infer(client, "llama2-7b-chat@production").status_code == 200
                 assert time.monotonic() - stopped < 10
             assert infer(client, "llama2-7b-chat/2").status_code == 200  # pinned: no refresh needed
@@ -101,10 +107,14 @@ def test_aiml_serve_against_a_remote_registry(
             assert new.status_code == 503
             assert new.json()["error"]["code"] == "registry_unavailable"
             assert time.monotonic() - started < 2  # promptly, not after MLflow's minutes of retries
-            assert client.get("/health/ready").status_code == 503
+            ready = client.get("/health/ready")  # it serves what it served: kept in the fleet
+            assert ready.status_code == 200, ready.text
+            assert (ready.json()["status"], ready.json()["degraded"]) == ("degraded", ["registry"])
+            # The listings are served from what was listed before the registry went away.
+            assert (client.get("/v1/models").json(), client.get("/api/tags").json()) == listings
 
             remote.start()
             assert infer(client, "llama2-7b-chat").status_code == 200
-            assert client.get("/health/ready").status_code == 200
+            assert client.get("/health/ready").json()["status"] == "ready"
     finally:
         assert aiml.stop() is not None

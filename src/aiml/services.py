@@ -189,6 +189,7 @@ def build_services(
         from aiml.cluster.changes import ChangeFeed
 
         def heard(name: str | None) -> None:
+            catalog.listing.invalidate()  # another front changed the registry
             if name is None:  # the feed lost track: forget every cached resolution
                 router.clear()
             else:
@@ -204,6 +205,10 @@ def build_services(
         if changes is not None:
             changes.publish(name)
 
+    catalog = ModelCatalog(
+        registry, engines, on_change=on_change, listing_ttl_s=settings.resolve_ttl_s
+    )
+
     return Services(
         settings=settings,
         registry=registry,
@@ -212,7 +217,7 @@ def build_services(
         manager=manager,
         changes=changes,
         holders=holders,
-        catalog=ModelCatalog(registry, engines, on_change=on_change),
+        catalog=catalog,
         stats=stats,
         pool=pool,
         artifacts=artifacts,

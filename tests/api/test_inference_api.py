@@ -171,9 +171,8 @@ def test_registry_outage_keeps_known_references_served(
     new = aiml.infer("unseen")
     assert (new.status_code, new.json()["error"]["code"]) == (503, "registry_unavailable")
     with aiml.client() as client:
-        ready = client.get("/health/ready")
-        assert ready.status_code == 503
-        assert ready.json()["error"]["code"] == "not_ready"
+        ready = client.get("/health/ready")  # it serves what it resolved before
+        assert (ready.status_code, ready.json()["degraded"]) == (200, ["registry"])
         assert client.get("/health/live").status_code == 200
     aiml.services.registry._client = real
     assert aiml.infer("unseen").status_code == 200

@@ -110,3 +110,38 @@ def test_list_get_and_aliases(start_aiml: Callable[..., RunningAiml], registry: 
     gone = aiml.infer("alpha@production")
     assert gone.status_code == 404
     assert "no alias 'production'" in gone.json()["error"]["message"]
+
+
+def test_listings_are_kept_and_show_changes_made_through_aiml_at_once(
+    start_aiml: Callable[..., RunningAiml], registry: Registry
+) -> None:
+    registry.register("alpha", "llama2:7b")
+    registry.register("alpha", "llama2:13b")
+    aiml = start_aiml(resolve_ttl_s=3600)  # long TTL: only aiml's invalidation can help
+    with aiml.client() as client:
+
+        def listed() -> tuple[set[str], set[str]]:
+            openai = {m["id"] for m in client.get("/v1/models").json()["data"]}
+            ollama = {m["name"] for m in client.get("/api/tags").json()["models"]}
+            return openai, ollama
+
+        assert listed() == ({"alpha"}, {"alpha:latest"})
+        before = aiml.spy.total
+        for _ in range(3):
+            assert listed() == ({"alpha"}, {"alpha:latest"})
+        assert aiml.spy.total == before  # warm: no registry call at all
+
+        moved = client.put("/models/registered_in_mlflow/alpha/aliases/prod", json={"version": 1})
+        assert moved.status_code == 200
+        assert listed() == ({"alpha", "alpha@prod"}, {"alpha:latest", "alpha:prod"})
+        assert client.delete("/models/registered_in_mlflow/alpha/aliases/prod").status_code == 200
+        assert listed() == ({"alpha"}, {"alpha:latest"})
+        created = client.post(
+            "/models/register_ollama",
+            json={"local_model_name": "qwen2:0.5b", "registered_name": "beta"},
+        )
+        assert created.status_code == 201, created.text
+        assert listed() == ({"alpha", "beta"}, {"alpha:latest", "beta:latest"})
+        before = aiml.spy.total
+        listed()
+        assert aiml.spy.total == before

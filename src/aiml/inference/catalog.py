@@ -1,7 +1,8 @@
 """``ModelCatalog``: the model lifecycle routes' logic (register, list, aliases).
 
-Changes made here invalidate the resolver caches for the model at once, so a client that
-moves an alias through aiml sees the move on its next request, not after the TTL.
+Changes made here invalidate the resolver caches for the model, and the kept listing of
+every model (:mod:`.listing`), at once, so a client that moves an alias through aiml sees
+the move on its next request and in its next listing, not after the TTL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from aiml.registry.artifacts import CONTENT_TAG, Progress, build_manifest, tags_
 from aiml.registry.mlflow import MlflowRegistry, RegisteredModelInfo
 from aiml.registry.references import validate_alias, validate_registry_name
 from aiml.types import RegistryVersion, Task
+
+from .listing import ModelListing
 
 __all__ = ["ModelCatalog", "Registration"]
 
@@ -45,13 +48,16 @@ class ModelCatalog:
         *,
         on_change: Callable[[str], None] = lambda name: None,
         table: Mapping[str, EngineSpec] = ENGINES,
+        listing_ttl_s: float = 30.0,
     ) -> None:
         """``on_change(name)`` runs after a model's versions or aliases change; ``table``
-        says which engine serves which registered-file format."""
+        says which engine serves which registered-file format; the listing of every model
+        is fetched again after ``listing_ttl_s`` (the resolve TTL)."""
         self._registry = registry
         self._engines = engines
         self._on_change = on_change
         self._table = table
+        self.listing = ModelListing(self._fetch_all, ttl_s=listing_ttl_s)
 
     async def register_ollama(
         self,
@@ -90,7 +96,7 @@ class ModelCatalog:
         )
         if alias is not None:
             await self._registry.set_alias(registered_name, alias, version.version)
-        self._on_change(registered_name)
+        self._changed(registered_name)
         return Registration(version=version, alias=alias)
 
     async def register_files(
@@ -151,7 +157,7 @@ class ModelCatalog:
             created = True
         if alias is not None:
             await self._registry.set_alias(registered_name, alias, version.version)
-        self._on_change(registered_name)
+        self._changed(registered_name)
         return Registration(version, alias, created=created, skipped=tuple(skipped))
 
     async def list_models(
@@ -160,7 +166,12 @@ class ModelCatalog:
         return await self._registry.list_models(max_results=max_results, page_token=page_token)
 
     async def all_models(self) -> list[RegisteredModelInfo]:
-        """Every registered model, page after page (for the listings that cannot page)."""
+        """Every registered model (for the listings that cannot page), from the kept
+        listing: no registry call while it is fresh, and served on through an outage."""
+        return await self.listing()
+
+    async def _fetch_all(self) -> list[RegisteredModelInfo]:
+        """Every registered model, page after page, from the registry."""
         models: list[RegisteredModelInfo] = []
         token: str | None = None
         while True:
@@ -177,12 +188,16 @@ class ModelCatalog:
         validate_registry_name(name, param="name")
         validate_alias(alias)
         await self._registry.set_alias(name, alias, version)
-        self._on_change(name)
+        self._changed(name)
 
     async def delete_alias(self, name: str, alias: str) -> None:
         validate_registry_name(name, param="name")
         validate_alias(alias)
         await self._registry.delete_alias(name, alias)
+        self._changed(name)
+
+    def _changed(self, name: str) -> None:
+        self.listing.invalidate()
         self._on_change(name)
 
 

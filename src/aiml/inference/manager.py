@@ -95,22 +95,34 @@ class HealthReport:
     """Reachability of the registry and of each engine; ``None`` means reachable.
 
     ``required`` names the engines the service cannot serve without; any other engine
-    that is down makes the service degraded, not unready.
+    that is down makes the service degraded, not unready. ``cached_models`` counts the
+    models this front has resolved: its cache serves those on while the registry is down.
     """
 
     registry: str | None
     engines: dict[str, str | None]
     required: frozenset[str] = frozenset()
     draining: bool = False
+    cached_models: int = 0
 
     @property
     def ok(self) -> bool:
+        """Everything it needs answers: the registry and every required engine."""
+        return self.registry is None and self.ready
+
+    @property
+    def ready(self) -> bool:
+        """It can serve what it served: every required engine is up, and the registry too,
+        or its cache holds models it resolved before (served stale while it is down)."""
         needed = all(self.engines.get(name) is None for name in self.required)
-        return self.registry is None and needed and not self.draining
+        can_serve = self.registry is None or self.cached_models > 0
+        return can_serve and needed and not self.draining
 
     @property
     def degraded(self) -> list[str]:
-        return sorted(name for name, error in self.engines.items() if error is not None)
+        """What is down without making it unready: optional engines, and the registry."""
+        down = sorted(name for name, error in self.engines.items() if error is not None)
+        return down + (["registry"] if self.registry is not None else [])
 
 
 class InferenceManager:
@@ -304,6 +316,7 @@ class InferenceManager:
             engines={key.removeprefix("engine:"): error for key, error in outcome.items()},
             required=required,
             draining=self.draining,
+            cached_models=self.router.cached_models(),
         )
 
     def deadline_at(self) -> float:

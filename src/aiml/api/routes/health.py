@@ -1,6 +1,11 @@
-"""Liveness (no I/O) and readiness: ready when the registry answers and every required
-engine is up (``AIML_REQUIRED_ENGINES``); an optional engine that is down makes the body say
-``degraded`` while the status stays 200."""
+"""Liveness (no I/O) and readiness: ready while the front can serve what it served.
+
+Every required engine (``AIML_REQUIRED_ENGINES``) must be up. The registry must answer, or
+the front must hold models it resolved before, which its cache serves on through a registry
+outage: a load balancer must not take a fleet out that can serve. An optional engine or
+the registry that is down makes the body say ``degraded``, naming it, with a 200; a 503
+only when it is draining, a required engine is down, or the registry is down and the front
+has nothing it could serve without it."""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         "required": sorted(report.required),
         "degraded": report.degraded,
     }
-    if report.ok:
+    if report.ready:
         return JSONResponse({"status": "degraded" if report.degraded else "ready", **checks})
     if report.draining:
         return error_response(503, "draining", "shutting down", extra={"draining": True, **checks})
