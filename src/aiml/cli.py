@@ -250,8 +250,15 @@ def quickstart(
             _report(registration)
 
     _run(register_all)
-    url = f"http://{host or settings.host}:{port or settings.port}"
-    console.print("\nTry:")
+    url = f"http://{host or settings.host}:{port if port is not None else settings.port}"
+    if serve_after:
+        console.print("\nTry:")
+    else:  # nothing serves yet: the lines are for the front the user starts next
+        console.print(
+            f"\nOnce a front serves at {url} (`aiml serve`, `aiml serve --ray` on a cluster; "
+            "--port or AIML_PORT for another port), try:",
+            soft_wrap=True,
+        )
     console.print(
         f"  curl -s {url}/inference/infer -H 'content-type: application/json' -d "
         '\'{"task": "chat", "engine": "llamacpp", "model_name": '
