@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 
+from aiml.errors import RegistryUnavailable
+from aiml.inference.readiness import RequiredEngines
 from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
 from tests.fakes.mlflow_client import UnreachableMlflowClient
+from tests.inference.test_resolver import Clock
 
 CHAT = {"task": "chat", "engine": "ollama", "model_name": "llama2-7b-chat",
         "data": {"messages": [{"role": "user", "content": "one two three"}]}}  # fmt: skip
@@ -181,3 +184,24 @@ def test_a_registry_outage_leaves_a_front_that_served_ready_and_listing(
         assert "registry" in ready.json()["degraded"]
         listed = client.get("/v1/models")
         assert (listed.status_code, listed.json()["error"]["code"]) == (503, "registry_unavailable")
+
+
+async def test_the_engines_readiness_needs_stay_known_through_a_registry_outage() -> None:
+    class TaggingRegistry:  # tags an Ollama model, then goes away
+        down = False
+
+        async def any_version_tagged(self, key: str, value: str) -> bool:
+            if self.down:
+                raise RegistryUnavailable("connection refused")
+            return True
+
+    class Remote:
+        in_process = False
+
+    registry, clock = TaggingRegistry(), Clock()
+    engines = {"ollama": Remote()}
+    required = RequiredEngines("auto", engines, registry, ttl_s=5, clock=clock)  # type: ignore[arg-type]
+    assert await required() == {"ollama"}
+    registry.down = True
+    clock.now += 10
+    assert await required() == {"ollama"}  # the last answer, not a guess nor an error
