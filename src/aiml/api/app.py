@@ -10,17 +10,17 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from aiml import __version__
 from aiml.observability.history import TrafficHistory
 from aiml.services import Services, build_services
 from aiml.settings import Settings
 
-from .auth import Access, KeyRing, access_of
+from .auth import KeyRing
 from .disconnect import CancelOnDisconnect
 from .errors import install_error_handlers
 from .middleware import Authentication, BodyLimit, RequestContext, Traffic
+from .openapi import build_openapi
 from .responses import JSONResponse
 from .routes import admin, audio, console, health, inference, models, ollama, openai, responses
 
@@ -114,8 +114,7 @@ def create_app(
     )
     app.add_middleware(Authentication, api_keys=api_keys, admin_keys=admin_keys)
     app.add_middleware(RequestContext, traffic=traffic, replica=settings.replica_name)
-    if api_keys or admin_keys:
-        _document_bearer_auth(app)
+    _document(app, keyed=bool(api_keys) or bool(admin_keys))
     return app
 
 
@@ -146,22 +145,13 @@ def _add_routes(app: FastAPI, routers: tuple[APIRouter, ...]) -> None:
     app.router.routes.extend(route for route in routes if route not in hot)
 
 
-def _document_bearer_auth(app: FastAPI) -> None:
-    """Say in the OpenAPI schema which routes need which key (clients and fuzzers read it)."""
+def _document(app: FastAPI, *, keyed: bool) -> None:
+    """The OpenAPI schema with every answer each route can give and, where keys are
+    configured, which key it needs (clients and fuzzers read it); built once, on first use."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
-            )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer"}
-            }
-            for path, operations in schema["paths"].items():
-                for method, operation in operations.items():
-                    if access_of(method.upper(), path) != Access.OPEN:
-                        operation["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app, keyed=keyed)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

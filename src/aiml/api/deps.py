@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from aiml.services import Services
 
 from .auth import Caller, caller_of
-from .schemas import ErrorResponse
 
-__all__ = ["ERROR_RESPONSES", "CallerDep", "ServicesDep"]
+__all__ = ["CallerDep", "ServicesDep"]
 
 
 async def _services(request: Request) -> Services:
@@ -29,14 +28,3 @@ async def _caller(request: Request) -> Caller:
 
 #: Who sent the request (its key's digest, admin or not), as the Authentication middleware found.
 CallerDep = Annotated[Caller, Depends(_caller)]
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        404: "Model not found in the registry or on the engine",
-        422: "Malformed request; error.param names the field",
-        502: "The registry or the engine answered with an error",
-        503: "The registry or the engine is unreachable",
-        504: "The engine did not answer in time",
-    }.items()
-}

@@ -31,7 +31,6 @@ __all__ = ["install_error_handlers", "openai_error_body", "render_error"]
 log = logging.getLogger("aiml.api")
 
 _HTTP_CODES = {
-    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -114,6 +113,11 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        # FastAPI's and Starlette's "could not parse the body" (a JSON body that is not
+        # UTF-8, a broken multipart form): bad input, as a body that is not JSON is.
+        message = f"the request body cannot be read: {exc.detail}"
+        return render_error(request.url.path, 422, "invalid_request", message)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return render_error(
         request.url.path, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})

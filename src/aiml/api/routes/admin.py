@@ -15,14 +15,14 @@ from aiml.inference.manager import fixed
 from aiml.inference.tasks.base import CleanText
 from aiml.registry.references import parse_reference
 
-from ..deps import ERROR_RESPONSES, ServicesDep
+from ..deps import ServicesDep
 from ..responses import JSONResponse
 from ..uploads import receive_upload
 
 __all__ = ["router"]
 
 # Admin keys are checked for everything under /admin by the Authentication middleware.
-router = APIRouter(prefix="/admin", tags=["admin"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 class ModelTarget(CleanText):
@@ -48,7 +48,37 @@ async def unload(body: ModelTarget, services: ServicesDep) -> JSONResponse:
     return JSONResponse({"success": True, "resolved": resolved.describe(), "unloaded": was_loaded})
 
 
-@router.post("/models/register", status_code=201)
+#: The form as OpenAPI tells it (the route reads the body itself, as it streams in).
+_REGISTER_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["registered_name", "files"],
+                    "properties": {
+                        "registered_name": {"type": "string", "maxLength": 256},
+                        "engine": {"type": "string"},
+                        "task": {"type": "string"},
+                        "alias": {"type": "string"},
+                        "description": {"type": "string"},
+                        "force": {"type": "string", "enum": ["true", "false"]},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/models/register",
+    status_code=201,
+    responses={200: {"description": "These files were registered before: that version"}},
+    openapi_extra=_REGISTER_FORM,
+)
 async def register(request: Request, services: ServicesDep) -> JSONResponse:
     """Register uploaded model files as a new registry version (multipart form).
 

@@ -14,7 +14,7 @@ from aiml.errors import AimlError, EngineError
 from aiml.inference.manager import InferenceRequest, StreamOutcome
 from aiml.types import ResolvedModel
 
-from ..deps import ERROR_RESPONSES, ServicesDep
+from ..deps import ServicesDep
 from ..responses import JSONResponse, error_response
 from ..schemas import InferRequest, InferResponse
 from ..streaming import NDJSON, ndjson_line, streaming_response
@@ -24,7 +24,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/inference", tags=["inference"])
 
 
-@router.post("/infer", response_model=InferResponse, responses=ERROR_RESPONSES)
+@router.post("/infer", response_model=InferResponse)
 async def infer(body: InferRequest, services: ServicesDep) -> Response:
     """Resolve ``model_name`` (registry reference or engine name) and run ``task`` on it.
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Query
 from aiml.registry.mlflow import RegisteredModelInfo
 from aiml.types import RegistryVersion
 
-from ..deps import ERROR_RESPONSES, ServicesDep
+from ..deps import ServicesDep
 from ..responses import JSONResponse
 from ..schemas import AliasBody, RegisterOllamaRequest
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.post("/register_ollama", status_code=201)
