@@ -61,6 +61,12 @@ _LARGE = (
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
 )
 
+# After our own answer, what the client still sends is read and dropped for a moment before
+# the close: closing with unread bytes resets the connection, and a reset can destroy the
+# answer before the client reads it.
+_LINGER_S = 1.0
+_LINGER_BYTES = 4 << 20
+
 _current: ContextVar[_Guarded | None] = ContextVar("aiml_connection", default=None)
 
 
@@ -210,6 +216,8 @@ class _Guarded(asyncio.Protocol):
         self._responses_begun = 0
         self._responses_done = 0
         self.ended = False  # by our 431 or 408 (or a close): nothing more goes either way
+        self._dropped = 0  # bytes read and dropped since
+        self._linger: asyncio.TimerHandle | None = None
         # The clock of the body now arriving: which request's, since when, from which byte.
         self._body_of = 0
         self._body_since = self._body_last = 0.0
@@ -229,7 +237,12 @@ class _Guarded(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted or self.ended:
+        if not self._admitted:
+            return
+        if self.ended:
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES and self._transport is not None:
+                self._transport.close()
             return
         if not self._active and self._deadline is None:
             self._arm()  # the first byte of a next request on a kept-alive connection
@@ -253,6 +266,8 @@ class _Guarded(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._stop_body_clock()
+        if self._linger is not None:
+            self._linger.cancel()
         if self._admitted:
             self._admitted = False
             self._guard.release(self._client)
@@ -290,7 +305,9 @@ class _Guarded(asyncio.Protocol):
             return
         if self._responses_begun == self._responses_done == answered:
             transport.write(answer)
-        transport.close()
+            self._linger = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+        else:
+            transport.close()
 
     def _clock_body(self) -> None:
         if not self._framing.in_body:
