@@ -134,12 +134,14 @@ def test_long_audio_goes_piece_by_piece_with_its_own_timeline(
     wav = speak(text.replace(". ", ". ... ... "), tmp_path / "three.wav").read_bytes()
     whole = decode(wav, max_seconds=60)
     assert whole.size > 9 * 16_000
-    pieces = list(decode_chunks(wav, max_seconds=60, chunk_s=4))
-    assert len(pieces) >= 2 and all(p.size <= 4 * 16_000 for p in pieces[:-1])
+    # Pieces of 6 s: with 4 s the first piece was a 2.7 s fragment of the first sentence,
+    # which Whisper tiny.en misheard on a fresh install (word error rate 0.26 of 0.25).
+    pieces = list(decode_chunks(wav, max_seconds=60, chunk_s=6))
+    assert len(pieces) >= 2 and all(p.size <= 6 * 16_000 for p in pieces[:-1])
     assert sum(p.size for p in pieces) == whole.size  # nothing lost or repeated at the cuts
     model = WhisperModel(str(model_files.whisper), device="cpu", compute_type="int8")
     options = TranscribeOptions(words=True)
-    out = list(transcribe_pieces(model, wav, options, beam_size=1, max_seconds=60, chunk_s=4))
+    out = list(transcribe_pieces(model, wav, options, beam_size=1, max_seconds=60, chunk_s=6))
     *segments, (language, duration) = out
     assert language == "en" and duration == pytest.approx(whole.size / 16_000)
     assert isinstance(segments[-1], TranscriptSegment) and segments[-1].start > 4
