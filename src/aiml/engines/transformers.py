@@ -40,7 +40,6 @@ from .pooling import Pooling
 
 __all__ = ["Pooling", "TransformersEngine"]
 
-_LOAD = {"trust_remote_code": False, "local_files_only": True}
 _CAUSAL = frozenset({Task.TEXT_GENERATION, Task.CHAT, None})
 _MAX_EMBED_TOKENS = 512
 
@@ -106,14 +105,20 @@ class TransformersEngine(LocalEngine):
         folder = self.folder(model)
         kind = _kind(model.declared_task)
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **_LOAD)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=False, local_files_only=True
+            )
             classes = {
                 "causal": transformers.AutoModelForCausalLM,
                 "encoder": transformers.AutoModel,
                 "classifier": transformers.AutoModelForSequenceClassification,
             }
             loaded = classes[kind].from_pretrained(
-                folder, use_safetensors=True, dtype=torch.float32, **_LOAD
+                folder,
+                use_safetensors=True,
+                dtype=torch.float32,
+                trust_remote_code=False,
+                local_files_only=True,
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadFailed(f"{model.engine_model}: {exc}") from exc
