@@ -18,11 +18,12 @@ lazy fixtures do not run on pytest 9.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,19 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from aiml.api.app import create_app
+from aiml.bundled import BUNDLED
 from aiml.settings import Settings
-from tests.conftest import ModelFiles, Registry, RunningAiml
+from tests.conftest import (
+    ModelFiles,
+    Registry,
+    RunningAiml,
+    RunningOllama,
+    fresh_sqlite_registry,
+    launch_aiml,
+    standard_stand_in,
+)
+from tests.fakes import media_files
+from tests.fakes.servers import ServerThread
 
 CHECKS = [
     not_a_server_error,
@@ -54,7 +66,9 @@ CHECKS = [
     response_schema_conformance,
     ignored_auth,
 ]
-EXAMPLES = int(os.environ.get("AIML_FUZZ_EXAMPLES", "25"))
+#: Cases per operation and generation mode (positive, negative); the linked sequences run as
+#: many scenarios. Raise it for a deeper run: ``AIML_FUZZ_EXAMPLES=100``.
+EXAMPLES = int(os.environ.get("AIML_FUZZ_EXAMPLES", "12"))
 ADMIN, USER = "fuzz-admin", "fuzz-user"
 
 #: Routes the schema leaves out, and why.
@@ -226,6 +240,7 @@ def fuzzed(
     return aiml, schemathesis.openapi.from_url(f"{aiml.url}/openapi.json", config=config)
 
 
+@pytest.mark.timeout(300)  # ~90 s on 2 busy cores at the default count
 def test_no_route_fails_on_any_input(fuzzed: tuple[RunningAiml, Any], tmp_path: Path) -> None:
     aiml, schema = fuzzed
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -297,3 +312,149 @@ def test_linked_calls_in_sequence(fuzzed: tuple[RunningAiml, Any], tmp_path: Pat
 def _draw(choices: tuple[str, ...], case: schemathesis.Case) -> str:
     """One of ``choices``, picked by the case's own data (not ``hash``: runs must repeat)."""
     return choices[zlib.crc32(repr(case.body).encode()) % len(choices)]
+
+
+# --- The media routes, with generated files, on the bundled models -----------------------
+
+MEDIA_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+                response_schema_conformance]  # fmt: skip
+#: Generated files per media route, besides one of each fixed kind.
+MEDIA_EXAMPLES = int(os.environ.get("AIML_FUZZ_MEDIA_EXAMPLES", "10"))
+
+
+@pytest.fixture(scope="module")
+def media_aiml(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path, model_files: ModelFiles
+) -> Iterator[tuple[RunningAiml, Any]]:
+    """One keyed aiml for the media tests, with Silero VAD, PP-OCR (ocr and
+    document-analysis) and Whisper tiny.en registered (loaded once, on first use)."""
+    folder = tmp_path_factory.mktemp("fuzz-media")
+    registry = fresh_sqlite_registry(folder, sqlite_template)
+    located = {model.registered_name: model.locate(folder) for model in BUNDLED}
+    registry.register_files(located["silero-vad"], "silero-vad")
+    registry.register_files(located["pp-ocrv4"], "pp-ocrv4")
+    registry.register_files(located["pp-ocrv4"], "pp-docs", task="document-analysis")
+    registry.register_files(model_files.whisper, "whisper-tiny-en", task="asr")
+    state = standard_stand_in()
+    stand_in = ServerThread(state.app(), lifespan="off").start()
+    aiml = launch_aiml(folder, registry, RunningOllama(state, stand_in),
+                       api_keys=USER, admin_keys=ADMIN)  # fmt: skip
+    schema = schemathesis.openapi.from_url(f"{aiml.url}/openapi.json")
+    yield aiml, schema
+    aiml.server.stop()
+    stand_in.stop()
+
+
+MEDIA_TASKS = {  # task: (engine, model, data field, files)
+    "ocr": ("onnx", "pp-ocrv4", "image", media_files.image_files()),
+    "document-analysis": ("onnx", "pp-docs", "document", media_files.document_files()),
+    "vad": ("onnx", "silero-vad", "audio", media_files.audio_files()),
+    "asr": ("whisper", "whisper-tiny-en", "audio", media_files.audio_files()),
+}
+
+
+def _each_and_generated(
+    fixed: list[Any], generated: st.SearchStrategy[Any], send: Callable[[Any], None]
+) -> None:
+    """Every fixed sample once, then ``MEDIA_EXAMPLES`` generated ones."""
+    for sample in fixed:
+        send(sample)
+
+    @given(sample=generated)
+    @_settings(max_examples=MEDIA_EXAMPLES)
+    def exercise(sample: Any) -> None:
+        send(sample)
+
+    exercise()
+
+
+def _kind(kind: str) -> str:
+    return re.sub(r" cut at \d+", " cut short", kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(MEDIA_TASKS))
+def test_media_in_json_never_fails(
+    media_aiml: tuple[RunningAiml, Any], task: str, tmp_path: Path
+) -> None:
+    _, schema = media_aiml
+    engine, model, field, (fixed, generated) = MEDIA_TASKS[task]
+    operation = schema["/inference/infer"]["POST"]
+    tally = Tally()
+
+    def send(media: tuple[str, bytes]) -> None:
+        kind, data = media
+        body = {"task": task, "engine": engine, "model_name": model,
+                "data": {field: base64.b64encode(data).decode()}}  # fmt: skip
+        case = operation.Case(body=body, media_type="application/json")
+        call = lambda: case.call_and_validate(  # noqa: E731
+            timeout=60, checks=MEDIA_CHECKS, headers={"authorization": f"Bearer {USER}"}
+        )
+        tally.run(f"POST /inference/infer {task}: {_kind(kind)}", "media", call)
+
+    _each_and_generated(fixed, generated, send)
+    tally.report(tmp_path / "fuzz-cases.txt")
+
+
+@pytest.mark.slow
+def test_transcriptions_upload_never_fails(
+    media_aiml: tuple[RunningAiml, Any], tmp_path: Path
+) -> None:
+    aiml, schema = media_aiml
+    operation = schema["/v1/audio/transcriptions"]["POST"]
+    tally = Tally()
+    formats = ("json", "text", "verbose_json", "srt")
+
+    def send(media: tuple[str, bytes]) -> None:
+        kind, data = media
+        fmt = formats[zlib.crc32(data) % len(formats)]
+        form = {"model": "whisper-tiny-en", "response_format": fmt}
+
+        def call() -> httpx.Response:
+            with aiml.client(timeout=60, headers={"authorization": f"Bearer {USER}"}) as client:
+                answer = client.post("/v1/audio/transcriptions", data=form,
+                                     files={"file": ("clip.wav", data, "audio/wav")})  # fmt: skip
+            _validate(operation, answer)
+            return answer
+
+        tally.run(f"POST /v1/audio/transcriptions: {_kind(kind)}", "media", call)
+
+    _each_and_generated(*media_files.audio_files(), send)
+    tally.report(tmp_path / "fuzz-cases.txt")
+
+
+@pytest.mark.slow
+def test_model_uploads_never_fail(media_aiml: tuple[RunningAiml, Any], tmp_path: Path) -> None:
+    aiml, schema = media_aiml
+    operation = schema["/admin/models/register"]["POST"]
+    tally = Tally()
+    vad = next(model for model in BUNDLED if model.registered_name == "silero-vad")
+    fixed, generated = media_files.model_files(vad.locate(tmp_path).read_bytes())
+    tasks = ("", "vad", "ocr", "nonsense")
+
+    def send(files: list[media_files.Upload]) -> None:
+        parts = [("files", (name, data, "application/octet-stream")) for _, name, data in files]
+        task = tasks[zlib.crc32(b"".join(data for _, _, data in files)) % len(tasks)]
+        form = {"registered_name": "fuzzed-upload", "task": task}
+
+        def call() -> httpx.Response:
+            with aiml.client(timeout=60, headers={"authorization": f"Bearer {ADMIN}"}) as client:
+                answer = client.post("/admin/models/register", data=form, files=parts)
+            _validate(operation, answer)
+            return answer
+
+        kinds = " + ".join(sorted({_kind(kind) for kind, _, _ in files}))
+        tally.run(f"POST /admin/models/register: {kinds}", "media", call)
+
+    _each_and_generated(
+        [[upload] for upload in fixed], st.lists(generated, min_size=1, max_size=3), send
+    )
+    tally.report(tmp_path / "fuzz-cases.txt")
+
+
+def _validate(operation: Any, answer: httpx.Response) -> None:
+    """schemathesis' checks on an answer to a request sent by hand (a multipart form with
+    the file names and bytes a strategy chose, which schemathesis cannot be told)."""
+    answer.request.read()  # schemathesis reads what was sent
+    case = operation.Case(media_type="multipart/form-data")
+    case.validate_response(answer, checks=MEDIA_CHECKS)

@@ -189,7 +189,7 @@ class OllamaStandIn:
         tools = body.get("tools") or []
         if tools and messages[-1].get("role") != "tool":
             return self._call(body, model, tools[0]["function"])
-        last = messages[-1]["content"] if messages else ""
+        last = messages[-1].get("content") or ""  # Ollama's content is optional (tool calls)
         return await self._reply(body, model, str(last).split(), chat=True)
 
     def _call(

@@ -209,7 +209,8 @@ def _document_media(operation: dict[str, Any], media_types: tuple[str, ...]) -> 
     content = success.setdefault("content", {})
     content.pop("", None)
     for media_type in media_types:
-        content[media_type] = {"schema": {"type": "string"}}
+        # A stream's events and lines are each a JSON object of the route's own kind.
+        content[media_type] = {"schema": {"type": "string"} if media_type == _TEXT else {}}
 
 
 def _surface(path: str) -> tuple[str, int]:
