@@ -301,8 +301,7 @@ class LlamaCppEngine(LocalEngine):
         parsed = None
         try:
             handle: _Generator = lease.handle
-            # Off the event loop: a chat template over the client's messages (and tools).
-            prompt = await asyncio.to_thread(render, handle)
+            prompt = render(handle)  # on the loop: jobs reach the scheduler in arrival order
             window = handle.scheduler.n_ctx_seq
             if len(prompt.tokens) >= window:
                 raise InvalidRequest(
