@@ -6,13 +6,18 @@ cache is counted in the pool's budget."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import json
+import threading
 from collections.abc import Callable
+from typing import Any
 
+import llama_cpp
 import pytest
 
 from aiml.engines.llama_native import kv_bytes_per_token, read_metadata
 from aiml.services import Services
-from aiml.types import ChatMessage, Generation, SamplingParams
+from aiml.types import ChatMessage, Generation, OutputFormat, SamplingParams
 from tests.conftest import ModelFiles, Registry, RunningAiml, resolve
 
 pytestmark = pytest.mark.slow
@@ -181,3 +186,57 @@ async def test_a_finished_sequence_is_no_longer_running_when_its_request_hears_s
     scheduler.submit(Job(tokens=tokens, sampling=Sampling(temperature=0), max_tokens=3,
                          stop=(), emit=emit, ignore_eos=True))  # fmt: skip
     assert await asyncio.wait_for(finished, 60) == 0
+
+
+class HeldGrammar:
+    """Holds llama.cpp's grammar sampler where it filters a whole vocabulary (not where it
+    checks one picked token) until released, through the public bindings' functions."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        grammars: set[int | None] = set()
+        last_size = threading.local()  # the size of the array this thread built last
+        init, apply = llama_cpp.llama_sampler_init_grammar, llama_cpp.llama_sampler_apply
+        token_array = llama_cpp.llama_token_data_array
+
+        def init_grammar(*args: Any) -> Any:
+            sampler = init(*args)
+            grammars.add(ctypes.cast(sampler, ctypes.c_void_p).value)
+            return sampler
+
+        def array(*args: Any) -> Any:
+            last_size.n = args[1]
+            return token_array(*args)
+
+        def apply_sampler(sampler: Any, candidates: Any) -> None:
+            if ctypes.cast(sampler, ctypes.c_void_p).value in grammars and last_size.n > 1:
+                self.entered.set()
+                self.release.wait(60)
+            apply(sampler, candidates)
+
+        monkeypatch.setattr(llama_cpp, "llama_sampler_init_grammar", init_grammar)
+        monkeypatch.setattr(llama_cpp, "llama_token_data_array", array)
+        monkeypatch.setattr(llama_cpp, "llama_sampler_apply", apply_sampler)
+
+
+async def test_a_grammar_filtering_the_vocabulary_never_holds_up_the_batch(
+    smol: None, local_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grammar that refuses the model's pick filters the whole vocabulary, which takes
+    seconds for a large enum: meanwhile the model's other requests go on."""
+    services = local_services(llamacpp_parallel=4)
+    alone = (await chat(services, QUESTIONS[0], GREEDY)).text  # loaded, and the answer
+    held = HeldGrammar(monkeypatch)
+    schema = {"type": "string", "enum": ["zqx-one", "zqx-two"]}  # never the model's pick
+    constrained = SamplingParams(
+        max_tokens=16, temperature=0, output_format=OutputFormat(json.dumps(schema))
+    )
+    slow = asyncio.ensure_future(chat(services, "Say hello.", constrained))
+    try:
+        assert await asyncio.to_thread(held.entered.wait, 60)
+        other = await asyncio.wait_for(chat(services, QUESTIONS[0], GREEDY), 20)
+        assert other.text == alone
+        assert not slow.done()  # still held on its grammar
+    finally:
+        held.release.set()
+    assert json.loads((await slow).text) in schema["enum"]

@@ -7,7 +7,8 @@ mix them, so aiml drives the C API itself here: load, tokenize, detokenize, meta
 per-sequence samplers. Everything in this module is blocking and runs on the scheduler's
 own thread (a llama.cpp context is not thread-safe), except :class:`ParsedGrammar`, which
 reads only the vocabulary and is built on a worker thread before its request joins the
-batch (parsing a large grammar takes seconds nobody else should wait for).
+batch (parsing a large grammar takes seconds nobody else should wait for), and
+:meth:`SamplerChain.constrained`, which reads a copy of the logits and only its own chain.
 """
 
 from __future__ import annotations
@@ -126,22 +127,42 @@ class SamplerChain:
             add(llama.llama_sampler_init_temp(sampling.temperature))
             add(llama.llama_sampler_init_dist(seed))
 
-    def sample(self, ctx: Any, index: int) -> int:
-        """Sample from the logits of batch row ``index`` (accepting the token too)."""
+    def sample(self, ctx: Any, index: int) -> int | None:
+        """Sample from the logits of batch row ``index`` (accepting the token too), or None
+        when the grammar refused the chain's pick: then :meth:`constrained` picks, from a
+        copy of that row (:meth:`logits`), off the scheduler's thread."""
         if self._grammar is None:
             return int(llama.llama_sampler_sample(self._chain, ctx, index))
-        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, index), (self._n_vocab,))
-        candidates, array = _candidates(logits)
+        candidates, array = _candidates(self._row(ctx, index))
         llama.llama_sampler_apply(self._chain, ctypes.byref(array))
         token = int(candidates["id"][array.selected])
         if not self._allows(token):
-            candidates, array = _candidates(logits)
-            llama.llama_sampler_apply(self._grammar, ctypes.byref(array))
-            llama.llama_sampler_apply(self._chain, ctypes.byref(array))
-            token = int(candidates["id"][array.selected])
+            return None
+        self._accept(token)
+        return token
+
+    def logits(self, ctx: Any, index: int) -> Any:
+        """A copy of batch row ``index``'s logits (the next decode overwrites the context's)."""
+        return np.array(self._row(ctx, index))
+
+    def constrained(self, logits: Any) -> int:
+        """The grammar filters the whole vocabulary, then the chain picks (and both accept).
+        Its cost grows with the grammar's alternatives (seconds for a large enum); it touches
+        only this chain, so it runs on a worker thread while the batch goes on."""
+        assert self._grammar is not None
+        candidates, array = _candidates(logits)
+        llama.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama.llama_sampler_apply(self._chain, ctypes.byref(array))
+        token = int(candidates["id"][array.selected])
+        self._accept(token)
+        return token
+
+    def _row(self, ctx: Any, index: int) -> Any:
+        return np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, index), (self._n_vocab,))
+
+    def _accept(self, token: int) -> None:
         llama.llama_sampler_accept(self._grammar, token)
         llama.llama_sampler_accept(self._chain, token)
-        return token
 
     def _allows(self, token: int) -> bool:
         one = (llama.llama_token_data * 1)(llama.llama_token_data(token, 1.0, 0.0))

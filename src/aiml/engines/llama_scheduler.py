@@ -3,7 +3,10 @@
 One thread owns the model's context and runs a loop of steps. Each step builds one
 ``llama_decode`` batch: the next token of every sequence that is generating, then chunks
 of the prompts still being read (at most ``n_batch`` tokens in all, so a long prompt does
-not stall every stream), and samples each sequence with its own sampler. A request waits
+not stall every stream), and samples each sequence with its own sampler. Where a grammar
+refuses a sequence's pick, filtering the whole vocabulary (seconds for a large enum) runs on
+the model's grammar thread and that sequence sits out the steps until it is done; the
+others are never held up by it. A request waits
 in a FIFO until a slot (a KV sequence) is free and joins the running batch at the next
 step. A slot keeps the KV of its last request's tokens: a new request reuses the longest
 prefix any slot holds (in place, or copied from a busy slot), so a shared system prompt or
@@ -20,10 +23,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .llama_native import NativeModel, ParsedGrammar, SamplerChain, Sampling
+from .stop_strings import partial_stop, stop_at
 
 __all__ = ["BatchScheduler", "Job", "SchedulerStats"]
 
@@ -94,6 +99,7 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     sampler: SamplerChain | None = None
     next_token: int | None = None  # sampled, to be decoded in the next step
+    constraining: Future[int] | None = None  # its grammar picking, on the grammar thread
     decoder: Any = None
     held: str = ""  # text held back: it may be the start of a stop string
     last_used: float = 0.0
@@ -111,6 +117,8 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._window: collections.deque[tuple[float, int]] = collections.deque()
+        # One thread: a grammar-heavy request takes at most one core from the decoding.
+        self._grammar_thread = ThreadPoolExecutor(1, thread_name_prefix=f"aiml-grammar-{name}")
         self.stats = SchedulerStats()
         #: Called (on the scheduler's thread) with each job as it gets a slot.
         self.admitted: Callable[[Job], None] = lambda job: None
@@ -142,6 +150,7 @@ class BatchScheduler:
             self._closing = True
             self._wake.notify()
         self._thread.join()
+        self._grammar_thread.shutdown(wait=True)
 
     # -- the loop (scheduler thread) ----------------------------------------------------
 
@@ -149,7 +158,7 @@ class BatchScheduler:
         try:
             while True:
                 with self._wake:
-                    while not self._closing and not self._busy():
+                    while not self._closing and not self._ready():
                         self._wake.wait()
                     if self._closing:
                         break
@@ -161,8 +170,17 @@ class BatchScheduler:
             return
         self._fail_all(RuntimeError("the model was unloaded"))
 
-    def _busy(self) -> bool:
-        return bool(self._waiting) or any(slot.job is not None for slot in self._slots)
+    def _ready(self) -> bool:
+        """Whether a step has work: a job to admit, or a running one that is not waiting
+        for its grammar (a grammar that is done, or a job cancelled meanwhile, counts)."""
+        free = any(slot.job is None for slot in self._slots)
+        return (bool(self._waiting) and free) or any(
+            slot.job is not None
+            and (
+                slot.constraining is None or slot.constraining.done() or slot.job.cancelled.is_set()
+            )
+            for slot in self._slots
+        )
 
     def _admit(self) -> None:
         """Give free slots to waiting jobs, first come first served (under ``_wake``)."""
@@ -220,6 +238,9 @@ class BatchScheduler:
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled.is_set():
                 self._finish(slot, None)  # the client left: the slot is free at once
+            elif slot.constraining is not None and slot.constraining.done():
+                constrained, slot.constraining = slot.constraining, None
+                self._take(slot, constrained.result())
         rows: list[tuple[int, int, int, bool]] = []
         sampled_at: list[tuple[_Slot, int]] = []  # (slot, batch row whose logits it samples)
         fed: list[tuple[_Slot, int]] = []  # (slot, prompt tokens it had in this batch)
@@ -269,8 +290,19 @@ class BatchScheduler:
         job = slot.job
         assert job is not None
         assert slot.sampler is not None
+        token = slot.sampler.sample(self._model.ctx, index)
+        if token is None:  # the grammar refused the pick: it picks, off this thread
+            logits = slot.sampler.logits(self._model.ctx, index)
+            slot.constraining = self._grammar_thread.submit(slot.sampler.constrained, logits)
+            slot.constraining.add_done_callback(lambda _: self.wake())
+            return
+        self._take(slot, token)
+
+    def _take(self, slot: _Slot, token: int) -> None:
+        """``token`` is the slot's next: emit its text, or finish."""
+        job = slot.job
+        assert job is not None
         model = self._model
-        token = slot.sampler.sample(model.ctx, index)
         if model.is_end(token) and not job.ignore_eos:
             self._finish(slot, "stop")
             return
@@ -278,13 +310,13 @@ class BatchScheduler:
         self.stats.generated_tokens += 1
         text = slot.held + slot.decoder.decode(model.piece(token))
         slot.held = ""
-        cut = _stop_at(text, job.stop)
+        cut = stop_at(text, job.stop)
         if cut is not None:
             if cut:
                 job.emit("text", text[:cut])
             self._finish(slot, "stop")
             return
-        keep = _partial_stop(text, job.stop)
+        keep = partial_stop(text, job.stop)
         if len(text) > keep:
             job.emit("text", text[: len(text) - keep])
         slot.held = text[len(text) - keep :] if keep else ""
@@ -298,10 +330,8 @@ class BatchScheduler:
     def _finish(self, slot: _Slot, reason: str | None) -> None:
         job, held = slot.job, slot.held
         assert job is not None
-        if slot.sampler is not None:
-            slot.sampler.free()
+        _free_sampler(slot)
         slot.job = None
-        slot.sampler = None
         slot.next_token = None
         slot.pending = []
         slot.last_used = time.monotonic()
@@ -333,10 +363,21 @@ class BatchScheduler:
             if not job.cancelled.is_set():
                 job.emit("error", exc)
         for slot in self._slots:
-            if slot.sampler is not None:
-                slot.sampler.free()
-            slot.job = slot.sampler = None
+            _free_sampler(slot)
+            slot.job = None
         self.stats.running = self.stats.waiting = 0
+
+
+def _free_sampler(slot: _Slot) -> None:
+    """Free the slot's sampler chain now, or once its grammar thread is done with it."""
+    sampler, constraining = slot.sampler, slot.constraining
+    slot.sampler = slot.constraining = None
+    if sampler is None:
+        return
+    if constraining is None:
+        sampler.free()
+    else:  # run at once if it is already done
+        constraining.add_done_callback(lambda _: sampler.free())
 
 
 def _discard(job: Job) -> None:
@@ -352,21 +393,3 @@ def _common(cached: list[int], prompt: list[int], limit: int) -> int:
     while i < n and cached[i] == prompt[i]:
         i += 1
     return i
-
-
-def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the first stop string starts in ``text``, if any does."""
-    found = [text.find(stop) for stop in stops if stop]
-    hits = [i for i in found if i >= 0]
-    return min(hits) if hits else None
-
-
-def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
-    """How many characters at the end of ``text`` could begin a stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
