@@ -111,3 +111,11 @@ def test_errors_come_in_openais_format(shared_aiml: RunningAiml) -> None:
     assert caught.value.body["param"] == "input"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         api.responses.create(model="no-such-model", input="hi")
+
+
+@pytest.mark.parametrize("model", ["tiny-lm", "smol", "llama2-7b-chat"])
+def test_an_empty_conversation_is_a_400_on_input(shared_aiml: RunningAiml, model: str) -> None:
+    """Found by the fuzzer: ``input: []`` reached transformers' chat template, a 500."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        shared_aiml.openai().responses.create(model=model, input=[])
+    assert refused.value.body["param"] == "input"  # type: ignore[index]

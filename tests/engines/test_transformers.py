@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aiml.engines.batching import MicroBatcher
-from aiml.errors import ModelNotServable
+from aiml.errors import InvalidRequest, ModelNotServable
 from aiml.services import Services
 from aiml.types import ChatMessage, SamplingParams
 from tests.conftest import ModelFiles, Registry, resolve
@@ -76,6 +76,9 @@ async def test_tiny_lm_generates_chats_and_streams(
     assert pieces[-1].done
     assert pieces[-1].final is not None
     assert "".join(p.text for p in pieces) == pieces[-1].final.text
+    with pytest.raises(InvalidRequest) as refused:  # the template's ValueError was a 500
+        await engine.chat(model, [], SamplingParams(max_tokens=4))
+    assert refused.value.param == "messages"
 
 
 async def test_a_stream_closed_early_frees_the_model(

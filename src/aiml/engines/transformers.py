@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+import jinja2
 
 from aiml.errors import InvalidRequest, ModelLoadFailed, ModelNotServable
 from aiml.types import (
@@ -156,9 +157,15 @@ class TransformersEngine(LocalEngine):
                     f"{model.engine_model} has no chat template; use text-generation",
                     param="task",
                 )
-            return m.tokenizer.apply_chat_template(
-                payload, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
+            try:
+                return m.tokenizer.apply_chat_template(
+                    payload, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                )
+            except (ValueError, jinja2.TemplateError) as exc:  # the template refused them
+                raise InvalidRequest(
+                    f"{model.engine_model}'s chat template cannot render these messages: {exc}",
+                    param="messages",
+                ) from None
 
         async for chunk in self._generation(model, encode, params):
             yield chunk

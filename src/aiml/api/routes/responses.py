@@ -20,7 +20,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from aiml.errors import AimlError, EngineError, NotFound
+from aiml.errors import AimlError, EngineError, InvalidRequest, NotFound
 from aiml.inference.manager import StreamOutcome, TaskCall
 from aiml.inference.response_store import EVERY_OWNER, Viewer
 from aiml.inference.targets import openai_target
@@ -52,6 +52,8 @@ async def create_response(
             )
         history = stored["conversation"]
     conversation = [*history, *body.items()]
+    if not conversation:
+        raise InvalidRequest("input is empty and there is no previous response", param="input")
     messages = messages_of(conversation)
     if body.instructions:
         messages.insert(0, ChatMessage("system", body.instructions))
