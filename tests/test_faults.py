@@ -7,14 +7,22 @@ test_openai_api and test_ollama_api; a slow engine past its deadline, test_backp
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
-from aiml.errors import RegistryUnavailable
+from aiml.errors import EngineUnavailable, RegistryUnavailable
+from aiml.inference import manager as manager_module
+from aiml.inference.limits import Limits
+from aiml.inference.manager import InferenceManager
 from aiml.inference.readiness import RequiredEngines
+from aiml.inference.router import TaskRouter
+from aiml.inference.stats import Stats
+from aiml.observability.metrics import Metrics
 from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
 from tests.fakes.mlflow_client import UnreachableMlflowClient
 from tests.inference.test_resolver import Clock
@@ -205,3 +213,62 @@ async def test_the_engines_readiness_needs_stay_known_through_a_registry_outage(
     registry.down = True
     clock.now += 10
     assert await required() == {"ollama"}  # the last answer, not a guess nor an error
+
+
+async def test_the_engines_readiness_needs_stay_known_while_the_registry_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry that hangs (no error, no answer) past the health probe's bound leaves the
+    required engines at the registry's last answer: an optional engine that is down keeps
+    the front ready, as with a registry that refuses connections."""
+
+    class HangingRegistry:  # answers until told to hang; a hung call waits for release
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+            self.hanging = False
+            self.tagged = 0  # how often it was asked which engines its versions use
+
+        async def _answer(self) -> None:
+            if self.hanging:
+                await self.release.wait()
+
+        async def ping(self) -> None:
+            await self._answer()
+
+        async def any_version_tagged(self, key: str, value: str) -> bool:
+            self.tagged += 1
+            await self._answer()
+            return value == "ollama"
+
+    class Remote:
+        in_process = False
+        tasks: frozenset[str] = frozenset()
+        model_tag_keys: tuple[str, ...] = ()
+
+        def __init__(self, up: bool) -> None:
+            self.up = up
+
+        async def health(self) -> None:
+            if not self.up:
+                raise EngineUnavailable("connection refused")
+
+    monkeypatch.setattr(manager_module, "_HEALTH_TIMEOUT_S", 0.05)  # the probe's bound, short
+    registry, clock, stats = HangingRegistry(), Clock(), Stats()
+    engines = {"ollama": Remote(up=True), "openai": Remote(up=False)}
+    required = RequiredEngines("auto", engines, registry, ttl_s=5, clock=clock)  # type: ignore[arg-type]
+    router = TaskRouter(engines, registry, ttl_s=5, stats=stats)  # type: ignore[arg-type]
+    limits = Limits(max_prompt_chars=1, max_tokens=1, max_embed_inputs=1, max_image_bytes=1)
+    manager = InferenceManager(
+        router, registry, stats, limits=limits, admission={}, metrics=Metrics(),  # type: ignore[arg-type]
+        request_timeout_s=5, required_engines=required,
+    )  # fmt: skip
+    assert (await manager.health()).required == {"ollama"}
+    registry.hanging = True
+    clock.now += 10  # the kept answer is due for renewal: the registry is asked, and hangs
+    for _ in range(3):
+        report = await manager.health()
+        assert report.required == {"ollama"}, report  # the last answer, not every engine
+        assert report.registry is not None
+        assert report.engines == {"ollama": None, "openai": "connection refused"}
+    assert registry.tagged == 2 * 2  # each engine asked once more, not on every probe
+    registry.release.set()

@@ -30,6 +30,7 @@ from .accounting import Accounting, StreamOutcome, deadline_error
 from .admission import Admission
 from .executor import Execution
 from .limits import Limits
+from .readiness import RequiredEngines, engines_needed
 from .router import TaskRouter
 from .stats import Stats
 from .tasks import TASK_SPECS
@@ -138,7 +139,7 @@ class InferenceManager:
         admission: Mapping[str, Admission],
         metrics: Metrics,
         request_timeout_s: float,
-        required_engines: Callable[[], Awaitable[frozenset[str]]] | None = None,
+        required_engines: RequiredEngines | None = None,
     ) -> None:
         self.router = router
         self.registry = registry
@@ -302,17 +303,13 @@ class InferenceManager:
         checks: dict[str, Awaitable[None]] = {"registry": self.registry.ping()}
         for name, engine in self.router.engines.items():
             checks[f"engine:{name}"] = engine.health()
-        results = await asyncio.gather(*(_probe(check) for check in checks.values()))
+        needed = engines_needed(self._required_engines, self.router.engines, _HEALTH_TIMEOUT_S)
+        results, (required, unlisted) = await asyncio.gather(
+            asyncio.gather(*(_probe(check) for check in checks.values())), needed
+        )
         outcome = dict(zip(checks, results, strict=True))
-        registry = outcome.pop("registry")
-        required = frozenset(self.router.engines)  # without a policy: every engine
-        if self._required_engines is not None:
-            try:
-                required = await asyncio.wait_for(self._required_engines(), _HEALTH_TIMEOUT_S)
-            except (AimlError, TimeoutError) as exc:
-                registry = registry or f"cannot list the registered models: {exc}"
         return HealthReport(
-            registry=registry,
+            registry=outcome.pop("registry") or unlisted,
             engines={key.removeprefix("engine:"): error for key, error in outcome.items()},
             required=required,
             draining=self.draining,

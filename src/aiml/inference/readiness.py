@@ -5,9 +5,10 @@ models: the in-process engines, and each remote engine that some registry versio
 for. So the quickstart, whose models all run in process, is ready without an Ollama server,
 while a team whose registry holds Ollama models is not ready while Ollama is down. Any other
 engine that is down shows as degraded. The answer is kept for a while: readiness is probed
-every few seconds, and the registry should not pay for it. While the registry is down the
-last answer is kept (asked again once a second): the registry's outage is reported on its
-own, and must not change which engines the service needs.
+every few seconds, and the registry should not pay for it. While the registry fails (an
+error, or no answer within the health probe's bound) the last answer is kept (asked again
+once a second): the registry's outage is reported on its own, and must not change which
+engines the service needs.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 
 from aiml.engines.base import Engine
-from aiml.errors import RegistryUnavailable
+from aiml.errors import AimlError
 from aiml.registry.mlflow import MlflowRegistry
 
-__all__ = ["RequiredEngines"]
+__all__ = ["RequiredEngines", "engines_needed"]
 
 _RETRY_S = 1.0  # how soon the registry is asked again after it failed to answer
 
@@ -57,11 +58,41 @@ class RequiredEngines:
             used = await asyncio.gather(
                 *(self._registry.any_version_tagged("inference_engine", name) for name in remote)
             )
-        except RegistryUnavailable:
+        except AimlError:
             if self._cached is None:
                 raise
-            self._cached = (now + min(self._ttl_s, _RETRY_S), self._cached[1])
-            return self._cached[1]
+            return self._ask_again_later(now)
+        except asyncio.CancelledError:  # the probe's bound ran out: a hanging registry
+            if self._cached is not None:
+                self._ask_again_later(now)
+            raise
         required = frozenset(local | {name for name, yes in zip(remote, used, strict=True) if yes})
         self._cached = (now + self._ttl_s, required)
         return required
+
+    @property
+    def last(self) -> frozenset[str] | None:
+        """The registry's last answer (``None`` before its first), kept through failures."""
+        return None if self._cached is None else self._cached[1]
+
+    def _ask_again_later(self, now: float) -> frozenset[str]:
+        assert self._cached is not None
+        self._cached = (now + min(self._ttl_s, _RETRY_S), self._cached[1])
+        return self._cached[1]
+
+
+async def engines_needed(
+    required: RequiredEngines | None, engines: Mapping[str, Engine], timeout_s: float
+) -> tuple[frozenset[str], str | None]:
+    """The engines readiness needs, within ``timeout_s``, and why the registry could not
+    say, if it could not: then its last answer, or (never answered) every engine."""
+    if required is None:  # without a policy: every engine
+        return frozenset(engines), None
+    try:
+        return await asyncio.wait_for(required(), timeout_s), None
+    except (AimlError, TimeoutError) as exc:
+        why = str(exc) or f"no answer within {timeout_s:g}s"
+        kept = required.last
+        return kept if kept is not None else frozenset(engines), (
+            f"cannot list the registered models: {why}"
+        )
