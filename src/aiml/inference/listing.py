@@ -72,6 +72,11 @@ class ModelListing:
         self._retry_at = -math.inf
 
     @property
+    def refreshing(self) -> asyncio.Future[list[RegisteredModelInfo]] | None:
+        """The fetch in flight, if any (in the background or waited for)."""
+        return None if self._inflight is None else self._inflight[1]
+
+    @property
     def kept(self) -> bool:
         """Whether a listing is kept (to serve through an outage)."""
         return self._models is not None
@@ -90,7 +95,8 @@ class ModelListing:
         try:
             models = await self._fetch()
         except Exception as exc:
-            self._retry_at = self._clock() + _RETRY_S
+            if generation == self._generation:  # an older fetch's failure holds nothing back
+                self._retry_at = self._clock() + _RETRY_S
             log.debug("listing the registered models failed: %s", exc)
             raise
         if generation == self._generation:  # not invalidated meanwhile
