@@ -198,6 +198,23 @@ def test_a_user_key_neither_loads_nor_unloads_a_model_outside_a_request(
     assert ollama.state.counts["load"] == ollama.state.counts["unload"] == 1
 
 
+def test_keep_alive_is_read_as_ollama_reads_a_duration(
+    aiml: RunningAiml, ollama: RunningOllama
+) -> None:
+    model = "llama2-7b-chat"
+    with httpx.Client(base_url=aiml.url, headers=ADMIN) as admin:
+        for spelled in (0, 0.0, "0", "0h", "0.0s", "0ms", "-0m"):  # each an unload
+            answer = admin.post("/api/generate", json={"model": model, "keep_alive": spelled})
+            assert answer.json()["done_reason"] == "unload", (spelled, answer.text)
+        for spelled in ("5m", "1h30m", "-1s", 300, -1):  # each a load
+            answer = admin.post("/api/generate", json={"model": model, "keep_alive": spelled})
+            assert answer.json()["done_reason"] == "load", (spelled, answer.text)
+        for spelled in ("5 minutes", "300", "m", True):  # not durations, as Ollama says
+            refused = admin.post("/api/generate", json={"model": model, "keep_alive": spelled})
+            assert refused.status_code == 400, (spelled, refused.text)
+    assert ollama.state.counts["unload"] == 7 and ollama.state.counts["load"] == 5
+
+
 def test_pull_needs_an_admin_key_and_show_a_user_key(
     start_aiml: Callable[..., RunningAiml], registry: Registry, ollama: RunningOllama
 ) -> None:

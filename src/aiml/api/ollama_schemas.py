@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from aiml.errors import InvalidRequest
 from aiml.inference.tasks.base import CleanText, GenerationOptions, parse_model
@@ -57,6 +58,36 @@ class ShowBody(_Body):
     verbose: bool = False
 
 
+#: A Go duration, as Ollama reads ``keep_alive`` strings (``time.ParseDuration``).
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
+                 "m": 60.0, "h": 3600.0}  # fmt: skip
+
+
+def keep_alive_seconds(value: object) -> float | None:
+    """Ollama's ``keep_alive`` in seconds: a number is seconds, a string a Go duration
+    (``"0"``, ``"5m"``, ``"1h30m"``, ``"-1s"``); negative means for ever. Anything else is
+    refused, as Ollama refuses it."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("keep_alive must be a number of seconds or a duration such as 5m")
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    if text == "0":
+        return 0.0
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"keep_alive {value!r} is not a duration such as 5m, 1h30m or 0")
+    return sign * sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+KeepAlive = Annotated[float | None, BeforeValidator(keep_alive_seconds)]
+
+
 class PullBody(_Body):
     model: str = Field(min_length=1, max_length=512)
     insecure: bool = False
@@ -70,7 +101,7 @@ class GenerateBody(_Body):
     images: list[str] | None = None
     stream: bool = True
     options: dict[str, Any] | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     format: str | dict[str, Any] | None = None
     template: str | None = None
     suffix: str | None = None
@@ -114,7 +145,7 @@ class ChatBody(_Body):
     messages: list[_Message] = Field(default_factory=list)
     stream: bool = True
     options: dict[str, Any] | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     format: str | dict[str, Any] | None = None
     tools: list[ToolIn] | None = None
 
@@ -131,7 +162,7 @@ class EmbedBody(_Body):
     input: str | list[str] = Field(min_length=1)
     truncate: bool = True
     options: dict[str, Any] | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
 
     def texts(self) -> tuple[str, ...]:
         return (self.input,) if isinstance(self.input, str) else tuple(self.input)

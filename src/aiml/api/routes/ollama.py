@@ -311,7 +311,7 @@ async def _load_or_unload(
     chat: bool,
 ) -> JSONResponse:
     """What ``/admin/models/load`` and ``unload`` do, so only for what may call those."""
-    unload = body.keep_alive in (0, "0", "0s", "0m")
+    unload = body.keep_alive == 0
     if not caller.admin:  # refused, not ignored: the client would believe it was done
         what = "unloading a model (keep_alive 0)" if unload else "loading a model without a prompt"
         raise Forbidden(f"{what} needs an admin key (AIML_ADMIN_KEYS)")
