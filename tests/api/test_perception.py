@@ -244,6 +244,33 @@ def ocr_gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[_OcrGate]:
     gate.release.set()  # a failed test leaves no thread held
 
 
+class _PdfOpens:
+    """Counts the PDFs pdfium parses and the ones closed again."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import pypdfium2
+
+        self.opened = 0
+        self.closed = 0
+        counts = self
+
+        class Counted(pypdfium2.PdfDocument):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                counts.opened += 1
+
+            def close(self) -> None:
+                counts.closed += 1
+                super().close()
+
+        monkeypatch.setattr(pypdfium2, "PdfDocument", Counted)
+
+
+@pytest.fixture
+def pdf_opens(monkeypatch: pytest.MonkeyPatch) -> _PdfOpens:
+    return _PdfOpens(monkeypatch)
+
+
 def _wait_for(condition: Callable[[], bool], what: str, within_s: float = 20.0) -> None:
     """Poll ``condition`` (each poll a request to aiml) until it holds."""
     deadline = time.monotonic() + within_s
@@ -270,7 +297,7 @@ SMALL = ["Total due: 1,250.00 EUR"]
 
 
 def test_a_document_past_its_deadline_stops_at_the_next_page_and_counts_until_then(
-    bounded: RunningAiml, ocr_gate: _OcrGate
+    bounded: RunningAiml, ocr_gate: _OcrGate, pdf_opens: _PdfOpens
 ) -> None:
     gate = ocr_gate
     pdf = scanned_pdf([["one"], ["two"], ["three"]], page_size=(600, 450), dpi=150)
@@ -285,6 +312,9 @@ def test_a_document_past_its_deadline_stops_at_the_next_page_and_counts_until_th
         gate.release.set()
         _wait_for(lambda: _in_flight(bounded) == 0, "the 504'd request's slot came back")
         assert _in_use(bounded) == 0
+        # Its document was parsed once, and closed although the request was cancelled.
+        _wait_for(lambda: pdf_opens.closed == 1, "the cancelled request's PDF was closed")
+        assert pdf_opens.opened == 1
         # The model is free, and the next OCR is the next thing it reads: no page 2 or 3.
         image = _png(text_image(SMALL))
         after = pool.submit(_infer, bounded, "ocr", "pp-ocrv4", {"image": _b64(image)})
@@ -293,7 +323,7 @@ def test_a_document_past_its_deadline_stops_at_the_next_page_and_counts_until_th
 
 
 def test_a_long_document_holds_another_requests_ocr_up_by_one_page_only(
-    bounded: RunningAiml, ocr_gate: _OcrGate
+    bounded: RunningAiml, ocr_gate: _OcrGate, pdf_opens: _PdfOpens
 ) -> None:
     gate = ocr_gate
     pdf = scanned_pdf([["one"], ["two"], ["three"]], page_size=(600, 450), dpi=150)
@@ -310,3 +340,5 @@ def test_a_long_document_holds_another_requests_ocr_up_by_one_page_only(
         assert document.result(timeout=60).json()["result"]["page_count"] == 3
     # Read between page 1 and page 2, not after the whole document.
     assert gate.seen == [PAGE, Image.open(io.BytesIO(image)).size, PAGE, PAGE]
+    # Parsed once for its three pages (it was once per page, plus once to count them).
+    assert (pdf_opens.opened, pdf_opens.closed) == (1, 1)

@@ -7,9 +7,10 @@ the short side to 736 px, 4x slower and less exact on text images), and the 180-
 direction classifier is off (it turned correctly read upright lines over at 48 px).
 PDFium is not thread-safe even across documents, so every pdfium call holds one lock.
 
-A PDF is read a page at a time (:func:`page_count`, then :meth:`OcrReader.read_page` for
-each), each page its own run on the model, so a request past its deadline stops at the
-next page and another request's OCR waits at most one page. A page is rendered only at a
+A PDF is opened (parsed) once per request (:class:`PdfPages`, closed when the request ends,
+cancelled or not) and read a page at a time (:meth:`OcrReader.read_page`), each page its
+own run on the model, so a request past its deadline stops at the next page and another
+request's OCR waits at most one page. A page is rendered only at a
 size within the pixel limit: its size is read first (points), and a page too large for
 the pixel limit at ``AIML_DOCUMENT_DPI`` is rendered at the highest lower DPI that fits
 (no lower than :data:`MIN_DPI`; past that a 413 names the page): one rendered page at a
@@ -18,18 +19,16 @@ time per request, so its memory is bounded by the limit whatever the page claims
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aiml.errors import InvalidRequest, ModelLoadFailed, PayloadTooLarge
+from aiml.errors import EngineError, InvalidRequest, ModelLoadFailed, PayloadTooLarge
 from aiml.types import DocumentPage, TextLine
 
-__all__ = ["MIN_DPI", "OcrReader", "open_image", "page_count"]
+__all__ = ["MIN_DPI", "OcrReader", "PdfPages", "open_image"]
 
 _PDFIUM = threading.Lock()
 #: A page with fewer visible characters in its text layer than this is read by OCR.
@@ -84,12 +83,62 @@ class OcrReader:
     def read_bytes(self, data: bytes, *, max_pixels: int) -> list[TextLine]:
         return self.read(open_image(data, max_pixels=max_pixels))
 
-    def read_page(self, pdf: bytes, index: int, *, dpi: int, max_pixels: int) -> DocumentPage:
+    def read_page(self, pages: PdfPages, index: int, *, dpi: int, max_pixels: int) -> DocumentPage:
         """Page ``index`` (from 0): its text layer, else OCR of the page rendered at ``dpi``
         or the highest lower DPI within ``max_pixels`` (413 if not even :data:`MIN_DPI`)."""
+        text, pixels, dpi = pages.page(index, dpi=dpi, max_pixels=max_pixels)
         number = index + 1
-        with _document(pdf) as document, _PDFIUM:  # OCR runs outside the lock
-            page = document[index]
+        if pixels is None:
+            return DocumentPage(number=number, method="text", text=text)
+        lines = self._lines(pixels)  # OCR runs outside pdfium's lock
+        del pixels  # the page's pixels go before the result is built
+        text = "\n".join(line.text for line in lines)
+        return DocumentPage(number=number, method="ocr", text=text, lines=tuple(lines), dpi=dpi)
+
+
+class PdfPages:
+    """A request's PDF, parsed once for all its pages (a PDF whose cross-reference table
+    must be rebuilt is rescanned at each parse, under the process-wide pdfium lock).
+
+    Made on the event loop (no pdfium call); :meth:`open` and :meth:`page` run in worker
+    threads, :meth:`close` too (it may wait for the lock). Each holds the lock, and a
+    closed document is never touched again: a worker still on a page when its request is
+    cancelled and the document closed finds it closed, and an :meth:`open` that comes
+    after :meth:`close` opens nothing, so the document never outlives the request.
+    """
+
+    def __init__(self, pdf: bytes) -> None:
+        self._pdf = pdf
+        self._document: Any = None
+        self._closed = False
+
+    def open(self, *, max_pages: int) -> int:
+        """Parse the PDF; its page count (400 if it is not a PDF, 413 past ``max_pages``)."""
+        import pypdfium2
+
+        with _PDFIUM:
+            if self._closed:
+                raise EngineError("the document was closed before it was opened")
+            try:
+                self._document = pypdfium2.PdfDocument(self._pdf)
+            except pypdfium2.PdfiumError as exc:
+                raise InvalidRequest(f"not a PDF aiml can read ({exc})", param="document") from exc
+            count = len(self._document)
+        if count > max_pages:
+            raise PayloadTooLarge(
+                f"the document has {count} pages; the limit is {max_pages} "
+                "(AIML_MAX_DOCUMENT_PAGES)",
+                param="document",
+            )
+        return count
+
+    def page(self, index: int, *, dpi: int, max_pixels: int) -> tuple[str, Any, int]:
+        """Page ``index``'s text layer, and unless that has text, its pixels rendered at
+        the DPI it was rendered at (BGR numpy, or None)."""
+        with _PDFIUM:
+            if self._document is None:
+                raise EngineError("the document was closed (its request ended)")
+            page = self._document[index]
             try:
                 textpage = page.get_textpage()
                 text = textpage.get_text_range().replace("\r\n", "\n").strip()
@@ -97,49 +146,23 @@ class OcrReader:
                 pixels = None
                 if sum(not c.isspace() for c in text) < _TEXT_LAYER_MIN:
                     width, height = page.get_size()
-                    dpi = _fitting_dpi(width, height, dpi, max_pixels, number)
+                    dpi = _fitting_dpi(width, height, dpi, max_pixels, index + 1)
                     bitmap = page.render(scale=dpi / 72)  # BGR, 3 bytes a pixel
-                    # A view of the bitmap's buffer (Python's, so it outlives the bitmap):
-                    # the page's one copy of its pixels (PIL's route copied them 4 more times).
+                    # A view of the buffer pypdfium2 allocated in Python for the bitmap (so
+                    # it outlives the bitmap): the page's one copy of its pixels (PIL's
+                    # route copied them 4 more times).
                     pixels = bitmap.to_numpy()
                     bitmap.close()
             finally:
                 page.close()
-        if pixels is None:
-            return DocumentPage(number=number, method="text", text=text)
-        lines = self._lines(pixels)
-        del pixels  # the page's pixels go before the result is built
-        text = "\n".join(line.text for line in lines)
-        return DocumentPage(number=number, method="ocr", text=text, lines=tuple(lines), dpi=dpi)
+        return text, pixels, dpi
 
-
-def page_count(pdf: bytes, *, max_pages: int) -> int:
-    """How many pages ``pdf`` has; 400 if it is not a PDF, 413 past ``max_pages``."""
-    with _document(pdf) as document, _PDFIUM:
-        count = len(document)
-    if count > max_pages:
-        raise PayloadTooLarge(
-            f"the document has {count} pages; the limit is {max_pages} (AIML_MAX_DOCUMENT_PAGES)",
-            param="document",
-        )
-    return count
-
-
-@contextlib.contextmanager
-def _document(pdf: bytes) -> Iterator[Any]:
-    """The PDF opened (and closed again), each pdfium call under the lock."""
-    import pypdfium2
-
-    with _PDFIUM:
-        try:
-            document = pypdfium2.PdfDocument(pdf)
-        except pypdfium2.PdfiumError as exc:
-            raise InvalidRequest(f"not a PDF aiml can read ({exc})", param="document") from exc
-    try:
-        yield document
-    finally:
+    def close(self) -> None:
         with _PDFIUM:
-            document.close()
+            self._closed = True
+            if self._document is not None:
+                self._document.close()
+                self._document = None
 
 
 def _fitting_dpi(width_pt: float, height_pt: float, dpi: int, max_pixels: int, number: int) -> int:

@@ -13,9 +13,11 @@ once its request is cancelled or past its deadline.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import numpy as np
 
 from aiml.errors import EngineError, ModelLoadFailed, ModelNotServable
@@ -29,7 +31,7 @@ from aiml.types import (
 
 from .audio import RATE, decode_chunks
 from .local import MediaEngine
-from .ocr import OcrReader, page_count
+from .ocr import OcrReader, PdfPages
 from .pool import Loaded
 from .vad import speech_segments
 
@@ -113,15 +115,21 @@ class OnnxEngine(MediaEngine):
     async def analyse_document(self, model: ResolvedModel, pdf: bytes) -> list[DocumentPage]:
         self._expect(model, Task.OCR, Task.DOCUMENT_ANALYSIS)
         most, dpi, pixels = self._max_pages, self._dpi, self._max_pixels
-        count = await self._alone(model, lambda _: page_count(pdf, max_pages=most))
-        pages = []
-        for index in range(count):  # a run per page: see the module's docstring
+        document = PdfPages(pdf)  # parsed once, by its first run; closed however this ends
+        try:
+            count = await self._alone(model, lambda _: document.open(max_pages=most))
+            pages = []
+            for index in range(count):  # a run per page: see the module's docstring
 
-            def page(ocr: OcrReader, index: int = index) -> DocumentPage:
-                return ocr.read_page(pdf, index, dpi=dpi, max_pixels=pixels)
+                def page(ocr: OcrReader, index: int = index) -> DocumentPage:
+                    return ocr.read_page(document, index, dpi=dpi, max_pixels=pixels)
 
-            pages.append(await self._alone(model, page))
-        return pages
+                pages.append(await self._alone(model, page))
+            return pages
+        finally:
+            # In its own task, awaited shielded: a second cancellation cannot skip it.
+            closing = asyncio.ensure_future(anyio.to_thread.run_sync(document.close))
+            await asyncio.shield(closing)
 
     async def _alone(self, model: ResolvedModel, run: Callable[[Any], T]) -> T:
         """``run(model)`` alone on the leased model, in a worker thread (not started at all
