@@ -89,6 +89,12 @@ def test_a_streamed_upload_registers_what_arrived(aiml: RunningAiml) -> None:
 REFUSED = [
     (file("files", "a", b"x") + file("files", "a/b", b"y"), "'a/b' would be inside 'a'"),
     (file("files", "a/b", b"x") + file("files", "a", b"y"), "'a' is the folder of 'a/b'"),
+    # The same on a disk that ignores case (macOS, Windows): refused by name there too.
+    (file("files", "a", b"x") + file("files", "A/b", b"y"), "'A/b' would be inside 'a'"),
+    (file("files", "A/b", b"x") + file("files", "a", b"y"), "'a' is the folder of 'A/b'"),
+    (GGUF + file("files", "M.gguf", GGUF_HEADER), "'M.gguf' and 'm.gguf' differ only by case"),
+    # A path the disk refuses (a name over 255 bytes): a 422 naming it, not a 500.
+    (file("files", "n" * 300 + ".gguf", GGUF_HEADER), f"'{'n' * 300}.gguf' cannot be written"),
     (file("files", "m.gguf", b"GGU"), "m.gguf is 3 bytes: too short for a GGUF header"),
     (file("files", "m.gguf", b"PK\x03\x04" + bytes(64)), "m.gguf is not a GGUF file"),
     (file("files", "m.gguf", b"GGUF" + struct.pack("<IQQ", 1, 0, 0)), "GGUF version 1"),

@@ -10,6 +10,7 @@ so a wrong form is refused before its files are written.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,6 +31,7 @@ __all__ = ["Upload", "receive_upload"]
 _FLUSH_BYTES = 1 << 20  # file data held before a write; the most a file part holds in memory
 _MAX_FIELD_BYTES = 64 << 10
 _MAX_PARTS = 1000
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass
@@ -110,7 +112,8 @@ class _Sink:
         self._value = bytearray()
         self._file: BinaryIO | None = None  # the file part being written
         self._buffer = bytearray()
-        self._files: set[str] = set()  # the paths of the files so far
+        # Keyed by the casefolded path, as a disk that ignores case (macOS, Windows) sees it.
+        self._files: dict[str, str] = {}  # the paths of the files so far
         self._folders: dict[str, str] = {}  # each folder of those, with a file inside it
 
     async def handle(self, event: str, data: bytes) -> None:
@@ -164,31 +167,47 @@ class _Sink:
         if name != self.files_field:
             raise InvalidRequest(f"files go in {self.files_field!r}, not {name!r}", param=name)
         relpath = safe_relpath(_text(filename, "a file name"))
-        if relpath in self._files:
-            raise InvalidRequest(f"{relpath!r} uploaded twice", param=self.files_field)
         self._check_tree(relpath)
         self.upload.files.append(relpath)
-        self._file = await anyio.to_thread.run_sync(_create, self.folder / relpath)
+        try:
+            self._file = await anyio.to_thread.run_sync(_create, self.folder / relpath)
+        except OSError as exc:
+            if exc.errno in _OUT_OF_SPACE:  # the server's trouble, not the path's
+                raise
+            raise InvalidRequest(
+                f"{relpath!r} cannot be written: {exc.strerror or exc}", param=self.files_field
+            ) from None
 
     def _check_tree(self, relpath: str) -> None:
-        """A path cannot be both a file and a folder (``a``, then ``a/b``, or the reverse):
-        refused by name here, before the disk would refuse it with an OS error."""
-        if relpath in self._folders:
-            inside = self._folders[relpath]
+        """A path cannot be two files, or a file and a folder (``a``, then ``a/b``, or the
+        reverse), here or on a disk that ignores case: refused by name here, before the disk
+        would refuse it with an OS error."""
+        key = relpath.casefold()
+        if key in self._files:
+            same = self._files[key]
+            raise InvalidRequest(
+                f"{relpath!r} uploaded twice"
+                if same == relpath
+                else f"{relpath!r} and {same!r} differ only by case",
+                param=self.files_field,
+            )
+        if key in self._folders:
+            inside = self._folders[key]
             raise InvalidRequest(
                 f"{relpath!r} is the folder of {inside!r}, so it cannot be a file",
                 param=self.files_field,
             )
         folders = [str(folder) for folder in PurePosixPath(relpath).parents][:-1]  # not "."
         for folder in folders:
-            if folder in self._files:
+            if folder.casefold() in self._files:
                 raise InvalidRequest(
-                    f"{relpath!r} would be inside {folder!r}, which is a file",
+                    f"{relpath!r} would be inside {self._files[folder.casefold()]!r}, "
+                    "which is a file",
                     param=self.files_field,
                 )
-        self._files.add(relpath)
+        self._files[key] = relpath
         for folder in folders:
-            self._folders.setdefault(folder, relpath)
+            self._folders.setdefault(folder.casefold(), relpath)
 
     async def _end(self) -> None:
         if self._file is not None:
