@@ -172,12 +172,21 @@ def test_answers_are_documented_in_each_surfaces_error_body(tmp_path: Path) -> N
     paths = schema["paths"]
 
     def body_of(path: str, method: str, status: str) -> str:
-        ref: str = paths[path][method]["responses"][status]["content"]["application/json"][
-            "schema"
-        ]["$ref"]
+        """The route's own body for ``status`` (the first, where the guard's may follow)."""
+        schema = paths[path][method]["responses"][status]["content"]["application/json"]
+        ref: str = schema["schema"].get("anyOf", [schema["schema"]])[0]["$ref"]
         return ref.rsplit("/", 1)[1]
 
-    assert set(paths["/health/live"]["get"]["responses"]) == {"200", "422"}  # X-Request-Timeout
+    # X-Request-Timeout's 422; the connection guard's 400, 408, 431 and 503 on every route
+    assert set(paths["/health/live"]["get"]["responses"]) == {
+        "200", "400", "408", "422", "431", "503"
+    }  # fmt: skip
+    assert body_of("/health/live", "get", "431") == "ErrorResponse"
+    answers = paths["/v1/chat/completions"]["post"]["responses"]
+    assert "content" not in answers["408"]
+    assert [one["$ref"].rsplit("/", 1)[1] for one in
+            answers["503"]["content"]["application/json"]["schema"]["anyOf"]] == [
+        "OpenAIError", "ErrorResponse"]  # fmt: skip
     assert "401" in paths["/inference/stats"]["get"]["responses"]
     assert "403" not in paths["/inference/stats"]["get"]["responses"]
     assert {"401", "403", "409", "413"} <= set(paths["/admin/models/unload"]["post"]["responses"])

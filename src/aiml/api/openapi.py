@@ -11,6 +11,11 @@ Drawn in one place rather than route by route, from what decides the answers:
   Ollama's ``{"error": "..."}`` on ``/api``, aiml's ``{"success": false, "error": {...}}``
   elsewhere; bad input is 400 on ``/v1`` and ``/api``, 422 elsewhere.
 
+The connection guard in front of the app (:mod:`aiml.connections`) answers any route
+itself, in aiml's body on every surface: 431 for headers past their cap, 408 (no body) for
+headers or a body too slow, 400 for an upgrade or a body of tiny chunks, 503 for too many
+connections from one address (:data:`_CONNECTION`).
+
 Links from a response to the operations its values feed (a stored response's id to read
 or delete it, a registered name to read it back) let a stateful client chain calls.
 """
@@ -141,6 +146,17 @@ _DESCRIPTIONS = {
     504: "The deadline passed, or the engine did not answer in time",
 }
 _BAD_INPUT: _Failure = (422, "invalid_request")
+_AIML_BODY = "#/components/schemas/ErrorResponse"
+#: What the connection guard answers on any route: (status, description, has aiml's body).
+_CONNECTION = (
+    (400, "A protocol upgrade, CONNECT, or a chunked body of tiny chunks (the connection "
+          "closes)", True),
+    (408, "The headers or the body came too slowly (AIML_HEADER_TIMEOUT_S, "
+          "AIML_BODY_TIMEOUT_S, AIML_BODY_MIN_RATE); the connection closes", False),
+    (431, "The headers are over AIML_MAX_HEADER_BYTES or AIML_MAX_HEADERS "
+          "(request_header_fields_too_large); the connection closes", True),
+    (503, "Too many open connections from this address (too_many_connections)", True),
+)  # fmt: skip
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -163,6 +179,7 @@ def build_openapi(app: FastAPI, *, keyed: bool) -> dict[str, Any]:
                 operation["security"] = [{"bearer": []}]
             failures = _failures(method.upper(), path, access if keyed else Access.OPEN)
             _document(operation, path, failures)
+            _document_connection(operation)
             _document_media(operation, _OTHER_MEDIA.get((method.upper(), path), ()))
     _add_links(schema["paths"])
     return schema
@@ -200,6 +217,26 @@ def _document(operation: dict[str, Any], path: str, failures: Iterable[_Failure]
         }
 
 
+def _document_connection(operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation["responses"]
+    for status, description, has_body in _CONNECTION:
+        listed = responses.get(str(status))
+        if not has_body:
+            responses.setdefault(str(status), {"description": description})
+        elif listed is None:
+            responses[str(status)] = {
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": _AIML_BODY}}},
+            }
+        else:  # the route's own answer of that status, in its surface's body, or the guard's
+            schema = listed["content"]["application/json"]["schema"]
+            if schema.get("$ref") != _AIML_BODY:
+                listed["content"]["application/json"]["schema"] = {
+                    "anyOf": [schema, {"$ref": _AIML_BODY}]
+                }
+            listed["description"] += f"; or: {description}"
+
+
 def _document_media(operation: dict[str, Any], media_types: tuple[str, ...]) -> None:
     success = next(
         (operation["responses"][s] for s in ("200", "201") if s in operation["responses"]), None
@@ -219,7 +256,7 @@ def _surface(path: str) -> tuple[str, int]:
         return "#/components/schemas/OpenAIError", 400
     if path.startswith("/api/"):
         return "#/components/schemas/OllamaError", 400
-    return "#/components/schemas/ErrorResponse", 422
+    return _AIML_BODY, 422
 
 
 def _error_schemas() -> dict[str, Any]:
