@@ -137,22 +137,28 @@ def main() -> None:
 
         enum = {**chat, "max_tokens": 16, "response_format": enum_format(40_000)}
         other = httpx.Client(base_url=url, timeout=120)
+        before = rss_mib(process)
         outcome, seconds, probes = meanwhile(
             lambda: client.post("/v1/chat/completions", json=enum),
             lambda: other.post("/v1/chat/completions", json=chat).raise_for_status() and None,
             150,
         )
+        after = rss_mib(process)
         print(f"40,000-value enum: {outcome!r} in {seconds:.2f} s; "
-              f"another user's 8-token chats meanwhile: {summary(probes)}")  # fmt: skip
+              f"another user's 8-token chats meanwhile: {summary(probes)}; "
+              f"RSS {before[0]:.0f} -> {after[0]:.0f} MiB (peak {after[1]:.0f} MiB)")  # fmt: skip
 
         limit = {**chat, "max_tokens": 16, "response_format": enum_format(256)}
+        before = rss_mib(process)
         outcome, seconds, probes = meanwhile(
             lambda: client.post("/v1/chat/completions", json=limit),
             lambda: other.post("/v1/chat/completions", json=chat).raise_for_status() and None,
             150,
         )
+        after = rss_mib(process)
         print(f"256-value enum (the alternatives limit): {outcome[:40]!r} in {seconds:.2f} s; "
-              f"another user's 8-token chats meanwhile: {summary(probes)}")  # fmt: skip
+              f"another user's 8-token chats meanwhile: {summary(probes)}; "
+              f"RSS {before[0]:.0f} -> {after[0]:.0f} MiB (peak {after[1]:.0f} MiB)")  # fmt: skip
 
         deep = {**chat, "response_format": as_format(tree(16))}
         body = json.dumps(deep).encode()
