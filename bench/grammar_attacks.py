@@ -135,30 +135,20 @@ def main() -> None:
             alone.append(time.perf_counter() - begun)
         print(f"8-token chat alone: {summary(alone)}")
 
-        enum = {**chat, "max_tokens": 16, "response_format": enum_format(40_000)}
         other = httpx.Client(base_url=url, timeout=120)
-        before = rss_mib(process)
-        outcome, seconds, probes = meanwhile(
-            lambda: client.post("/v1/chat/completions", json=enum),
-            lambda: other.post("/v1/chat/completions", json=chat).raise_for_status() and None,
-            150,
-        )
-        after = rss_mib(process)
-        print(f"40,000-value enum: {outcome!r} in {seconds:.2f} s; "
-              f"another user's 8-token chats meanwhile: {summary(probes)}; "
-              f"RSS {before[0]:.0f} -> {after[0]:.0f} MiB (peak {after[1]:.0f} MiB)")  # fmt: skip
-
-        limit = {**chat, "max_tokens": 16, "response_format": enum_format(256)}
-        before = rss_mib(process)
-        outcome, seconds, probes = meanwhile(
-            lambda: client.post("/v1/chat/completions", json=limit),
-            lambda: other.post("/v1/chat/completions", json=chat).raise_for_status() and None,
-            150,
-        )
-        after = rss_mib(process)
-        print(f"256-value enum (the alternatives limit): {outcome[:40]!r} in {seconds:.2f} s; "
-              f"another user's 8-token chats meanwhile: {summary(probes)}; "
-              f"RSS {before[0]:.0f} -> {after[0]:.0f} MiB (peak {after[1]:.0f} MiB)")  # fmt: skip
+        for label, values in (("40,000-value enum", 40_000),
+                              ("256-value enum (the alternatives limit)", 256)):  # fmt: skip
+            enum = {**chat, "max_tokens": 16, "response_format": enum_format(values)}
+            before = rss_mib(process)
+            outcome, seconds, probes = meanwhile(
+                lambda: client.post("/v1/chat/completions", json=enum),  # noqa: B023
+                lambda: other.post("/v1/chat/completions", json=chat).raise_for_status() and None,
+                150,
+            )
+            after = rss_mib(process)
+            print(f"{label}: {outcome[:60]!r} in {seconds:.2f} s; "
+                  f"another user's 8-token chats meanwhile: {summary(probes)}; RSS "
+                  f"{before[0]:.0f} -> {after[0]:.0f} MiB (peak {after[1]:.0f} MiB)")  # fmt: skip
 
         deep = {**chat, "response_format": as_format(tree(16))}
         body = json.dumps(deep).encode()
