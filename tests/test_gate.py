@@ -1,15 +1,28 @@
 """One request gate: hang-ups cancel non-streaming work too; lookups and admin loads are
 refused while draining, bounded by the deadline and counted; readiness means "can serve";
-evictions, load failures and cancellations show in /metrics."""
+evictions, load failures and cancellations show in /metrics; a call's worker threads are
+its own only while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from typing import cast
 
 import httpx
 import pytest
 
+from aiml.engines.threads import RunningThreads, request_threads
+from aiml.errors import InvalidRequest
+from aiml.inference.limits import Limits
+from aiml.inference.manager import InferenceManager, fixed
+from aiml.inference.router import TaskRouter
+from aiml.inference.stats import Stats
+from aiml.observability.metrics import Metrics
+from aiml.registry.mlflow import MlflowRegistry
+from aiml.registry.references import parse_reference
+from aiml.types import ModelRef
 from tests.conftest import ModelFiles, Registry, RunningAiml
 
 LM = {"engine": "transformers", "model_name": "lm"}
@@ -179,3 +192,33 @@ def test_evictions_and_load_failures_are_in_the_metrics(
     assert 'aiml_model_evictions_total{reason="room"} ' in text
     assert metric(aiml, 'aiml_model_evictions_total{reason="room"}') >= 1
     assert metric(aiml, "aiml_model_load_failures_total") == 1
+
+
+async def test_a_task_spawned_after_a_call_does_not_see_the_calls_threads() -> None:
+    """The gate's threads context ends with its call, answered or failed (it leaked into the
+    rest of the task: a pool load, or a keep-alive connection's next request's task)."""
+    stats = Stats()
+    no_registry = cast(MlflowRegistry, None)  # the calls below never reach it
+    router = TaskRouter({}, no_registry, ttl_s=60, stats=stats)
+    limits = Limits(max_prompt_chars=1, max_tokens=1, max_embed_inputs=1, max_image_bytes=1)
+    manager = InferenceManager(router, no_registry, stats, limits=limits, admission={},
+                               metrics=Metrics(), request_timeout_s=10)  # fmt: skip
+    seen: list[RunningThreads | None] = []
+
+    async def works(engine: str, ref: ModelRef) -> None:
+        seen.append(request_threads.get())
+
+    async def fails(engine: str, ref: ModelRef) -> None:
+        seen.append(request_threads.get())
+        raise InvalidRequest("refused")
+
+    async def spawned_sees() -> RunningThreads | None:
+        return request_threads.get()
+
+    locate = fixed("none", parse_reference("m"))
+    await manager.gated("lookup", locate, works)
+    with pytest.raises(InvalidRequest):
+        await manager.gated("lookup", locate, fails)
+    assert len(seen) == 2 and None not in seen and seen[0] is not seen[1]
+    assert await asyncio.create_task(spawned_sees()) is None
+    assert request_threads.get() is None

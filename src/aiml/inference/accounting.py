@@ -8,11 +8,12 @@ started generation, which settles its accounting when the stream ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from aiml.engines.threads import RunningThreads
+from aiml.engines.threads import RunningThreads, request_threads
 from aiml.errors import AimlError, DeadlineExceeded
 from aiml.observability.metrics import Metrics
 from aiml.types import Generation, GenerationChunk
@@ -46,6 +47,17 @@ class Accounting:
         self._gate: Admission | None = None
         self._done = False
         self.threads = RunningThreads()
+
+    @contextlib.contextmanager
+    def owning_threads(self) -> Iterator[None]:
+        """Inside, the worker threads engines start in this task are this call's
+        (:attr:`threads`); after, no longer: the task goes on (a keep-alive connection's next
+        request, tasks spawned from it) without this call's threads, whatever ended it."""
+        token = request_threads.set(self.threads)
+        try:
+            yield
+        finally:
+            request_threads.reset(token)
 
     def located(self, engine: str, engines: Collection[str], model: str = "-") -> None:
         self.engine = engine if engine in engines else "unknown"
@@ -127,8 +139,11 @@ class StreamOutcome:
         try:
             while True:
                 try:
+                    # Read from a task spawned after open() returned (Starlette's): a thread
+                    # started for a chunk is still the call's.
                     async with asyncio.timeout_at(self._deadline_at):
-                        chunk = await anext(pieces)
+                        with self._account.owning_threads():
+                            chunk = await anext(pieces)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiml.engines.threads import request_threads
 from aiml.errors import AimlError, Draining, InvalidRequest
 from aiml.observability.context import request_deadline, request_started
 from aiml.observability.metrics import Metrics
@@ -171,8 +170,9 @@ class InferenceManager:
         """Locate, admit and run the call, within the deadline."""
         account, deadline_at = self._begin(call.task, counted)
         try:
-            executor, ref = await self._enter(call, account, deadline_at)
-            execution: Execution = await _within(executor.execute(ref, call.input), deadline_at)
+            with account.owning_threads():  # its slot is held until they stop
+                executor, ref = await self._enter(call, account, deadline_at)
+                execution: Execution = await _within(executor.execute(ref, call.input), deadline_at)
         except BaseException as exc:
             account.settle(exc)
             raise
@@ -188,12 +188,13 @@ class InferenceManager:
         """Locate and admit the call and start the generation; chunks follow."""
         account, deadline_at = self._begin(call.task, counted)
         try:
-            executor, ref = await self._enter(call, account, deadline_at)
-            if not executor.spec.streams:
-                raise InvalidRequest(
-                    f"task {call.task!r} does not stream; leave out 'stream'", param="stream"
-                )
-            opened = await _within(executor.open_stream(ref, call.input), deadline_at)
+            with account.owning_threads():  # and again for each chunk (StreamOutcome)
+                executor, ref = await self._enter(call, account, deadline_at)
+                if not executor.spec.streams:
+                    raise InvalidRequest(
+                        f"task {call.task!r} does not stream; leave out 'stream'", param="stream"
+                    )
+                opened = await _within(executor.open_stream(ref, call.input), deadline_at)
         except BaseException as exc:
             account.settle(exc)
             raise
@@ -211,12 +212,13 @@ class InferenceManager:
         and accounting, and with ``admit`` a slot of the engine's admission."""
         account, deadline_at = self._begin(operation, counted=False)
         try:
-            self._check_draining()
-            engine, ref = await _within(locate(), deadline_at)
-            account.located(engine, self.router.engines, ref.name)
-            if admit:
-                await self._admit(engine, account, deadline_at)
-            result = await _within(work(engine, ref), deadline_at)
+            with account.owning_threads():
+                self._check_draining()
+                engine, ref = await _within(locate(), deadline_at)
+                account.located(engine, self.router.engines, ref.name)
+                if admit:
+                    await self._admit(engine, account, deadline_at)
+                result = await _within(work(engine, ref), deadline_at)
         except BaseException as exc:
             account.settle(exc)
             raise
@@ -330,9 +332,6 @@ class InferenceManager:
         if not counted:
             self.stats_source.started += 1
         account = Accounting(self.stats_source, self.metrics, task, tasks=_TASKS)
-        # The worker threads engines start from here on, in this task, are this call's: its
-        # slot is held until they stop (a later gate passage in the task takes over).
-        request_threads.set(account.threads)
         return account, self.deadline_at()
 
     def _check_draining(self) -> None:
