@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
+from aiml import edge_answers
 from aiml.server import uvicorn_config
 from aiml.settings import Settings
 from tests.api.test_edge import closed, read_response, rss_mib
@@ -234,3 +238,126 @@ def test_a_body_dribbled_under_the_gap_limit_is_cut_off(edge: tuple[Process, int
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert BODY_TIMEOUT_S * 0.8 < elapsed < BODY_TIMEOUT_S + 4
         assert closed(sock)
+
+
+# --- what the guard refuses, through the real uvicorn configuration (a server in a thread) ---
+
+
+@pytest.fixture
+def threaded() -> Iterator[Callable[..., int]]:
+    """Starts ``uvicorn_config``'s server for an app, in this process; gives its port."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(app: Any, **settings: Any) -> int:
+        config = uvicorn_config(Settings(port=free_port(), **settings), app, host="127.0.0.1")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:  # polls the condition, not a guessed delay
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        return config.port
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def header_bytes_seen() -> tuple[FastAPI, list[int]]:
+    """An app that reads each request's body and notes how many header bytes it got."""
+    app, seen = FastAPI(), list[int]()
+
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping(request: Request) -> dict[str, bool]:
+        await request.body()
+        seen.append(sum(len(name) + len(value) for name, value in request.headers.raw))
+        return {"ok": True}
+
+    return app, seen
+
+
+HUGE_HEAD = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * MIB + b"\r\n\r\n"
+SMUGGLED = b"\r\nPOST /x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        # A chunk size with leading zeros (0x40 to the parser) hides a head in its data.
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"00000000000000000040\r\n" + SMUGGLED.ljust(64, b"a") + b"\r\n0\r\n\r\n",
+        # An upgrade's Content-Length, a body to the framing, none to the parser.
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n"
+        b"Content-Length: 99999999\r\n\r\n",
+        b"CONNECT /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+    ],
+    ids=["leading-zeros", "upgrade", "connect"],
+)
+def test_no_request_gets_a_head_past_the_cap_by_its_framing(
+    threaded: Callable[..., int], first: bytes
+) -> None:
+    """The first request is answered (or refused); a huge head after it must be 431 (or
+    never sent), never reach the app."""
+    app, seen = header_bytes_seen()
+    with socket.create_connection(("127.0.0.1", threaded(app)), timeout=10) as sock:
+        sock.sendall(first)
+        answer = read_response(sock)
+        if answer.startswith(b"HTTP/1.1 400"):
+            assert b"not served" in answer and closed(sock)
+        else:
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            sock.sendall(HUGE_HEAD)
+            answer = read_response(sock)
+            assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert all(size <= Settings().max_header_bytes for size in seen), seen
+
+
+def test_a_body_of_tiny_chunks_is_400_and_closed(threaded: Callable[..., int]) -> None:
+    """Each chunk costs the framing a pass of its loop: 1-byte chunks cost the event loop
+    ~35x what the parser alone spends per MiB (bench/header_flood.py --tiny-chunks)."""
+    app, seen = header_bytes_seen()
+    tiny = b"1\r\nx\r\n" * 5000
+    head = b"GET /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", threaded(app)), timeout=10) as sock:
+        sock.sendall(head + tiny + b"0\r\n\r\n")
+        answer = read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request"), answer[:200]
+        assert b"tiny chunks" in answer and closed(sock)
+    assert seen == []  # the app never got the whole body
+
+
+def test_after_a_408_nothing_more_is_written_nor_an_error_logged(
+    threaded: Callable[..., int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app that answers (and returns) after the guard's 408, not having read the body:
+    its answer is dropped, and uvicorn must not add its own 500 behind the 408."""
+    got_408 = threading.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        # The condition: the client has read the 408 (a thread's event, not the loop's).
+        await asyncio.get_running_loop().run_in_executor(None, got_408.wait, 10)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    port = threaded(slow, body_timeout_s=0.3, body_min_rate=0)
+    with (
+        caplog.at_level(logging.ERROR, logger="uvicorn.error"),
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+    ):
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        out = b""
+        while b"\r\n\r\n" not in out:
+            more = sock.recv(65536)
+            assert more, out
+            out += more
+        assert out.startswith(b"HTTP/1.1 408"), out
+        got_408.set()
+        while more := sock.recv(65536):
+            out += more
+    assert out == edge_answers.TIMEOUT
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records

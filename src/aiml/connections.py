@@ -41,26 +41,12 @@ from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aiml import edge_answers
 from aiml.http_framing import RequestFraming
 
 __all__ = ["ConnectionGuard"]
 
 log = logging.getLogger("aiml")
-
-_BUSY_BODY = (
-    b'{"success":false,"error":{"code":"too_many_connections",'
-    b'"message":"too many open connections from this address"}}'
-)
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-    % (len(_BUSY_BODY), _BUSY_BODY)
-)
-_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
-_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-)
 
 # After our own answer, what the client still sends is read and dropped for a moment before
 # the close: closing with unread bytes resets the connection, and a reset can destroy the
@@ -94,13 +80,9 @@ class ConnectionGuard:
         self.timed_out = 0
         self.too_large = 0
         self.body_timed_out = 0
+        self.refused_requests = 0
         self._open: Counter[str] = Counter()
-        body = (
-            b'{"success":false,"error":{"code":"request_header_fields_too_large","message":'
-            b'"request headers over %d bytes or %d fields (AIML_MAX_HEADER_BYTES, '
-            b'AIML_MAX_HEADERS)"}}' % (max_head_bytes, max_headers)
-        )
-        self.too_large_answer = _LARGE % (len(body), body)
+        self.too_large_answer = edge_answers.too_large(max_head_bytes, max_headers)
 
     def protocol(self, inner: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
         """A protocol class for uvicorn's ``Config(http=...)`` that wraps ``inner``."""
@@ -176,6 +158,15 @@ class ConnectionGuard:
             self.max_headers,
         )
 
+    def refused_request(self, client: str, refusal: str) -> None:
+        self.refused_requests += 1
+        _log_some(
+            self.refused_requests,
+            "closed a connection from %s with a 400: %s; %d so far",
+            client,
+            edge_answers.REFUSALS[refusal],
+        )
+
     def body_expired(self, client: str) -> None:
         self.body_timed_out += 1
         _log_some(
@@ -218,6 +209,7 @@ class _Guarded(asyncio.Protocol):
         self._responses_done = 0
         self.ended = False  # by our 431 or 408 (or a close): nothing more goes either way
         self._dropped = 0  # bytes read and dropped since
+        self._inner_lost = False  # uvicorn's protocol was told the connection is gone
         self._linger: asyncio.TimerHandle | None = None
         # The clock of the body now arriving: which request's, since when, from which byte.
         self._body_of = 0
@@ -230,7 +222,7 @@ class _Guarded(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         if not self._guard.admit(self._client):
-            self._transport.write(_BUSY)
+            self._transport.write(edge_answers.BUSY)
             self._transport.close()
             return
         self._admitted = True
@@ -255,14 +247,20 @@ class _Guarded(asyncio.Protocol):
                 self._inner.data_received(data if allowed == len(data) else data[:allowed])
             finally:
                 _current.reset(token)
+        # The request the framing stopped at is under way (its app may be running) when its
+        # body was being read; else all before it are the ones to answer first.
+        answered = self._framing.heads - self._framing.in_body
         if self._framing.too_large:
             self._guard.head_too_large(self._client)
-            self._end(self._guard.too_large_answer, answered=self._framing.heads)
+            self._end(self._guard.too_large_answer, answered=answered)
+        elif self._framing.refusal:
+            self._guard.refused_request(self._client, self._framing.refusal)
+            self._end(edge_answers.refused(self._framing.refusal), answered=answered)
         else:
             self._clock_body()
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._admitted else None
+        return self._inner.eof_received() if self._admitted and not self.ended else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -272,14 +270,15 @@ class _Guarded(asyncio.Protocol):
         if self._admitted:
             self._admitted = False
             self._guard.release(self._client)
-            self._inner.connection_lost(exc)
+            if not self._inner_lost:
+                self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._admitted:
+        if self._admitted and not self._inner_lost:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._admitted:
+        if self._admitted and not self._inner_lost:
             self._inner.resume_writing()
 
     def request_started(self) -> None:
@@ -309,6 +308,13 @@ class _Guarded(asyncio.Protocol):
             self._linger = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
         else:
             transport.close()
+        # To uvicorn the connection is gone now, not at the close (a loop turn away, or the
+        # linger's second): the request under way reads a disconnect, and an app returning
+        # without an answer (any answer now is dropped) gets no 500 of uvicorn's behind ours
+        # and no error logged. With an exception, as a lost connection's, so that uvicorn
+        # leaves the transport open for the linger.
+        self._inner_lost = True
+        self._inner.connection_lost(ConnectionAbortedError("answered by the guard"))
 
     def _clock_body(self) -> None:
         if not self._framing.in_body:
@@ -348,7 +354,7 @@ class _Guarded(asyncio.Protocol):
             self._body_deadline = loop.call_at(due, self._check_body)
             return
         self._guard.body_expired(self._client)
-        self._end(_TIMEOUT, answered=self._framing.heads - 1)
+        self._end(edge_answers.TIMEOUT, answered=self._framing.heads - 1)
 
     def _stop_body_clock(self) -> None:
         if self._body_deadline is not None:
@@ -372,5 +378,5 @@ class _Guarded(asyncio.Protocol):
             return
         self._guard.expired(self._client)
         if self._heard:
-            transport.write(_TIMEOUT)  # part of a request came: say why it ends
+            transport.write(edge_answers.TIMEOUT)  # part of a request came: say why it ends
         transport.close()

@@ -13,7 +13,16 @@ many of the bytes just received may go on. It never holds more than one head.
 
 Where it cannot follow (a ``Content-Length`` or chunk size that is not a number) the
 server answers 400 and closes; until then every byte counts as head, so a stream this
-reader misunderstands is capped, never let through uncounted.
+reader misunderstands is capped, never let through uncounted. A chunk size is read digit by
+digit as llhttp reads it (leading zeros skipped, never cut short), whatever the feeds' split.
+
+Two kinds of request it refuses outright (``refusal`` set; the server answers 400 and
+closes), as ones whose framing the parser and this reader would not agree on, or whose cost
+is the event loop's: an ``Upgrade`` header or the ``CONNECT`` method (llhttp reads no body
+after such a head whatever its ``Content-Length`` says, and uvicorn, with no WebSocket
+routes, parses on; aiml upgrades nothing), and a chunked body of many tiny chunks (each
+chunk costs this reader a pass of its loop: ``TINY_CHUNKS`` chunks averaging under
+``TINY_CHUNK_BYTES`` bytes).
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ import re
 __all__ = ["RequestFraming"]
 
 _HEAD_END = re.compile(rb"\n\r?\n")  # an empty line (a bare LF too: parsers accept it)
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_SIZE_LINE_KEPT = 32  # a chunk-size line's extensions are skipped, not kept
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]*")
+_SIZE_ENDS = frozenset(b"; \t\r")  # what may follow a chunk size; the rest is skipped to LF
+_MAX_SIZE_DIGITS = 16  # significant hex digits llhttp takes (a 64-bit size)
+TINY_CHUNKS = 1024
+TINY_CHUNK_BYTES = 64
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS = range(6)
 
@@ -42,11 +54,16 @@ class RequestFraming:
         self.heads = 0
         self.body_bytes = 0
         self.too_large = False
+        self.refusal = ""  # why the request is refused with a 400: "upgrade", "tiny chunks"
         self._state = _HEAD
         self._head = bytearray()  # the head (or trailer section) so far
         self._lines = 0  # line ends in it
         self._remaining = 0  # of a Content-Length body or of a chunk's data
-        self._size_line = bytearray()
+        self._size_digits = b""  # the chunk size's significant hex digits so far
+        self._size_started = False  # a digit of it came (zeros too)
+        self._size_done = False  # its digits ended: the rest of its line is skipped
+        self._chunks = 0  # of the current body, and their data bytes
+        self._chunk_bytes = 0
 
     @property
     def in_body(self) -> bool:
@@ -55,14 +72,14 @@ class RequestFraming:
     def feed(self, data: bytes) -> int:
         """How many of ``data``'s bytes may go on to the server: all, unless a head (or a
         trailer section) passes a limit; then ``too_large`` is set, and stays."""
-        if self.too_large:
+        if self.too_large or self.refusal:
             return 0
         pos = 0
         while pos < len(data):
             start, in_body = pos, self._state != _HEAD
             if self._state in (_HEAD, _TRAILERS):
                 pos = self._read_head(data, pos)
-                if self.too_large:
+                if self.too_large or self.refusal:
                     return start  # this head's bytes here stay out
             elif self._state == _LENGTH:
                 taken = min(self._remaining, len(data) - pos)
@@ -76,8 +93,16 @@ class RequestFraming:
                 pos += taken
                 if not self._remaining:
                     self._state = _CHUNK_END
-            else:  # a chunk-size line, or the line end after a chunk's data
-                pos = self._read_line(data, pos)
+            elif self._state == _CHUNK_SIZE:
+                pos = self._read_size(data, pos)
+                if self.refusal:
+                    return start
+            else:  # the line end after a chunk's data
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    pos = len(data)
+                else:
+                    pos, self._state = newline + 1, _CHUNK_SIZE
             if in_body:
                 self.body_bytes += pos - start
         return len(data)
@@ -109,16 +134,25 @@ class RequestFraming:
             return
         if not head.strip():
             return  # empty lines between requests: ignored, as by the parser
-        self.heads += 1
-        self.body_bytes = 0
         length, codings = b"", b""
-        for line in head.lstrip(b"\r\n").split(b"\n")[1:]:
+        request_line, *lines = head.lstrip(b"\r\n").split(b"\n")
+        upgrade = request_line.startswith(b"CONNECT ")
+        for line in lines:
+            # The name as it stands: one with spaces is no field to the parser (an error, or
+            # a folded line's continuation), so none of its body framing either.
             name, _, value = line.partition(b":")
-            name = name.strip().lower()
+            name = name.lower()
             if name == b"content-length":
                 length = value.strip()
             elif name == b"transfer-encoding":
                 codings += b"," + value
+            elif name == b"upgrade":
+                upgrade = True
+        if upgrade:
+            self.refusal = "upgrade"
+            return
+        self.heads += 1
+        self.body_bytes = self._chunks = self._chunk_bytes = 0
         if codings:
             # Only a final "chunked" frames a request body; anything else is a 400.
             final = codings.rsplit(b",", 1)[-1].strip().lower()
@@ -129,26 +163,41 @@ class RequestFraming:
             self._remaining = int(length)
             self._state = _LENGTH if self._remaining else _HEAD
 
-    def _read_line(self, data: bytes, pos: int) -> int:
+    def _read_size(self, data: bytes, pos: int) -> int:
+        """A chunk-size line: its hex digits (read as llhttp does, leading zeros skipped and
+        never cut short: a size read otherwise would put the next head elsewhere than the
+        parser does), then anything to its LF (extensions, CR)."""
+        if not self._size_done:
+            digits = _HEX_DIGITS.match(data, pos)
+            assert digits is not None  # "*" matches the empty string too
+            if digits.end() > pos:
+                self._size_started = True
+                self._size_digits = (self._size_digits + digits.group()).lstrip(b"0")
+            pos = digits.end()
+            if len(self._size_digits) > _MAX_SIZE_DIGITS or (
+                pos < len(data) and (not self._size_started or data[pos] not in _SIZE_ENDS)
+            ):
+                self._state = _HEAD  # the parser answers 400; what follows counts as head
+                self._size_digits, self._size_started = b"", False
+                return pos
+            if pos == len(data):
+                return pos
+            self._size_done = True
         newline = data.find(b"\n", pos)
-        end = len(data) if newline < 0 else newline
-        if self._state == _CHUNK_SIZE:
-            room = _SIZE_LINE_KEPT - len(self._size_line)
-            self._size_line += data[pos : min(end, pos + max(room, 0))]
         if newline < 0:
             return len(data)
-        if self._state == _CHUNK_END:
-            self._state = _CHUNK_SIZE
-            return newline + 1
-        size = _HEX.match(bytes(self._size_line).strip())
-        self._size_line.clear()
-        if size is None:
-            self._state = _HEAD  # the server answers 400; what follows counts as a head
-        elif (chunk := int(size.group(), 16)) == 0:
+        chunk = int(self._size_digits or b"0", 16)
+        self._size_digits, self._size_started, self._size_done = b"", False, False
+        if chunk == 0:
             self._state = _TRAILERS
             self._head += b"\n"  # the size line's end: an empty trailer section ends at once
             self._lines = 1
-        else:
-            self._remaining = chunk
-            self._state = _CHUNK_DATA
+            return newline + 1
+        self._chunks += 1
+        self._chunk_bytes += chunk
+        if self._chunks >= TINY_CHUNKS and self._chunk_bytes < self._chunks * TINY_CHUNK_BYTES:
+            self.refusal = "tiny chunks"
+            return pos
+        self._remaining = chunk
+        self._state = _CHUNK_DATA
         return newline + 1
