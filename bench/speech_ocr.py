@@ -106,10 +106,10 @@ def _long(
         return None
     import wave
 
-    from aiml.engines.audio import RATE, decode
+    from aiml.engines.audio import RATE, decode_chunks
 
     one = speak(PARAGRAPH, work / "one.wav").read_bytes()
-    seconds_one = decode(one, max_seconds=600).size / RATE
+    seconds_one = sum(p.size for p in decode_chunks(one, max_seconds=600)) / RATE
     with wave.open(str(work / "one.wav")) as w:
         params, frames = w.getparams(), w.readframes(w.getnframes())
     times = max(1, round(minutes * 60 / seconds_one))
@@ -151,7 +151,7 @@ def _transcription(
 ) -> tuple[list[float], list[float], float]:
     from faster_whisper import WhisperModel
 
-    from aiml.engines.audio import RATE, decode
+    from aiml.engines.audio import RATE, decode_chunks
 
     model = WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=threads)
     files = {"file": ("paragraph.wav", wav)}
@@ -172,7 +172,8 @@ def _transcription(
         started = time.perf_counter()
         http.post("/v1/audio/transcriptions", files=files, data=form).raise_for_status()
         times[1].append(time.perf_counter() - started)
-    return times[0], times[1], decode(wav, max_seconds=600).size / RATE
+    seconds = sum(p.size for p in decode_chunks(wav, max_seconds=600)) / RATE
+    return times[0], times[1], seconds
 
 
 def _ocr(

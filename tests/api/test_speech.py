@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from aiml.engines.audio import decode, decode_chunks
+from aiml.engines.audio import decode_chunks
 from aiml.errors import InvalidRequest, PayloadTooLarge
 from aiml.types import TranscribeOptions, TranscriptSegment
 from tests.conftest import ModelFiles, Shared
@@ -132,7 +132,7 @@ def test_long_audio_goes_piece_by_piece_with_its_own_timeline(
 
     text = " ".join(SENTENCES.values())
     wav = speak(text.replace(". ", ". ... ... "), tmp_path / "three.wav").read_bytes()
-    whole = decode(wav, max_seconds=60)
+    (whole,) = decode_chunks(wav, max_seconds=60)  # under a minute: one piece
     assert whole.size > 9 * 16_000
     # Pieces of 6 s: with 4 s the first piece was a 2.7 s fragment of the first sentence,
     # which Whisper tiny.en misheard on a fresh install (word error rate 0.26 of 0.25).
@@ -166,9 +166,9 @@ def test_silence_gives_no_text_and_a_corrupt_file_is_a_400(whisper: Shared) -> N
 
 def test_audio_past_its_length_limit_is_a_413_while_it_decodes(tmp_path: Path) -> None:
     wav = speak(SENTENCES["train"], tmp_path / "train.wav")
-    samples = decode(wav.read_bytes(), max_seconds=30)
-    assert 2 < len(samples) / 16_000 < 10
+    samples = sum(piece.size for piece in decode_chunks(wav.read_bytes(), max_seconds=30))
+    assert 2 < samples / 16_000 < 10
     with pytest.raises(PayloadTooLarge):
-        decode(encode(wav, "mp3"), max_seconds=1)
+        list(decode_chunks(encode(wav, "mp3"), max_seconds=1))
     with pytest.raises(InvalidRequest):
-        decode(b"", max_seconds=1)
+        list(decode_chunks(b"", max_seconds=1))

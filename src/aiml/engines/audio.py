@@ -17,15 +17,9 @@ import numpy as np
 
 from aiml.errors import InvalidRequest, PayloadTooLarge
 
-__all__ = ["RATE", "decode", "decode_chunks"]
+__all__ = ["RATE", "decode_chunks"]
 
 RATE = 16_000  # what whisper and silero-vad take
-
-
-def decode(audio: bytes, *, max_seconds: float, param: str = "audio") -> np.ndarray[Any, Any]:
-    """All of it: mono float32 samples at :data:`RATE`; 400 for anything that is not audio,
-    413 past ``max_seconds``."""
-    return np.concatenate(list(decode_chunks(audio, max_seconds=max_seconds, param=param)))
 
 
 def decode_chunks(
