@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aiml.bundled import BUNDLED
 from tests.conftest import RunningAiml
 
 B = "edge-boundary"
@@ -110,4 +111,31 @@ def test_files_that_cannot_be_a_model_are_a_422_naming_them(aiml: RunningAiml) -
             assert answer.status_code == 422, (says, answer.text)
             assert says in answer.json()["error"]["message"], (says, answer.text)
         assert client.get("/models/registered_in_mlflow").json()["models"] == []
+    assert uploads_left(aiml) == []
+
+
+def test_onnx_files_that_are_not_onnx_are_a_422_at_registration(
+    aiml: RunningAiml, tmp_path: Path
+) -> None:
+    """Not at first use, as a 500 model_load_failed: a PNG named model.onnx, and a real
+    ONNX (Silero VAD) cut short; the whole one registers."""
+    vad = next(model for model in BUNDLED if model.registered_name == "silero-vad")
+    real = vad.locate(tmp_path).read_bytes()
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 32, 16) + bytes(9)
+    refused = [
+        (png, "model.onnx is not an ONNX model"),
+        (real[: len(real) // 2], "model.onnx is cut short"),
+    ]
+    with aiml.client() as client:
+        for content, says in refused:
+            files = field("task", "vad") + file("files", "model.onnx", content)
+            body = field("registered_name", "m") + files + END
+            answer = client.post("/admin/models/register", content=body, headers=TYPE)
+            assert answer.status_code == 422, (says, answer.text)
+            assert says in answer.json()["error"]["message"], (says, answer.text)
+        assert client.get("/models/registered_in_mlflow").json()["models"] == []
+        files = field("task", "vad") + file("files", "model.onnx", real)
+        body = field("registered_name", "vad") + files + END
+        created = client.post("/admin/models/register", content=body, headers=TYPE)
+        assert created.status_code == 201, created.text
     assert uploads_left(aiml) == []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
 from aiml.errors import InvalidRequest, ModelLoadFailed
-from aiml.registry.artifacts import CONTENT_TAG, ArtifactCache, safe_relpath
+from aiml.registry.artifacts import CONTENT_TAG, ArtifactCache, build_manifest, safe_relpath
 from tests.conftest import ModelFiles, Registry
 
 
@@ -56,6 +57,40 @@ def test_pickles_are_never_registered(
         registry.register_files(folder, "lm2")
     with pytest.raises(InvalidRequest, match="served by 'llamacpp'"):
         registry.register_files(model_files.smollm2, "x", engine="transformers")
+
+
+def _package_onnx_files() -> list[Path]:
+    """The real ONNX models the silero-vad and rapidocr-onnxruntime packages ship."""
+    found = []
+    for package in ("silero_vad", "rapidocr_onnxruntime"):
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.origin is not None, package
+        found += sorted(Path(spec.origin).parent.rglob("*.onnx"))
+    return found
+
+
+def test_onnx_files_are_checked_at_registration(tmp_path: Path) -> None:
+    """Real ONNX models pass; a PNG named .onnx, and a real one cut short anywhere (its
+    header, inside its graph, before its opset_import), are refused naming the file."""
+    real = _package_onnx_files()
+    assert len(real) >= 4
+    for path in real:
+        manifest, _, _ = build_manifest(path)
+        assert manifest.format == "onnx", path
+    whole = real[0].read_bytes()
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(17)
+    bad = tmp_path / "model.onnx"
+    for content in (b"", png, whole[:1], whole[:8], whole[: len(whole) // 2], whole[:-1]):
+        bad.write_bytes(content)
+        with pytest.raises(InvalidRequest, match=r"model\.onnx (is|is not) ") as refused:
+            build_manifest(bad)
+        assert refused.value.param == "path", refused.value
+    folder = tmp_path / "ocr"  # an ONNX folder: each .onnx in it is checked
+    folder.mkdir()
+    shutil.copy(real[-1], folder / "det.onnx")
+    (folder / "rec.onnx").write_bytes(whole[:-4])
+    with pytest.raises(InvalidRequest, match=r"rec\.onnx is cut short"):
+        build_manifest(folder)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import anyio.to_thread
 
 from aiml.errors import InvalidRequest, ModelLoadFailed, ModelNotServable
 
+from .file_checks import check_model_file
 from .mlflow import MlflowRegistry
 from .references import validate_registry_name
 
@@ -125,14 +125,16 @@ def build_manifest(
                 f"{source.name}: a model file must be a .gguf or an .onnx", param="path"
             )
         files, skipped = {safe_relpath(source.name): source}, list[str]()
-        if fmt == "gguf":
-            _check_gguf_header(source)
+        check_model_file(source, fmt)
     elif source.is_dir() and _is_ctranslate2(source):
         files, skipped = _folder_files(source, pickles=False), list[str]()
         fmt = "ct2"
     elif source.is_dir() and not (source / "config.json").exists() and any(source.glob("*.onnx")):
         files, skipped = _folder_files(source, pickles=True), list[str]()
         fmt = "onnx"
+        for path in files.values():
+            if path.suffix.lower() == ".onnx":
+                check_model_file(path, fmt)
     elif source.is_dir():
         files, skipped = _hf_files(source)
         fmt = "hf"
@@ -154,33 +156,6 @@ def build_manifest(
 
 #: Formats registered as one file, by suffix.
 _FILE_FORMATS = {".gguf": "gguf", ".onnx": "onnx"}
-#: GGUF's fixed header: magic, version (uint32), tensor count and metadata count (uint64).
-_GGUF_HEADER = struct.Struct("<4sIQQ")
-_GGUF_VERSIONS = (2, 3)  # what llama.cpp reads (version 1 is no longer supported)
-
-
-def _check_gguf_header(path: Path) -> None:
-    """Refuse, naming the file, what is not a GGUF llama.cpp could read, before it is
-    registered: a wrong magic, an unknown version, or counts the file cannot hold (each
-    tensor and each metadata entry takes more than a byte). The rest is checked at load."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(_GGUF_HEADER.size)
-    if len(head) < _GGUF_HEADER.size:
-        raise InvalidRequest(
-            f"{path.name} is {size} bytes: too short for a GGUF header", param="path"
-        )
-    magic, version, tensors, entries = _GGUF_HEADER.unpack(head)
-    if magic != b"GGUF":
-        raise InvalidRequest(f"{path.name} is not a GGUF file (magic {magic!r})", param="path")
-    if version not in _GGUF_VERSIONS:
-        raise InvalidRequest(f"{path.name}: unsupported GGUF version {version}", param="path")
-    if tensors + entries > size:
-        raise InvalidRequest(
-            f"{path.name}: a GGUF header naming {tensors} tensors and {entries} metadata "
-            f"entries in {size} bytes is corrupt",
-            param="path",
-        )
 
 
 def _is_ctranslate2(folder: Path) -> bool:
