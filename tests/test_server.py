@@ -316,8 +316,8 @@ def test_no_request_gets_a_head_past_the_cap_by_its_framing(
 
 
 def test_a_body_of_tiny_chunks_is_400_and_closed(threaded: Callable[..., int]) -> None:
-    """Each chunk costs the framing a pass of its loop: 1-byte chunks cost the event loop
-    ~35x what the parser alone spends per MiB (bench/header_flood.py --tiny-chunks)."""
+    """Each chunk costs the framing: 1-byte chunks cost the event loop ~35x what the parser
+    alone spends per MiB, so such a body is refused (bench/header_flood.py --chunk-cost)."""
     app, seen = header_bytes_seen()
     tiny = b"1\r\nx\r\n" * 5000
     head = b"GET /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -19,11 +19,16 @@ deadline. Hand-written here, as small as could be, with public interfaces only:
   parser: 431 and the connection is closed.
 * A body must keep coming: no gap longer than ``body_timeout_s``, and on average at least
   ``body_min_rate`` bytes a second after a grace of ``body_timeout_s`` (a gap limit alone
-  lets a byte every few seconds hold a request for ever). Time the server itself holds the
-  body back (reading paused while the app has not taken what came) is not the client's.
-  Past either, 408 and the connection is closed.
-* Our own 431 or 408 is written only between responses; mid-response the connection is
-  just closed, and what the app answers after that is dropped.
+  lets a byte every few seconds hold a request for ever). Past either, 408 and the
+  connection is closed. uvicorn pauses reading itself while the app has not taken what came
+  (on the transport: unseen here), so a deadline that finds reading paused starts the clock
+  again from then; a pause that is over by the deadline still counts against the client.
+* Requests the framing refuses (an ``Upgrade``, ``CONNECT``, a body of tiny chunks): 400
+  and the connection is closed.
+* Our own 431, 408 or 400 is written only between responses; mid-response the connection
+  is just closed, and what the app answers after that is dropped. Either way uvicorn's
+  protocol is told at once that the connection is lost (``connection_lost``, the
+  ``asyncio.Protocol`` call), so it writes nothing of its own behind ours.
 * Only the app learns that a request's headers are complete: :meth:`ConnectionGuard.app`
   wraps it and tells the connection. uvicorn starts the request's task inside
   ``data_received``, so the task's context carries the connection that :data:`_current`

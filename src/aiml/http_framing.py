@@ -35,6 +35,7 @@ _HEAD_END = re.compile(rb"\n\r?\n")  # an empty line (a bare LF too: parsers acc
 _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]*")
 _SIZE_ENDS = frozenset(b"; \t\r")  # what may follow a chunk size; the rest is skipped to LF
 _MAX_SIZE_DIGITS = 16  # significant hex digits llhttp takes (a 64-bit size)
+_PLAIN_SIZE_LINE = re.compile(rb"0*([0-9A-Fa-f]{1,16})\r\n")  # no extension, all here
 TINY_CHUNKS = 1024
 TINY_CHUNK_BYTES = 64
 
@@ -94,7 +95,10 @@ class RequestFraming:
                 if not self._remaining:
                     self._state = _CHUNK_END
             elif self._state == _CHUNK_SIZE:
-                pos = self._read_size(data, pos)
+                if not self._size_started:  # a size line starts here: whole chunks at once?
+                    pos = self._whole_chunks(data, pos)
+                if pos == start:
+                    pos = self._read_size(data, pos)
                 if self.refusal:
                     return start
             else:  # the line end after a chunk's data
@@ -162,6 +166,25 @@ class RequestFraming:
                 return  # the server answers 400; what follows counts as a head
             self._remaining = int(length)
             self._state = _LENGTH if self._remaining else _HEAD
+
+    def _whole_chunks(self, data: bytes, pos: int) -> int:
+        """Past the chunks that lie whole in ``data`` from ``pos`` (a plain size line, the
+        data, CRLF: read by llhttp just so), one match each, not a loop pass per part: the
+        per-chunk cost is what small chunks multiply. Where one is not plain, not whole, the
+        last, or would be refused, it stops, and the byte-wise path takes over."""
+        while line := _PLAIN_SIZE_LINE.match(data, pos):
+            chunk = int(line.group(1), 16)
+            after = line.end() + chunk
+            chunks = self._chunks + 1
+            if (
+                not chunk
+                or data[after : after + 2] != b"\r\n"
+                or (chunks >= TINY_CHUNKS and self._chunk_bytes + chunk < chunks * TINY_CHUNK_BYTES)
+            ):
+                break
+            self._chunks, self._chunk_bytes = chunks, self._chunk_bytes + chunk
+            pos = after + 2
+        return pos
 
     def _read_size(self, data: bytes, pos: int) -> int:
         """A chunk-size line: its hex digits (read as llhttp does, leading zeros skipped and
