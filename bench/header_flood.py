@@ -160,7 +160,7 @@ def _chunk_cost() -> list[dict[str, object]]:
             row[f"{name}_s"] = round(seconds, 4)
             row[f"{name}_mib_read"] = round(mib, 4)
             if framed:
-                row["refused"] = framing.refusal or None
+                row["refused"] = getattr(framing, "refusal", "") or None  # none before it
         rows.append(row)
     return rows
 
