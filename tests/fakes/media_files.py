@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import struct
-import wave
 import zlib
 
 from hypothesis import strategies as st
 from PIL import Image
+
+from tests.fakes.documents import pdf_of
+from tests.fakes.speech import silence_wav
 
 __all__ = ["Family", "audio_files", "document_files", "image_files", "model_files"]
 
@@ -64,19 +66,7 @@ def tiny_pdf(media_box: str = "0 0 200 100") -> bytes:
         b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    return pdf_of(objects)
 
 
 def many_pages_pdf(pages: int = 2000) -> bytes:
@@ -87,13 +77,7 @@ def many_pages_pdf(pages: int = 2000) -> bytes:
 
 
 def wav(seconds: float = 0.5, rate: int = 16_000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\0\0" * int(rate * seconds))
-    return out.getvalue()
+    return silence_wav(seconds, rate)
 
 
 def wav_claiming(hours: float, rate: int = 16_000, channels: int = 1) -> bytes:
