@@ -1,13 +1,14 @@
 """``scripts/team-stack`` for real: PostgreSQL, an MLflow server on it and a Ray head with
 token authentication, all on loopback (which rests on a pinned Ray internal: see the
 script's ``loopback_env``), kept out of what ``env`` exports; a front started by ``front``
-joins it; ``start`` brings back a part that is down, ``status`` says which, ``stop`` leaves
-a Ray that is not the stack's running.
+joins it, and once it has deployed the replicas every socket is still on loopback but each
+replica's gRPC server, which refuses a call without the token; ``start`` brings back a part
+that is down, ``status`` says which, ``stop`` leaves a Ray that is not the stack's running.
 
 One test, its own state folder and free ports, and a second Ray head started beside it the
 way the cluster tests start theirs. It took 62 s and 117 s on 2 shared, busy cores (MLflow
-starting twice dominates), and 42 s with the front's join added on a quieter run: too long
-for the suite's budget, so it runs only when AIML_TEST_TEAM_STACK=1.
+starting twice dominates), 42 s with the front's join added on a quieter run, and 51 s with
+the front's deploy and the replica's token checked: too long for the suite's budget, so it runs only when AIML_TEST_TEAM_STACK=1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -37,9 +40,24 @@ pytestmark = [
 ]
 
 pytest.importorskip("ray.serve")
+grpc = pytest.importorskip("grpc")  # Ray's own dependency
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "team-stack"
 LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
+EVERY_INTERFACE = {"*", "0.0.0.0", "[::]"}
+# The one socket of the stack that no documented Ray 2.60 setting keeps on loopback: each
+# Serve replica's inter-deployment gRPC server, bound to "[::]:0" in Ray's
+# serve/_private/replica.py. Ray puts its token check on it (create_grpc_server_with_
+# interceptors); the test dials it to see a call without the token refused.
+REPLICA = "ray::ServeRepli"  # the process title, as /proc/PID/comm cuts it (15 characters)
+REPLICA_SERVICE = "/ray.serve.ASGIService/HandleRequest"
+
+
+class Socket(NamedTuple):
+    address: str
+    port: int
+    pid: int
+    name: str | None
 
 
 class Stack:
@@ -84,21 +102,31 @@ def _name(pid: int) -> str | None:
         return None
 
 
-def listening(pids: set[int]) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket the processes listen on (``ss``)."""
+def listening(pids: set[int]) -> list[Socket]:
+    """Every TCP socket the processes listen on (``ss``), with the process that owns it."""
     table = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     found = []
     for line in table.splitlines():
-        fields = line.split()
-        owners = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
-        if owners & pids:
-            address, _, port = fields[3].rpartition(":")
-            found.append((address, int(port)))
+        address, _, port = line.split()[3].rpartition(":")
+        for pid in {int(pid) for pid in re.findall(r"pid=(\d+)", line)} & pids:
+            found.append(Socket(address, int(port), pid, _name(pid)))
     return found
 
 
-def _front_joins(stack: Stack, within_s: float = 240.0) -> str | None:
-    """Start ``team-stack front`` and wait until it serves; None, or what went wrong."""
+def _replica_call(port: int, token: str | None) -> str:
+    """The status (its name) of an empty call to a replica's gRPC server, with ``token``."""
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            channel.unary_unary(REPLICA_SERVICE)(b"", timeout=10, metadata=metadata)
+        except grpc.RpcError as error:
+            return str(error.code().name)
+    return "OK"
+
+
+@contextmanager
+def _front(stack: Stack, within_s: float = 240.0) -> Iterator[None]:
+    """``team-stack front``, serving (the test fails if it does not); ended on exit."""
     port = free_port()
     log = stack.folder / "front.log"
     env = {**stack.env, "AIML_API_KEYS": "", "AIML_HOME": str(stack.folder / "front")}
@@ -109,16 +137,11 @@ def _front_joins(stack: Stack, within_s: float = 240.0) -> str | None:
         )  # fmt: skip
     try:
         deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if front.poll() is not None:
-                return f"the front exited {front.returncode}: {log.read_text()[-2000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).is_success:
-                    return None
-            except httpx.HTTPError:
-                pass
+        while not _serves(port):
+            assert front.poll() is None, f"the front exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"not serving: {log.read_text()[-2000:]}"
             time.sleep(0.5)  # polling a process that is starting; no event to wait on
-        return f"the front did not serve within {within_s} s: {log.read_text()[-2000:]}"
+        yield
     finally:
         os.killpg(front.pid, signal.SIGTERM)
         try:
@@ -126,6 +149,26 @@ def _front_joins(stack: Stack, within_s: float = 240.0) -> str | None:
         except subprocess.TimeoutExpired:
             os.killpg(front.pid, signal.SIGKILL)
             front.wait(timeout=10)
+
+
+def _serves(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def _deployed_sockets(stack: Stack, within_s: float = 120.0) -> list[Socket]:
+    """The stack's sockets once a Serve replica (a front deploys them in the background)
+    listens on two: its worker's and, when it is ready, its inter-deployment gRPC server."""
+    deadline = time.monotonic() + within_s
+    while True:
+        sockets = listening(stack.processes())
+        replicas = [socket.pid for socket in sockets if socket.name == REPLICA]
+        if any(replicas.count(pid) >= 2 for pid in replicas):
+            return sockets
+        assert time.monotonic() < deadline, f"no Serve replica is ready: {sockets}"
+        time.sleep(0.5)  # polling processes that are starting; no event to wait on
 
 
 @pytest.fixture
@@ -171,22 +214,32 @@ def test_the_team_stack_listens_on_loopback_restarts_what_is_down_and_stops_only
         assert status.returncode == 0, status.stdout
 
         sockets = listening(stack.processes())
-        ports = {port for _, port in sockets}
+        ports = {socket.port for socket in sockets}
         assert {stack.ports["PG"], stack.ports["MLFLOW"], stack.ports["RAY"]} <= ports, sockets
         deadline = time.monotonic() + 30  # Ray's client server binds after `ray start` returns
         while stack.ports["RAY_CLIENT"] not in ports and time.monotonic() < deadline:
             time.sleep(0.2)
             sockets = listening(stack.processes())
-            ports = {port for _, port in sockets}
+            ports = {socket.port for socket in sockets}
         assert stack.ports["RAY_CLIENT"] in ports, sockets
         # Loopback only rests on a pinned Ray internal (scripts/team-stack, loopback_env):
         # a Ray upgrade that changes it binds every interface, and fails here.
-        assert {address for address, _ in sockets} <= LOOPBACK, sockets
+        assert {socket.address for socket in sockets} <= LOOPBACK, sockets
 
         # A front started by the stack joins its Ray on loopback (from the user's shell with
         # only `env`'s settings, Ray would dial the machine's outward address instead).
-        joined = _front_joins(stack)
-        assert joined is None, joined
+        token = (stack.folder / "ray/auth_token").read_text().strip()
+        with _front(stack):
+            sockets = _deployed_sockets(stack)
+            # Every socket is on loopback but the replicas' gRPC servers (see REPLICA), one
+            # each, and these refuse a call without the token or with another.
+            outward = [socket for socket in sockets if socket.address not in LOOPBACK]
+            assert all(s.address in EVERY_INTERFACE and s.name == REPLICA for s in outward), outward
+            assert outward and len({s.pid for s in outward}) == len(outward), sockets
+            for socket in outward:
+                assert _replica_call(socket.port, None) == "UNAUTHENTICATED"
+                assert _replica_call(socket.port, "0" * 64) == "UNAUTHENTICATED"
+                assert _replica_call(socket.port, token) not in ("UNAUTHENTICATED", "UNAVAILABLE")
 
         os.killpg(int((stack.folder / "mlflow.pid").read_text()), signal.SIGKILL)  # a crash
         status = stack.run("status")
