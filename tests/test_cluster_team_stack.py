@@ -8,7 +8,8 @@ that is down, ``status`` says which, ``stop`` leaves a Ray that is not the stack
 One test, its own state folder and free ports, and a second Ray head started beside it the
 way the cluster tests start theirs. It took 62 s and 117 s on 2 shared, busy cores (MLflow
 starting twice dominates), 42 s with the front's join added on a quieter run, and 51 s with
-the front's deploy and the replica's token checked: too long for the suite's budget, so it runs only when AIML_TEST_TEAM_STACK=1.
+the front's deploy and the replica's token checked: too long for the suite's budget, so it
+runs only when AIML_TEST_TEAM_STACK=1.
 """
 
 from __future__ import annotations
