@@ -17,12 +17,13 @@ from aiml.registry.references import parse_reference
 
 from ..deps import ServicesDep
 from ..responses import JSONResponse
+from ..threaded_json import ThreadedJsonRoute
 from ..uploads import receive_upload
 
 __all__ = ["router"]
 
 # Admin keys are checked for everything under /admin by the Authentication middleware.
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=ThreadedJsonRoute)
 
 
 class ModelTarget(CleanText):

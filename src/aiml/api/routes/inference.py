@@ -18,10 +18,11 @@ from ..deps import ServicesDep
 from ..responses import JSONResponse, error_response
 from ..schemas import InferRequest, InferResponse
 from ..streaming import NDJSON, ndjson_line, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/inference", tags=["inference"])
+router = APIRouter(prefix="/inference", tags=["inference"], route_class=ThreadedJsonRoute)
 
 
 @router.post("/infer", response_model=InferResponse)

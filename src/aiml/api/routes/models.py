@@ -12,10 +12,11 @@ from aiml.types import RegistryVersion
 from ..deps import ServicesDep
 from ..responses import JSONResponse
 from ..schemas import AliasBody, RegisterOllamaRequest
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=ThreadedJsonRoute)
 
 
 @router.post("/register_ollama", status_code=201)

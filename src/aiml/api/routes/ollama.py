@@ -48,6 +48,7 @@ from ..ollama_schemas import (
 )
 from ..responses import JSONResponse
 from ..streaming import NDJSON, ndjson_line, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["OLLAMA_API_VERSION", "router"]
 
@@ -61,7 +62,7 @@ _NOT_HERE = (
 #: The capability names Ollama's own /api/show uses (aiml's "chat" is in model_info).
 _OLLAMA_CAPABILITIES = frozenset({"completion", "tools", "insert", "embedding", "vision"})
 
-router = APIRouter(prefix="/api", tags=["ollama"])
+router = APIRouter(prefix="/api", tags=["ollama"], route_class=ThreadedJsonRoute)
 
 
 @router.get("/version")

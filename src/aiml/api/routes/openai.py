@@ -32,10 +32,11 @@ from ..errors import openai_error_body
 from ..openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from ..responses import JSONResponse
 from ..streaming import SSE, sse_event, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=ThreadedJsonRoute)
 
 
 @router.get("/models")

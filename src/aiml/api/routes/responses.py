@@ -33,10 +33,11 @@ from ..deps import CallerDep, ServicesDep
 from ..responses import JSONResponse
 from ..responses_schemas import ResponsesRequest, messages_of
 from ..streaming import SSE, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=ThreadedJsonRoute)
 
 
 @router.post("/responses")
