@@ -13,7 +13,7 @@ An exception that is not an :class:`~aiml.errors.AimlError` is a bug in aiml: 50
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,6 +58,24 @@ def openai_error_body(status: int, code: str, message: str, param: str | None) -
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+Surface = Literal["openai", "ollama", "aiml"]
+
+
+def surface_of(path: str) -> Surface:
+    """Which API's error shape ``path`` answers in: OpenAI's on ``/v1``, Ollama's on
+    ``/api``, aiml's own elsewhere (the OpenAPI schema documents the same)."""
+    if path.startswith("/v1/"):
+        return "openai"
+    if path.startswith("/api/"):
+        return "ollama"
+    return "aiml"
+
+
+def bad_input_status(surface: Surface) -> int:
+    """OpenAI and Ollama report bad input as 400; aiml's own API as 422."""
+    return 422 if surface == "aiml" else 400
+
+
 def render_error(
     path: str,
     status: int,
@@ -71,13 +89,14 @@ def render_error(
     # surrogates (JSON's "\\ud800"): escaped, so the error itself can always be encoded.
     message = message.encode("utf-8", "backslashreplace").decode()
     param = param.encode("utf-8", "backslashreplace").decode() if param is not None else None
-    if path.startswith("/v1/"):
-        status = 400 if status == 422 else status  # OpenAI reports bad input as 400
+    surface = surface_of(path)
+    if status == 422:
+        status = bad_input_status(surface)
+    if surface == "openai":
         response: Response = JSONResponse(
             openai_error_body(status, code, message, param), status_code=status
         )
-    elif path.startswith("/api/"):
-        status = 400 if status == 422 else status  # so does Ollama
+    elif surface == "ollama":
         response = JSONResponse({"error": message}, status_code=status)
     else:
         response = error_response(status, code, message, param=param)

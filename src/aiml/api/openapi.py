@@ -33,6 +33,7 @@ from aiml import errors
 from aiml.errors import AimlError
 
 from .auth import Access, access_of
+from .errors import bad_input_status, surface_of
 from .schemas import ErrorResponse
 
 __all__ = ["build_openapi"]
@@ -250,13 +251,17 @@ def _document_media(operation: dict[str, Any], media_types: tuple[str, ...]) -> 
         content[media_type] = {"schema": {"type": "string"} if media_type == _TEXT else {}}
 
 
+_BODIES = {
+    "openai": "#/components/schemas/OpenAIError",
+    "ollama": "#/components/schemas/OllamaError",
+    "aiml": _AIML_BODY,
+}
+
+
 def _surface(path: str) -> tuple[str, int]:
     """The error body's schema and the status of bad input on ``path``'s surface."""
-    if path.startswith("/v1/"):
-        return "#/components/schemas/OpenAIError", 400
-    if path.startswith("/api/"):
-        return "#/components/schemas/OllamaError", 400
-    return _AIML_BODY, 422
+    surface = surface_of(path)
+    return _BODIES[surface], bad_input_status(surface)
 
 
 def _error_schemas() -> dict[str, Any]:
