@@ -28,7 +28,7 @@ from typing import Any
 from aiml.errors import EngineError, InvalidRequest, ModelLoadFailed, PayloadTooLarge
 from aiml.types import DocumentPage, TextLine
 
-__all__ = ["MIN_DPI", "OcrReader", "PdfPages", "open_image"]
+__all__ = ["OcrReader", "PdfPages"]
 
 _PDFIUM = threading.Lock()
 #: A page with fewer visible characters in its text layer than this is read by OCR.

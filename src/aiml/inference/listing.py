@@ -22,13 +22,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiml.errors import RegistryUnavailable
+from aiml.registry.calls import REGISTRY_RETRY_S
 from aiml.registry.mlflow import RegisteredModelInfo
 
 __all__ = ["ModelListing"]
 
 log = logging.getLogger("aiml.listing")
-# After a failed fetch, the registry is asked again this often, not on every listing.
-_RETRY_S = 1.0
 
 Fetch = Callable[[], Awaitable[list[RegisteredModelInfo]]]
 
@@ -96,7 +95,7 @@ class ModelListing:
             models = await self._fetch()
         except Exception as exc:
             if generation == self._generation:  # an older fetch's failure holds nothing back
-                self._retry_at = self._clock() + _RETRY_S
+                self._retry_at = self._clock() + REGISTRY_RETRY_S
             log.debug("listing the registered models failed: %s", exc)
             raise
         if generation == self._generation:  # not invalidated meanwhile

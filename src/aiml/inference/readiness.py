@@ -19,11 +19,10 @@ from collections.abc import Callable, Mapping
 
 from aiml.engines.base import Engine
 from aiml.errors import AimlError
+from aiml.registry.calls import REGISTRY_RETRY_S
 from aiml.registry.mlflow import MlflowRegistry
 
 __all__ = ["RequiredEngines", "engines_needed"]
-
-_RETRY_S = 1.0  # how soon the registry is asked again after it failed to answer
 
 
 class RequiredEngines:
@@ -77,7 +76,7 @@ class RequiredEngines:
 
     def _ask_again_later(self, now: float) -> frozenset[str]:
         assert self._cached is not None
-        self._cached = (now + min(self._ttl_s, _RETRY_S), self._cached[1])
+        self._cached = (now + min(self._ttl_s, REGISTRY_RETRY_S), self._cached[1])
         return self._cached[1]
 
 

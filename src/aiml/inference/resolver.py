@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from aiml.engines.base import Engine
 from aiml.engines.table import engine_for_name_tags
 from aiml.errors import InvalidRequest, ModelNotFound, ModelNotServable, RegistryUnavailable
+from aiml.registry.calls import REGISTRY_RETRY_S
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import ModelRef, RegistryVersion, ResolvedModel, Source
 
@@ -43,8 +44,6 @@ __all__ = ["ModelResolver", "engine_of"]
 
 T = TypeVar("T")
 log = logging.getLogger("aiml.resolver")
-# After a failed lookup, the registry is asked again this often per reference, not per request.
-_RETRY_S = 1.0
 # Tags that name an engine's model, for versions registered without an inference_engine tag.
 _ENGINE_NAME_TAGS = engine_for_name_tags()
 
@@ -233,7 +232,7 @@ class ModelResolver:
     def _outage(self, entry: _Entry) -> None:
         """The registry is unreachable: serve ``entry`` on, and ask again in a second."""
         self._stats.stale_served += 1
-        entry.retry_at = self._clock() + min(self._ttl_s, _RETRY_S)
+        entry.retry_at = self._clock() + min(self._ttl_s, REGISTRY_RETRY_S)
         entry.stale_until = max(entry.stale_until, entry.retry_at + self._stale_s)
 
     async def _check(self, ref: ModelRef, entry: _Entry, engine_name: str) -> ResolvedModel:
@@ -289,7 +288,7 @@ class ModelResolver:
         except Exception as exc:  # the background must never raise into the void
             log.debug("refreshing %s failed: %s", ref, exc)
             old.stale_until = min(old.stale_until, old.expires_at)
-            old.retry_at = self._clock() + _RETRY_S
+            old.retry_at = self._clock() + REGISTRY_RETRY_S
             return
         if self._entries.get(ref) is old:  # neither invalidated nor replaced meanwhile
             self._entries[ref] = fresh

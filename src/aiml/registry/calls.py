@@ -36,7 +36,11 @@ from mlflow.exceptions import MlflowException
 from aiml.errors import AimlError, InvalidRequest, ModelNotFound, RegistryError, RegistryUnavailable
 from aiml.settings import Settings
 
-__all__ = ["RegistryCalls", "apply_http_bounds", "is_missing", "short"]
+__all__ = ["REGISTRY_RETRY_S", "RegistryCalls", "apply_http_bounds", "is_missing", "short"]
+
+#: After a registry call failed, how soon the same question is asked again (the resolver per
+#: reference, the model listing, readiness' engines): not on every request.
+REGISTRY_RETRY_S = 1.0
 
 T = TypeVar("T")
 _UNAVAILABLE_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
