@@ -14,13 +14,14 @@ once its request is cancelled or past its deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio.to_thread
 import numpy as np
 
-from aiml.errors import EngineError, ModelLoadFailed, ModelNotServable
+from aiml.errors import ModelLoadFailed, ModelNotServable
 from aiml.types import (
     DocumentPage,
     ResolvedModel,
@@ -101,11 +102,9 @@ class OnnxEngine(MediaEngine):
             scored.append(windows.finish())
             yield speech_segments(np.concatenate(scored), samples / RATE)
 
-        lease = await self.acquire(model)
-        items = [item async for item in self.exclusive(lease, run)]
-        if not items or items[-1] is None:  # only a stopped run ends early, and it raises
-            raise EngineError("voice activity detection ended without a result")
-        return items[-1]
+        segments = await self._last(model, run)
+        assert segments is not None  # a run stopped early raises instead
+        return segments
 
     async def read_text(self, model: ResolvedModel, image: bytes) -> list[TextLine]:
         self._expect(model, Task.OCR, Task.DOCUMENT_ANALYSIS)
@@ -117,7 +116,8 @@ class OnnxEngine(MediaEngine):
         most, dpi, pixels = self._max_pages, self._dpi, self._max_pixels
         document = PdfPages(pdf)  # parsed once, by its first run; closed however this ends
         try:
-            count = await self._alone(model, lambda _: document.open(max_pages=most))
+            # Parsing needs pdfium's lock, not the model: other requests' OCR goes on meanwhile.
+            count = await anyio.to_thread.run_sync(functools.partial(document.open, max_pages=most))
             pages = []
             for index in range(count):  # a run per page: see the module's docstring
 
@@ -138,9 +138,14 @@ class OnnxEngine(MediaEngine):
         def once(handle: Any) -> Iterator[T]:
             yield run(handle)
 
+        return await self._last(model, once)
+
+    async def _last(self, model: ResolvedModel, run: Callable[[Any], Iterator[T]]) -> T:
+        """The last item of ``run(model)``, alone on the leased model in a worker thread, an
+        item at a time (a stopped request starts no further item)."""
         lease = await self.acquire(model)
-        results = [item async for item in self.exclusive(lease, once)]
-        return results[0]
+        items = [item async for item in self.exclusive(lease, run)]
+        return items[-1]
 
     def _expect(self, model: ResolvedModel, *tasks: Task) -> None:
         if model.declared_task not in tasks:
