@@ -61,10 +61,12 @@ def test_a_non_streaming_request_is_cancelled_when_its_client_hangs_up(
     if path == "/inference/infer":
         body: dict[str, object] = {
             "task": "chat", "engine": "llamacpp", "model_name": "smol",
-            "data": {"messages": CHAT}, "options": {"max_tokens": 1900, "temperature": 0.8},
+            "data": {"messages": CHAT},
+            "options": {"max_tokens": 1900, "temperature": 0.8, "ignore_eos": True},
         }  # fmt: skip
-    else:
-        body = {"model": "smol", "messages": CHAT, "max_tokens": 1900, "temperature": 0.8}
+    else:  # ignore_eos: an answer sampled to an early end would come back within the 1 s
+        body = {"model": "smol", "messages": CHAT, "max_tokens": 1900, "temperature": 0.8,
+                "ignore_eos": True}  # fmt: skip
     with aiml.client(timeout=1.0) as client, pytest.raises(httpx.ReadTimeout):
         client.post(path, json=body)  # ~20 s of generation; the client leaves after 1 s
     hung_up = time.monotonic()
