@@ -26,16 +26,16 @@ import llama_cpp as llama
 import numpy as np
 
 from aiml.bundled import BUNDLED
-from aiml.engines import llama_scheduler as scheduling
-from aiml.engines.json_grammar import _schema_grammar, grammar_for
-from aiml.engines.llama_native import (
+from aiml.engines.llamacpp import scheduler as scheduling
+from aiml.engines.llamacpp.json_grammar import _schema_grammar, grammar_for
+from aiml.engines.llamacpp.native import (
     NativeModel,
     ParsedGrammar,
     SamplerChain,
     Sampling,
     _candidates,
 )
-from aiml.engines.llama_scheduler import BatchScheduler, Job
+from aiml.engines.llamacpp.scheduler import BatchScheduler, Job
 from aiml.types import OutputFormat
 from tests.api.test_structured_outputs import SCHEMAS
 

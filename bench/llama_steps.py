@@ -22,8 +22,8 @@ from pathlib import Path
 import llama_cpp.llama_cpp as llama
 
 from aiml.bundled import BUNDLED
-from aiml.engines.llama_native import NativeModel, Sampling
-from aiml.engines.llama_scheduler import BatchScheduler, Job
+from aiml.engines.llamacpp.native import NativeModel, Sampling
+from aiml.engines.llamacpp.scheduler import BatchScheduler, Job
 
 GGUFS = ("smollm2-135m-instruct", "gemma3-270m")
 

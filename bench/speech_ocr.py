@@ -106,7 +106,7 @@ def _long(
         return None
     import wave
 
-    from aiml.engines.audio import RATE, decode_chunks
+    from aiml.engines.media.audio import RATE, decode_chunks
 
     one = speak(PARAGRAPH, work / "one.wav").read_bytes()
     seconds_one = sum(p.size for p in decode_chunks(one, max_seconds=600)) / RATE
@@ -151,7 +151,7 @@ def _transcription(
 ) -> tuple[list[float], list[float], float]:
     from faster_whisper import WhisperModel
 
-    from aiml.engines.audio import RATE, decode_chunks
+    from aiml.engines.media.audio import RATE, decode_chunks
 
     model = WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=threads)
     files = {"file": ("paragraph.wav", wav)}

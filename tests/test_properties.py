@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from aiml.api.ollama_schemas import EmbedBody, sampling
 from aiml.api.openai_schemas import ChatCompletionRequest
 from aiml.api.schemas import InferRequest
-from aiml.engines.ollama import is_valid_ollama_name, normalize_ollama_name
+from aiml.engines.remote.ollama import is_valid_ollama_name, normalize_ollama_name
 from aiml.errors import InvalidRequest
 from aiml.inference.tasks.base import GenerationOptions, text_problem
 from aiml.registry.artifacts import safe_relpath

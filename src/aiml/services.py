@@ -6,15 +6,15 @@ singleton, so tests can build as many independent services as they like.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiml.engines.base import Engine
+from aiml.engines.local import LocalEngine
 from aiml.engines.pool import ModelPool
-from aiml.engines.table import ENGINES, EngineDeps, EngineSpec
+from aiml.engines.table import build_engines
 from aiml.inference.admission import Admission
 from aiml.inference.catalog import ModelCatalog
 from aiml.inference.limits import Limits
@@ -29,11 +29,9 @@ from aiml.registry.mlflow import MlflowRegistry
 from aiml.settings import Settings
 
 if TYPE_CHECKING:
-    from ray.serve.handle import DeploymentHandle
-
     from aiml.cluster.changes import ChangeFeed
 
-__all__ = ["Services", "build_engines", "build_services", "local_engine_names"]
+__all__ = ["Services", "build_services"]
 
 log = logging.getLogger("aiml")
 
@@ -79,54 +77,6 @@ class Services:
         self.responses.close()
 
 
-def local_engine_names(settings: Settings, table: Mapping[str, EngineSpec] = ENGINES) -> list[str]:
-    """The engines ``AIML_ENGINES`` names that load model files (model replicas run these)."""
-    return [n for n in settings.engine_names if n in table and table[n].runs_models]
-
-
-def build_engines(
-    settings: Settings,
-    artifacts: ArtifactCache,
-    pool: ModelPool,
-    *,
-    table: Mapping[str, EngineSpec] = ENGINES,
-    models: DeploymentHandle[Any] | None = None,
-) -> tuple[dict[str, Engine], dict[str, str]]:
-    """One instance per engine ``AIML_ENGINES`` names, built from the engine table, and why
-    any of those is missing. With ``models`` (a Ray Serve handle to the model replicas),
-    engines that load model files run them there instead of in this process."""
-    engines: dict[str, Engine] = {}
-    unavailable: dict[str, str] = {}
-    deps = EngineDeps(artifacts=artifacts, pool=pool)
-    for name in settings.engine_names:
-        spec = table.get(name)
-        if spec is None:
-            unavailable[name] = f"unknown engine {name!r} in AIML_ENGINES"
-            continue
-        missing = [m for m in spec.requires if not _importable(m)]
-        if missing:
-            unavailable[name] = (
-                f"engine {name!r} needs {', '.join(missing)}: "
-                "pip install 'ai-model-lifecycle[local]'"
-            )
-            continue
-        reason = spec.unconfigured(settings)
-        if reason is not None:
-            unavailable[name] = reason
-            continue
-        engine = spec.build(settings, deps)
-        if models is not None and spec.runs_models:
-            from aiml.engines.local import LocalEngine
-            from aiml.engines.ray_models import on_ray
-
-            assert isinstance(engine, LocalEngine)
-            engine = on_ray(engine, models)
-        engines[name] = engine
-    for reason in unavailable.values():
-        log.info("%s", reason)
-    return engines, unavailable
-
-
 def build_services(
     settings: Settings,
     *,
@@ -134,11 +84,17 @@ def build_services(
     engines: Mapping[str, Engine] | None = None,
 ) -> Services:
     registry = registry or MlflowRegistry.from_settings(settings)
-    models = None
-    if settings.ray:
+    wrap_local = None
+    if settings.ray:  # engines that load model files run them on the model replicas
         from aiml.cluster.deploy import model_handle
+        from aiml.cluster.replica_client import on_ray
 
         models = model_handle(settings)
+
+        def wrap_local(engine: Engine) -> Engine:
+            assert isinstance(engine, LocalEngine)  # the engines that load model files
+            return on_ray(engine, models)
+
     metrics = Metrics()
     pool = ModelPool(
         max_models=settings.max_loaded_models,
@@ -150,7 +106,7 @@ def build_services(
     artifacts = ArtifactCache(settings.model_cache_dir, registry)
     unavailable: dict[str, str] = {}
     if engines is None:
-        engines, unavailable = build_engines(settings, artifacts, pool, models=models)
+        engines, unavailable = build_engines(settings, artifacts, pool, wrap_local=wrap_local)
     stats = Stats()
     router = TaskRouter(
         engines,
@@ -227,7 +183,3 @@ def build_services(
             settings.home_dir / "responses.db", retention_s=settings.responses_retention_s
         ),
     )
-
-
-def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None

@@ -81,7 +81,7 @@ def test_the_gguf_says_what_a_llamacpp_model_can_do(shared: Shared) -> None:
     model = httpx.get(f"{shared.aiml.url}/v1/models/smol").json()
     assert model["capabilities"] == ["completion", "chat", "tools"]  # a template, no FIM
     assert model["details"]["family"] == "llama" and model["details"]["context_length"] == 8192
-    # SmolLM2's template does not read `tools`: aiml renders them (engines/tool_calls.py).
+    # SmolLM2's template does not read `tools`: aiml renders them (engines/llamacpp/tool_calls.py).
     assert model["details"]["tools_in_template"] is False
 
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from aiml.engines.audio import decode_chunks
+from aiml.engines.media.audio import decode_chunks
 from aiml.errors import InvalidRequest, PayloadTooLarge
 from aiml.types import TranscribeOptions, TranscriptSegment
 from tests.conftest import ModelFiles, Shared
@@ -128,7 +128,7 @@ def test_long_audio_goes_piece_by_piece_with_its_own_timeline(
 ) -> None:
     from faster_whisper import WhisperModel
 
-    from aiml.engines.whisper import transcribe_pieces
+    from aiml.engines.media.whisper import transcribe_pieces
 
     text = " ".join(SENTENCES.values())
     wav = speak(text.replace(". ", ". ... ... "), tmp_path / "three.wav").read_bytes()

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from aiml.engines.proxies import ProxyEnvironment
-from aiml.engines.transport import FastTransport
+from aiml.engines.remote.proxies import ProxyEnvironment
+from aiml.engines.remote.transport import FastTransport
 from tests.fakes.raw_http import Handler, RawServer
 
 NO_PROXY = ProxyEnvironment({})

@@ -15,7 +15,7 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from aiml.engines.llama_native import kv_bytes_per_token, read_metadata
+from aiml.engines.llamacpp.native import kv_bytes_per_token, read_metadata
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation, OutputFormat, SamplingParams
 from tests.conftest import ModelFiles, Registry, RunningAiml, resolve
@@ -167,8 +167,8 @@ async def test_a_finished_sequence_is_no_longer_running_when_its_request_hears_s
 ) -> None:
     # CI once read running == 1 from the stats right after an answer: the scheduler told the
     # request it was done before it freed the sequence. Record the gauge at that moment.
-    from aiml.engines.llama_native import Sampling
-    from aiml.engines.llama_scheduler import Job
+    from aiml.engines.llamacpp.native import Sampling
+    from aiml.engines.llamacpp.scheduler import Job
 
     services = local_services(llamacpp_parallel=2)
     await chat(services, "Hi", GREEDY)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from aiml.engines.json_grammar import check_schema, grammar_for
+from aiml.engines.llamacpp.json_grammar import check_schema, grammar_for
 from aiml.errors import EngineError, InvalidRequest
 from aiml.types import OutputFormat
 
@@ -69,7 +69,9 @@ def test_pydantic_schemas_pass() -> None:
 
 def test_a_schema_is_converted_once() -> None:
     schema = OutputFormat(schema=json.dumps(Outer.model_json_schema()))
-    from aiml.engines.json_grammar import _schema_grammar  # the cache, keyed by schema text
+    from aiml.engines.llamacpp.json_grammar import (
+        _schema_grammar,  # the cache, keyed by schema text
+    )
 
     _schema_grammar.cache_clear()
     first = grammar_for(schema)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aiml.engines.ollama import OllamaEngine, is_valid_ollama_name, normalize_ollama_name
+from aiml.engines.remote.ollama import OllamaEngine, is_valid_ollama_name, normalize_ollama_name
 from aiml.errors import (
     AimlError,
     EngineError,

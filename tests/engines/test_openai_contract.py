@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from aiml.engines.openai import OpenAIEngine
+from aiml.engines.remote.openai import OpenAIEngine
 from aiml.errors import (
     AimlError,
     EngineError,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aiml.engines.llamacpp import LlamaCppEngine
+from aiml.engines.llamacpp.engine import LlamaCppEngine
 from aiml.engines.pool import ModelPool, PoolEntry, PoolKey
 from aiml.errors import Draining, PoolExhausted
 from aiml.inference.resolver import ModelResolver

@@ -11,10 +11,9 @@ import pytest
 
 from aiml.engines.base import Engine
 from aiml.engines.pool import ModelPool
-from aiml.engines.table import ENGINES, EngineDeps, EngineSpec, engine_for_format
+from aiml.engines.table import ENGINES, EngineDeps, EngineSpec, build_engines, engine_for_format
 from aiml.inference.resolver import engine_of
 from aiml.registry.artifacts import ArtifactCache
-from aiml.services import build_engines
 from aiml.settings import Settings
 from aiml.types import (
     ChatMessage,
@@ -121,12 +120,12 @@ def test_what_a_spec_needs_is_checked_before_it_is_built(
 
 
 def test_the_table_agrees_with_the_engines_and_the_settings() -> None:
-    from aiml.engines.llamacpp import LlamaCppEngine
-    from aiml.engines.ollama import OllamaEngine
-    from aiml.engines.onnx import OnnxEngine
-    from aiml.engines.openai import OpenAIEngine
-    from aiml.engines.transformers import TransformersEngine
-    from aiml.engines.whisper import WhisperEngine
+    from aiml.engines.llamacpp.engine import LlamaCppEngine
+    from aiml.engines.media.onnx import OnnxEngine
+    from aiml.engines.media.whisper import WhisperEngine
+    from aiml.engines.remote.ollama import OllamaEngine
+    from aiml.engines.remote.openai import OpenAIEngine
+    from aiml.engines.transformers.engine import TransformersEngine
 
     classes = (
         OllamaEngine,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aiml.engines.batching import MicroBatcher
+from aiml.engines.transformers.batching import MicroBatcher
 from aiml.errors import InvalidRequest, ModelNotServable
 from aiml.services import Services
 from aiml.types import ChatMessage, SamplingParams

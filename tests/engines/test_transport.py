@@ -13,9 +13,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from aiml.engines.httpclient import LeanAsyncClient
-from aiml.engines.ollama import OllamaEngine
-from aiml.engines.transport import FastTransport
+from aiml.engines.remote.httpclient import LeanAsyncClient
+from aiml.engines.remote.ollama import OllamaEngine
+from aiml.engines.remote.transport import FastTransport
 from aiml.errors import EngineUnavailable
 from aiml.types import ChatMessage, ResolvedModel, SamplingParams, Source
 from tests.engines.conftest import NO_PROXY, Serve

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aiml.engines.proxies import ProxyEnvironment
-from aiml.engines.transport import FastTransport
+from aiml.engines.remote.proxies import ProxyEnvironment
+from aiml.engines.remote.transport import FastTransport
 from tests.fakes.servers import free_port
 
 NGINX = shutil.which("nginx") or next(

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aiml.engines.ollama import OllamaEngine
-from aiml.engines.proxies import ProxyEnvironment
-from aiml.engines.transport import FastTransport
+from aiml.engines.remote.ollama import OllamaEngine
+from aiml.engines.remote.proxies import ProxyEnvironment
+from aiml.engines.remote.transport import FastTransport
 from tests.engines.conftest import NO_PROXY, Serve
 from tests.fakes.raw_http import RawServer, keep_alive, ok
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aiml.engines.ollama import OllamaEngine
+from aiml.engines.remote.ollama import OllamaEngine
 from aiml.errors import ModelNotFound, ModelNotServable, RegistryUnavailable
 from aiml.inference.resolver import ModelResolver
 from aiml.inference.stats import Stats

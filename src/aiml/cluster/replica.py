@@ -24,10 +24,10 @@ from ray import serve
 from aiml.cluster.holdings import REPORT_EVERY_S, holdings_board
 from aiml.engines.local import LocalEngine
 from aiml.engines.pool import ModelPool, PoolKey
+from aiml.engines.table import build_engines, local_engine_names
 from aiml.errors import AimlError, InvalidRequest
 from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.mlflow import MlflowRegistry
-from aiml.services import build_engines, local_engine_names
 from aiml.settings import Settings
 from aiml.types import ResolvedModel
 

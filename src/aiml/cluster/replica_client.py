@@ -20,6 +20,8 @@ from typing import Any, cast
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from aiml.engines.base import Engine, standing_in_for
+from aiml.engines.local import LocalEngine
 from aiml.errors import AimlError, EngineUnavailable
 from aiml.observability.context import note_response_header
 from aiml.types import (
@@ -37,9 +39,6 @@ from aiml.types import (
     TextLine,
     TranscribeOptions,
 )
-
-from .base import Engine, standing_in_for
-from .local import LocalEngine
 
 __all__ = ["RayModelsEngine", "on_ray"]
 

@@ -3,7 +3,7 @@
 Each :class:`EngineSpec` says how to build the engine from the settings (and which settings
 it reads), which packages it needs, which registry tags name a model for it (a version with
 ``ollama_model_name`` and no ``inference_engine`` tag is an Ollama model), which
-registered-file formats it serves, and its tasks. ``services.build_engines``, the resolver
+registered-file formats it serves, and its tasks. :func:`build_engines`, the resolver
 and the catalog read this table; none of them names engines one by one.
 
 Factories import their engine's module when called, so reading the table costs no import of
@@ -12,6 +12,8 @@ Factories import their engine's module when called, so reading the table costs n
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,9 +33,13 @@ __all__ = [
     "ENGINES",
     "EngineDeps",
     "EngineSpec",
+    "build_engines",
     "engine_for_format",
     "engine_for_name_tags",
+    "local_engine_names",
 ]
+
+log = logging.getLogger("aiml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +78,8 @@ class EngineSpec:
 
 
 def _ollama(settings: Settings, deps: EngineDeps) -> Engine:
-    from .hosts import on_hosts
-    from .ollama import OllamaEngine
+    from .remote.hosts import on_hosts
+    from .remote.ollama import OllamaEngine
 
     servers: list[Engine] = [
         OllamaEngine(
@@ -89,7 +95,7 @@ def _ollama(settings: Settings, deps: EngineDeps) -> Engine:
 
 
 def _openai(settings: Settings, deps: EngineDeps) -> Engine:
-    from .openai import OpenAIEngine
+    from .remote.openai import OpenAIEngine
 
     assert settings.openai_base_url is not None  # see _openai_unconfigured
     return OpenAIEngine(
@@ -105,7 +111,7 @@ def _openai_unconfigured(settings: Settings) -> str | None:
 
 
 def _llamacpp(settings: Settings, deps: EngineDeps) -> Engine:
-    from .llamacpp import LlamaCppEngine
+    from .llamacpp.engine import LlamaCppEngine
 
     return LlamaCppEngine(
         deps.artifacts,
@@ -119,7 +125,7 @@ def _llamacpp(settings: Settings, deps: EngineDeps) -> Engine:
 
 
 def _transformers(settings: Settings, deps: EngineDeps) -> Engine:
-    from .transformers import TransformersEngine
+    from .transformers.engine import TransformersEngine
 
     return TransformersEngine(
         deps.artifacts,
@@ -132,7 +138,7 @@ def _transformers(settings: Settings, deps: EngineDeps) -> Engine:
 
 
 def _whisper(settings: Settings, deps: EngineDeps) -> Engine:
-    from .whisper import WhisperEngine
+    from .media.whisper import WhisperEngine
 
     return WhisperEngine(
         deps.artifacts,
@@ -144,7 +150,7 @@ def _whisper(settings: Settings, deps: EngineDeps) -> Engine:
 
 
 def _onnx(settings: Settings, deps: EngineDeps) -> Engine:
-    from .onnx import OnnxEngine
+    from .media.onnx import OnnxEngine
 
     return OnnxEngine(
         deps.artifacts,
@@ -245,3 +251,51 @@ def engine_for_name_tags(table: Mapping[str, EngineSpec] = ENGINES) -> dict[str,
 def engine_for_format(fmt: str, table: Mapping[str, EngineSpec] = ENGINES) -> str | None:
     """The engine that serves registered files of format ``fmt``."""
     return next((spec.name for spec in table.values() if fmt in spec.formats), None)
+
+
+def local_engine_names(settings: Settings, table: Mapping[str, EngineSpec] = ENGINES) -> list[str]:
+    """The engines ``AIML_ENGINES`` names that load model files (model replicas run these)."""
+    return [n for n in settings.engine_names if n in table and table[n].runs_models]
+
+
+def build_engines(
+    settings: Settings,
+    artifacts: ArtifactCache,
+    pool: ModelPool,
+    *,
+    table: Mapping[str, EngineSpec] = ENGINES,
+    wrap_local: Callable[[Engine], Engine] | None = None,
+) -> tuple[dict[str, Engine], dict[str, str]]:
+    """One instance per engine ``AIML_ENGINES`` names, built from the engine table, and why
+    any of those is missing. ``wrap_local`` (cluster mode: run the models on the Ray Serve
+    model replicas) wraps each engine that loads model files."""
+    engines: dict[str, Engine] = {}
+    unavailable: dict[str, str] = {}
+    deps = EngineDeps(artifacts=artifacts, pool=pool)
+    for name in settings.engine_names:
+        spec = table.get(name)
+        if spec is None:
+            unavailable[name] = f"unknown engine {name!r} in AIML_ENGINES"
+            continue
+        missing = [m for m in spec.requires if not _importable(m)]
+        if missing:
+            unavailable[name] = (
+                f"engine {name!r} needs {', '.join(missing)}: "
+                "pip install 'ai-model-lifecycle[local]'"
+            )
+            continue
+        reason = spec.unconfigured(settings)
+        if reason is not None:
+            unavailable[name] = reason
+            continue
+        engine = spec.build(settings, deps)
+        if wrap_local is not None and spec.runs_models:
+            engine = wrap_local(engine)
+        engines[name] = engine
+    for reason in unavailable.values():
+        log.info("%s", reason)
+    return engines, unavailable
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

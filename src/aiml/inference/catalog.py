@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from aiml.engines.base import Engine
-from aiml.engines.ollama import MODEL_NAME_TAG, OllamaEngine, is_valid_ollama_name
+from aiml.engines.remote.ollama import MODEL_NAME_TAG, OllamaEngine, is_valid_ollama_name
 from aiml.engines.table import ENGINES, EngineSpec, engine_for_format
 from aiml.errors import InvalidRequest, ModelNotFound
 from aiml.registry.artifacts import CONTENT_TAG, Progress, build_manifest, tags_for

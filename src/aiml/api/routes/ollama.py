@@ -23,20 +23,9 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from aiml.engines.tool_calls import ollama_call
-from aiml.errors import AimlError, EngineError, Forbidden
-from aiml.inference.manager import Locate, StreamOutcome, TaskCall
-from aiml.inference.targets import ollama_target
-from aiml.inference.tasks.chat import ChatInput
-from aiml.inference.tasks.embeddings import EmbeddingsInput
-from aiml.inference.tasks.text_generation import TextGenerationInput
-from aiml.inference.tasks.vlm import VlmInput
-from aiml.services import Services
-from aiml.types import ChatMessage, Generation, ModelDetails
-
-from ..auth import Caller
-from ..deps import CallerDep, ServicesDep
-from ..ollama_schemas import (
+from aiml.api.auth import Caller
+from aiml.api.deps import CallerDep, ServicesDep
+from aiml.api.ollama_schemas import (
     ChatBody,
     EmbedBody,
     EmbeddingsBody,
@@ -46,9 +35,19 @@ from ..ollama_schemas import (
     decode_image,
     sampling,
 )
-from ..responses import JSONResponse
-from ..streaming import NDJSON, ndjson_line, streaming_response
-from ..threaded_json import ThreadedJsonRoute
+from aiml.api.responses import JSONResponse
+from aiml.api.streaming import NDJSON, ndjson_line, streaming_response
+from aiml.api.threaded_json import ThreadedJsonRoute
+from aiml.engines.tool_shapes import ollama_call
+from aiml.errors import AimlError, EngineError, Forbidden
+from aiml.inference.manager import Locate, StreamOutcome, TaskCall
+from aiml.inference.targets import ollama_target
+from aiml.inference.tasks.chat import ChatInput
+from aiml.inference.tasks.embeddings import EmbeddingsInput
+from aiml.inference.tasks.text_generation import TextGenerationInput
+from aiml.inference.tasks.vlm import VlmInput
+from aiml.services import Services
+from aiml.types import ChatMessage, Generation, ModelDetails
 
 __all__ = ["OLLAMA_API_VERSION", "router"]
 

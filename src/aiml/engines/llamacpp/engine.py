@@ -16,6 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from aiml.engines.details import gguf_details
+from aiml.engines.local import LocalEngine
+from aiml.engines.pool import Loaded
+from aiml.engines.tool_shapes import openai_tools
 from aiml.errors import EngineError, InvalidRequest, ModelLoadFailed, ModelNotServable
 from aiml.registry.artifacts import safe_relpath
 from aiml.types import (
@@ -30,11 +34,8 @@ from aiml.types import (
     Task,
 )
 
-from .details import gguf_details
 from .json_grammar import parse_grammar
-from .local import LocalEngine
-from .pool import Loaded
-from .tool_calls import answer_of, openai_tools, template_messages, tool_format
+from .tool_calls import answer_of, template_messages, tool_format
 
 __all__ = ["GGUF_TAG", "LlamaCppEngine"]
 
@@ -82,7 +83,7 @@ class LlamaCppEngine(LocalEngine):
 
     def estimate_bytes(self, model: ResolvedModel) -> int:
         """Weights, plus the KV cache of every sequence (f16), plus compute buffers."""
-        from .llama_native import kv_bytes_per_token, read_metadata
+        from .native import kv_bytes_per_token, read_metadata
 
         path = self.tagged_file(model, GGUF_TAG)
         weights = path.stat().st_size
@@ -103,8 +104,8 @@ class LlamaCppEngine(LocalEngine):
             return self._load_embedder(model, path)
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from .llama_native import NativeModel
-        from .llama_scheduler import BatchScheduler
+        from .native import NativeModel
+        from .scheduler import BatchScheduler
 
         native = NativeModel(
             path,
@@ -254,7 +255,7 @@ class LlamaCppEngine(LocalEngine):
 
     async def describe(self, model: ResolvedModel) -> ModelDetails:
         """From the GGUF's own metadata (read without loading its weights)."""
-        from .llama_native import read_gguf
+        from .native import read_gguf
 
         await self.fetch_files(model)
         path = self.tagged_file(model, GGUF_TAG)
@@ -275,7 +276,7 @@ class LlamaCppEngine(LocalEngine):
         return await asyncio.to_thread(grammar_for, params.output_format)
 
     def _sampling(self, params: SamplingParams) -> Any:
-        from .llama_native import Sampling
+        from .native import Sampling
 
         defaults = Sampling()
         return Sampling(
@@ -291,7 +292,7 @@ class LlamaCppEngine(LocalEngine):
     async def _generation(
         self, model: ResolvedModel, render: Callable[[_Generator], _Prompt], params: SamplingParams
     ) -> AsyncGenerator[GenerationChunk, None]:
-        from .llama_scheduler import Job
+        from .scheduler import Job
 
         if model.declared_task == Task.EMBEDDINGS:
             raise ModelNotServable(f"{model.engine_model} is an embeddings model", param="task")

@@ -133,7 +133,7 @@ async def parse_grammar(vocab: Any, grammar: Grammar, output: OutputFormat) -> A
     """``grammar`` parsed by llama.cpp for ``vocab`` (a ``llama_native.ParsedGrammar``), on a
     worker thread: a large one takes seconds that the event loop and the scheduler's other
     requests must not wait for. Freed if the request is cancelled meanwhile."""
-    from .llama_native import ParsedGrammar
+    from .native import ParsedGrammar
 
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(None, ParsedGrammar, vocab, grammar.text)

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .llama_native import NativeModel, ParsedGrammar, SamplerChain, Sampling
+from .native import NativeModel, ParsedGrammar, SamplerChain, Sampling
 from .stop_strings import partial_stop, stop_at
 
 __all__ = ["BatchScheduler", "Job", "SchedulerStats"]

@@ -16,21 +16,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from aiml.engines.tool_shapes import arguments_of, openai_call, openai_tools
 from aiml.errors import EngineError, InvalidRequest
 from aiml.types import ChatMessage, OutputFormat, SamplingParams, Tool, ToolCall
 
 from .schema_bounds import MAX_SCHEMA_BYTES
 
-__all__ = [
-    "answer_of",
-    "arguments_of",
-    "ollama_call",
-    "openai_call",
-    "openai_tools",
-    "template_messages",
-    "tool_format",
-    "tool_prompt",
-]
+__all__ = ["answer_of", "template_messages", "tool_format", "tool_prompt"]
 
 
 def tool_format(params: SamplingParams) -> OutputFormat:
@@ -85,16 +77,6 @@ def tool_prompt(params: SamplingParams) -> str:
     )
 
 
-def openai_tools(tools: Sequence[Tool]) -> list[dict[str, Any]]:
-    """The tools as OpenAI (and chat templates that take ``tools``) write them."""
-    return [
-        {"type": "function",
-         "function": {"name": t.name, "description": t.description,
-                      "parameters": json.loads(t.parameters)}}
-        for t in tools
-    ]  # fmt: skip
-
-
 def template_messages(
     messages: Sequence[ChatMessage], params: SamplingParams, *, native: bool
 ) -> list[dict[str, Any]]:
@@ -122,33 +104,6 @@ def template_messages(
         else:
             out.insert(0, {"role": "system", "content": tool_prompt(params)})
     return out
-
-
-def arguments_of(call: ToolCall) -> Any:
-    """A call's arguments as an object; text that is not JSON stays text (a client or a
-    remote server may send anything back)."""
-    try:
-        return json.loads(call.arguments)
-    except ValueError:
-        return call.arguments
-
-
-def openai_call(call: ToolCall, *, arguments: Any = None) -> dict[str, Any]:
-    """A call as OpenAI writes it (arguments as JSON text unless given)."""
-    given = call.arguments if arguments is None else arguments
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": given}}
-
-
-def ollama_call(call: ToolCall) -> dict[str, Any]:
-    """A call as Ollama writes it: no id, the arguments an object (anything else is a 400,
-    not a failure inside Ollama's client)."""
-    arguments = arguments_of(call)
-    if not isinstance(arguments, dict):
-        raise InvalidRequest(
-            f"the arguments of tool call {call.id!r} are not a JSON object; Ollama takes no other",
-            param="messages",
-        )
-    return {"function": {"name": call.name, "arguments": arguments}}
 
 
 def answer_of(text: str) -> tuple[str, tuple[ToolCall, ...]]:

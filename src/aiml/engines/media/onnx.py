@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import numpy as np
 
+from aiml.engines.local import MediaEngine
+from aiml.engines.pool import Loaded
 from aiml.errors import ModelLoadFailed, ModelNotServable
 from aiml.types import (
     DocumentPage,
@@ -31,9 +33,7 @@ from aiml.types import (
 )
 
 from .audio import RATE, decode_chunks
-from .local import MediaEngine
 from .ocr import OcrReader, PdfPages
-from .pool import Loaded
 from .vad import speech_segments
 
 __all__ = ["ONNX_FILE_TAG", "OnnxEngine"]

@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from aiml.engines.local import MediaEngine
+from aiml.engines.pool import Loaded
 from aiml.errors import InvalidRequest, ModelLoadFailed
 from aiml.types import (
     Generation,
@@ -26,8 +28,6 @@ from aiml.types import (
 )
 
 from .audio import RATE, decode_chunks
-from .local import MediaEngine
-from .pool import Loaded
 
 __all__ = ["WhisperEngine", "transcribe_pieces"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .pool import ModelPool
+    pass
 
 __all__ = ["Lease", "Loaded", "PoolEntry", "PoolKey"]
 
@@ -51,10 +51,17 @@ class Lease:
     """One holder's claim on a loaded model. Release it exactly when nothing uses the model
     any more (for work in a worker thread: when the thread has left it)."""
 
-    __slots__ = ("_pool", "entry", "holder")
+    __slots__ = ("_give_back", "entry", "holder")
 
-    def __init__(self, pool: ModelPool, entry: PoolEntry, holder: asyncio.Task[Any] | None) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        give_back: Callable[[Lease], None],
+        entry: PoolEntry,
+        holder: asyncio.Task[Any] | None,
+    ) -> None:
+        #: The pool's bookkeeping for a released lease (a callable, so this module needs
+        #: nothing of the pool's).
+        self._give_back = give_back
         self.entry = entry
         #: The task that took the lease: shutdown cancels it so the work stops.
         self.holder = holder
@@ -70,4 +77,4 @@ class Lease:
     def release(self) -> None:
         """Give the model back (idempotent; safe from a done-callback on the loop)."""
         if self.held:
-            self._pool._released(self)
+            self._give_back(self)

@@ -32,7 +32,7 @@ from aiml.errors import AimlError, Draining, ModelBusy, ModelLoadFailed, PoolExh
 from .leases import Lease, Loaded, PoolEntry, PoolKey
 from .memory import close_and_trim, rss_bytes, trim
 
-__all__ = ["Lease", "Loaded", "ModelPool", "PoolEntry", "PoolKey", "rss_bytes"]
+__all__ = ["Checkpoint", "ModelPool"]
 
 log = logging.getLogger("aiml.pool")
 
@@ -183,7 +183,7 @@ class ModelPool:
     # -- internals ---------------------------------------------------------------------
 
     def _lease(self, entry: PoolEntry, holder: asyncio.Task[Any] | None) -> Lease:
-        lease = Lease(self, entry, holder)
+        lease = Lease(self._released, entry, holder)
         entry.leases.add(lease)
         entry.last_used = self._clock()
         return lease

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from aiml.engines.base import Engine, standing_in_for
 from aiml.errors import EngineUnavailable
 from aiml.types import (
     ChatMessage,
@@ -30,8 +31,6 @@ from aiml.types import (
     ResolvedModel,
     SamplingParams,
 )
-
-from .base import Engine, standing_in_for
 
 __all__ = ["HostSet", "on_hosts"]
 

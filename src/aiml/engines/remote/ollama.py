@@ -19,6 +19,9 @@ from typing import Any, Literal, cast
 import httpx
 import ollama
 
+from aiml.engines.base import Engine, UpstreamErrors, upstream_error
+from aiml.engines.details import ollama_details
+from aiml.engines.tool_shapes import ollama_call, openai_tools
 from aiml.errors import (
     AimlError,
     EngineError,
@@ -43,10 +46,7 @@ from aiml.types import (
     ToolCall,
 )
 
-from .base import Engine, UpstreamErrors, upstream_error
-from .details import ollama_details
 from .httpclient import LeanAsyncClient
-from .tool_calls import ollama_call, openai_tools
 from .transport import FastTransport
 
 __all__ = ["MODEL_NAME_TAG", "OllamaEngine", "is_valid_ollama_name", "normalize_ollama_name"]

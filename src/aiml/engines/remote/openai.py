@@ -3,7 +3,7 @@
 Its base URL and key come from settings only: no request can point aiml at another host
 (server-side request forgery). A registry version maps to the server's model through the
 tag ``openai_model_name``. Calls go through the official ``openai`` client, over the same
-HTTP layer as the Ollama engine (:mod:`aiml.engines.httpclient`), with explicit timeouts
+HTTP layer as the Ollama engine (:mod:`aiml.engines.remote.httpclient`), with explicit timeouts
 and no retries (a retry belongs to the caller, who knows its deadline). Its errors are
 mapped by the contract in :mod:`aiml.engines.base`: the server's 4xx passed on, 429 with
 its ``Retry-After``, 503 unavailable, unreachable 503, timeout 504.
@@ -21,6 +21,8 @@ from typing import Any, cast
 import httpx
 import openai
 
+from aiml.engines.base import Engine, UpstreamErrors, upstream_error
+from aiml.engines.tool_shapes import openai_call, openai_tools
 from aiml.errors import (
     AimlError,
     EngineError,
@@ -43,9 +45,7 @@ from aiml.types import (
 )
 from aiml.urls import redact
 
-from .base import Engine, UpstreamErrors, upstream_error
 from .httpclient import lean_client
-from .tool_calls import openai_call, openai_tools
 
 __all__ = ["MODEL_NAME_TAG", "OpenAIEngine"]
 

@@ -19,6 +19,9 @@ from typing import Any
 import anyio.to_thread
 import jinja2
 
+from aiml.engines.details import hf_details
+from aiml.engines.local import LocalEngine
+from aiml.engines.pool import Loaded, ModelPool
 from aiml.errors import InvalidRequest, ModelLoadFailed, ModelNotServable
 from aiml.types import (
     ChatMessage,
@@ -34,9 +37,6 @@ from aiml.types import (
 )
 
 from .batching import MicroBatcher
-from .details import hf_details
-from .local import LocalEngine
-from .pool import Loaded, ModelPool
 from .pooling import Pooling
 
 __all__ = ["Pooling", "TransformersEngine"]
