@@ -21,8 +21,8 @@ from aiml.inference.limits import Limits
 from aiml.inference.manager import InferenceManager
 from aiml.inference.readiness import RequiredEngines
 from aiml.inference.router import TaskRouter
-from aiml.inference.stats import Stats
 from aiml.observability.metrics import Metrics
+from aiml.observability.stats import Stats
 from tests.conftest import ModelFiles, Registry, RunningAiml, RunningOllama
 from tests.fakes.mlflow_client import UnreachableMlflowClient
 from tests.inference.test_resolver import Clock

@@ -18,8 +18,8 @@ from aiml.errors import InvalidRequest
 from aiml.inference.limits import Limits
 from aiml.inference.manager import InferenceManager, fixed
 from aiml.inference.router import TaskRouter
-from aiml.inference.stats import Stats
 from aiml.observability.metrics import Metrics
+from aiml.observability.stats import Stats
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
 from aiml.types import ModelRef

@@ -22,8 +22,8 @@ from aiml.inference.manager import InferenceManager
 from aiml.inference.readiness import RequiredEngines
 from aiml.inference.response_store import ResponseStore
 from aiml.inference.router import TaskRouter
-from aiml.inference.stats import Stats
 from aiml.observability.metrics import Metrics
+from aiml.observability.stats import Stats
 from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.settings import Settings

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from aiml.inference.admission import Admission
-from aiml.inference.stats import Stats
 from aiml.observability.history import TrafficHistory, quantile
 from aiml.observability.metrics import Metrics
+from aiml.observability.stats import Stats
 
 
 @dataclass

@@ -18,7 +18,7 @@ from aiml.engines.llamacpp.engine import LlamaCppEngine
 from aiml.engines.pool import ModelPool, PoolEntry, PoolKey
 from aiml.errors import Draining, PoolExhausted
 from aiml.inference.resolver import ModelResolver
-from aiml.inference.stats import Stats
+from aiml.observability.stats import Stats
 from aiml.registry.artifacts import ArtifactCache
 from aiml.types import ChatMessage, ResolvedModel, SamplingParams
 from tests.conftest import ModelFiles, Registry

@@ -13,7 +13,7 @@ import pytest
 from aiml.engines.remote.ollama import OllamaEngine
 from aiml.errors import ModelNotFound, ModelNotServable, RegistryUnavailable
 from aiml.inference.resolver import ModelResolver
-from aiml.inference.stats import Stats
+from aiml.observability.stats import Stats
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import ModelRef, Source
 from tests.conftest import CountingClient, Registry, RunningOllama

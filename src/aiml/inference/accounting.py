@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, cast
 from aiml.engines.threads import RunningThreads, request_threads
 from aiml.errors import AimlError, DeadlineExceeded
 from aiml.observability.metrics import Metrics
+from aiml.observability.stats import Stats
 from aiml.types import Generation, GenerationChunk
 
 from .admission import Admission
 from .executor import OpenStream
-from .stats import Stats
 
 if TYPE_CHECKING:
     from collections.abc import Collection

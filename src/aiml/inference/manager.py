@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from aiml.errors import AimlError, Draining, InvalidRequest
 from aiml.observability.context import request_deadline, request_started
 from aiml.observability.metrics import Metrics
+from aiml.observability.stats import Stats
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
 from aiml.types import Generation, ModelDetails, ModelRef, ResolvedModel
@@ -31,7 +32,6 @@ from .executor import Execution
 from .limits import Limits
 from .readiness import RequiredEngines, engines_needed
 from .router import TaskRouter
-from .stats import Stats
 from .tasks import TASK_SPECS
 
 __all__ = [

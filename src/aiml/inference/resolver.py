@@ -34,11 +34,10 @@ from typing import Any, TypeVar
 from aiml.engines.base import Engine
 from aiml.engines.table import engine_for_name_tags
 from aiml.errors import InvalidRequest, ModelNotFound, ModelNotServable, RegistryUnavailable
+from aiml.observability.stats import Stats
 from aiml.registry.calls import REGISTRY_RETRY_S
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import ModelRef, RegistryVersion, ResolvedModel, Source
-
-from .stats import Stats
 
 __all__ = ["ModelResolver", "engine_of"]
 

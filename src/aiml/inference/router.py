@@ -7,13 +7,13 @@ from typing import Any
 
 from aiml.engines.base import Engine
 from aiml.errors import InvalidRequest
+from aiml.observability.stats import Stats
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import Task
 
 from .capabilities import CapabilityBook
 from .executor import ModelExecutor
 from .resolver import ModelResolver
-from .stats import Stats
 from .tasks import TASK_SPECS, TaskSpec
 
 __all__ = ["TaskRouter"]

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Histogram
 
+from .sources import AdmissionGauges, PoolGauges
+
 if TYPE_CHECKING:
-    from aiml.engines.pool import ModelPool
-    from aiml.inference.admission import Admission
-    from aiml.inference.stats import Stats
+    from .stats import Stats
 
 __all__ = ["Point", "Reading", "TrafficHistory", "quantile"]
 
@@ -73,8 +73,8 @@ class TrafficHistory:
         *,
         stats: Stats,
         registry_calls: Callable[[], int],
-        admission: Mapping[str, Admission],
-        pool: ModelPool,
+        admission: Mapping[str, AdmissionGauges],
+        pool: PoolGauges,
         latency: Histogram,
         ttft: Histogram,
         interval_s: float = 5.0,

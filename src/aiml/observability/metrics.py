@@ -19,10 +19,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .sources import AdmissionGauges, PoolGauges
+
 if TYPE_CHECKING:
-    from aiml.engines.pool import ModelPool
-    from aiml.inference.admission import Admission
-    from aiml.inference.stats import Stats
+    from .stats import Stats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -61,8 +61,8 @@ class Metrics:
         self,
         stats: Stats,
         registry_calls: Callable[[], int],
-        admission: Mapping[str, Admission],
-        pool: ModelPool,
+        admission: Mapping[str, AdmissionGauges],
+        pool: PoolGauges,
     ) -> None:
         self.registry.register(_Live(stats, registry_calls, admission, pool))
 
@@ -75,8 +75,8 @@ class _Live(Collector):
         self,
         stats: Stats,
         registry_calls: Callable[[], int],
-        admission: Mapping[str, Admission],
-        pool: ModelPool,
+        admission: Mapping[str, AdmissionGauges],
+        pool: PoolGauges,
     ) -> None:
         self._stats = stats
         self._registry_calls = registry_calls
