@@ -135,7 +135,7 @@ async def _flood(port: int, size: int) -> str:
 def _chunk_cost() -> list[dict[str, object]]:
     import httptools
 
-    from aiml.http_framing import RequestFraming
+    from aiml.edge.http_framing import RequestFraming
 
     head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     rows: list[dict[str, object]] = []

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiml.http_framing import TINY_CHUNK_BYTES, TINY_CHUNKS, RequestFraming
+from aiml.edge.http_framing import TINY_CHUNK_BYTES, TINY_CHUNKS, RequestFraming
 
 LENGTH = b"POST /a HTTP/1.1\r\nContent-Length: 9\r\n\r\n\r\n\r\nx: \r\n"
 CHUNKED = (

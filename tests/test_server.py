@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from aiml import edge_answers
+from aiml.edge import answers as edge_answers
 from aiml.server import uvicorn_config
 from aiml.settings import Settings
 from tests.api.test_edge import closed, read_response, rss_mib

@@ -8,7 +8,7 @@ every model, and the process exits 0. A second signal stops at once.
 Connections: a client must complete its request headers within ``AIML_HEADER_TIMEOUT_S``
 (each head at most ``AIML_MAX_HEADER_BYTES`` and ``AIML_MAX_HEADERS`` fields), keep a body
 coming (``AIML_BODY_TIMEOUT_S``, ``AIML_BODY_MIN_RATE``) and may hold at most
-``AIML_MAX_CONNECTIONS_PER_CLIENT`` connections (:mod:`aiml.connections`).
+``AIML_MAX_CONNECTIONS_PER_CLIENT`` connections (:mod:`aiml.edge.connection_guard`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from aiml.api.app import create_app
-from aiml.connections import ConnectionGuard
+from aiml.edge.connection_guard import ConnectionGuard
 from aiml.observability.logging import configure_logging
 from aiml.settings import Settings
 
@@ -55,7 +55,7 @@ def run(settings: Settings) -> None:
 def uvicorn_config(settings: Settings, app: Any, *, host: str) -> uvicorn.Config:
     # uvicorn has no header-read deadline, head size cap, body pace nor per-client cap; the
     # guard adds them around uvicorn's own HTTP protocol (httptools, which its default
-    # http="auto" names when installed, as uvicorn[standard] does): see connections.py.
+    # http="auto" names when installed, as uvicorn[standard] does): see edge/connection_guard.py.
     guard = ConnectionGuard(
         header_timeout_s=settings.header_timeout_s,
         max_per_client=settings.max_connections_per_client,

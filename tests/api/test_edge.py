@@ -355,7 +355,7 @@ async def test_overlapping_requests_on_one_connection_keep_the_header_deadline_o
     bytes arriving then must not arm a header deadline that cuts its (long) answer."""
     import asyncio
 
-    from aiml.connections import ConnectionGuard
+    from aiml.edge.connection_guard import ConnectionGuard
 
     class Inner(asyncio.Protocol):
         def data_received(self, data: bytes) -> None:

@@ -1,11 +1,11 @@
-"""The answers the connection guard (:mod:`aiml.connections`) writes itself, whole, as
+"""The answers the connection guard (:mod:`aiml.edge.connection_guard`) writes itself, whole, as
 bytes: each closes its connection, and each JSON body has the API's error shape."""
 
 from __future__ import annotations
 
 __all__ = ["BUSY", "REFUSALS", "TIMEOUT", "refused", "too_large"]
 
-REFUSALS = {  # the framing's refusals (:attr:`aiml.http_framing.RequestFraming.refusal`)
+REFUSALS = {  # the framing's refusals (:attr:`aiml.edge.http_framing.RequestFraming.refusal`)
     "upgrade": "protocol upgrades and CONNECT are not served",
     "tiny chunks": "a chunked body of too many tiny chunks",
 }

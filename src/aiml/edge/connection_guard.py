@@ -13,7 +13,7 @@ deadline. Hand-written here, as small as could be, with public interfaces only:
   complete ``header_timeout_s`` after its first byte (or after it opened).
 * httptools gathers a head of any size (20 connections sending 32 MB headers took the
   process from ~250 MB to ~1.1 GB and the event loop for seconds), so
-  each request's head is measured as its bytes arrive (:class:`~aiml.http_framing.
+  each request's head is measured as its bytes arrive (:class:`~aiml.edge.http_framing.
   RequestFraming`, per request: kept-alive and pipelined requests each have the whole
   allowance) and the bytes past ``max_head_bytes`` or ``max_headers`` never reach the
   parser: 431 and the connection is closed.
@@ -46,8 +46,8 @@ from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aiml import edge_answers
-from aiml.http_framing import RequestFraming
+from . import answers
+from .http_framing import RequestFraming
 
 __all__ = ["ConnectionGuard"]
 
@@ -87,7 +87,7 @@ class ConnectionGuard:
         self.body_timed_out = 0
         self.refused_requests = 0
         self._open: Counter[str] = Counter()
-        self.too_large_answer = edge_answers.too_large(max_head_bytes, max_headers)
+        self.too_large_answer = answers.too_large(max_head_bytes, max_headers)
 
     def protocol(self, inner: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
         """A protocol class for uvicorn's ``Config(http=...)`` that wraps ``inner``."""
@@ -169,7 +169,7 @@ class ConnectionGuard:
             self.refused_requests,
             "closed a connection from %s with a 400: %s; %d so far",
             client,
-            edge_answers.REFUSALS[refusal],
+            answers.REFUSALS[refusal],
         )
 
     def body_expired(self, client: str) -> None:
@@ -227,7 +227,7 @@ class _Guarded(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         if not self._guard.admit(self._client):
-            self._transport.write(edge_answers.BUSY)
+            self._transport.write(answers.BUSY)
             self._transport.close()
             return
         self._admitted = True
@@ -260,7 +260,7 @@ class _Guarded(asyncio.Protocol):
             self._end(self._guard.too_large_answer, answered=answered)
         elif self._framing.refusal:
             self._guard.refused_request(self._client, self._framing.refusal)
-            self._end(edge_answers.refused(self._framing.refusal), answered=answered)
+            self._end(answers.refused(self._framing.refusal), answered=answered)
         else:
             self._clock_body()
 
@@ -359,7 +359,7 @@ class _Guarded(asyncio.Protocol):
             self._body_deadline = loop.call_at(due, self._check_body)
             return
         self._guard.body_expired(self._client)
-        self._end(edge_answers.TIMEOUT, answered=self._framing.heads - 1)
+        self._end(answers.TIMEOUT, answered=self._framing.heads - 1)
 
     def _stop_body_clock(self) -> None:
         if self._body_deadline is not None:
@@ -383,5 +383,5 @@ class _Guarded(asyncio.Protocol):
             return
         self._guard.expired(self._client)
         if self._heard:
-            transport.write(edge_answers.TIMEOUT)  # part of a request came: say why it ends
+            transport.write(answers.TIMEOUT)  # part of a request came: say why it ends
         transport.close()
