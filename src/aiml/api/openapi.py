@@ -11,7 +11,7 @@ Drawn in one place rather than route by route, from what decides the answers:
   Ollama's ``{"error": "..."}`` on ``/api``, aiml's ``{"success": false, "error": {...}}``
   elsewhere; bad input is 400 on ``/v1`` and ``/api``, 422 elsewhere.
 
-The connection guard in front of the app (:mod:`aiml.connections`) answers any route
+The connection guard in front of the app (:mod:`aiml.edge.connection_guard`) answers any route
 itself, in aiml's body on every surface: 431 for headers past their cap, 408 (no body) for
 headers or a body too slow, 400 for an upgrade or a body of tiny chunks, 503 for too many
 connections from one address (:data:`_CONNECTION`).
