@@ -1,8 +1,9 @@
-"""One request's passage through the gate: counted exactly once, its slot given back once.
+"""Where a call's passage through the request gate (:mod:`.gate`) lands: counted exactly
+once, its admission slot given back once.
 
-:class:`Accounting` is where a request's outcome lands in the stats and metrics, whatever
-ends it (an answer, an error, a client hanging up, a bug); :class:`StreamOutcome` is a
-started generation, which settles its accounting when the stream ends.
+:class:`Accounting` counts a call's outcome in the stats and metrics, whatever ends it (an
+answer, an error, a client hanging up, a bug), and owns the worker threads engines start
+for it; the gate calls it at each step of its path.
 """
 
 from __future__ import annotations
@@ -10,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from aiml.engines.threads import RunningThreads, request_threads
-from aiml.errors import AimlError, DeadlineExceeded
+from aiml.errors import AimlError
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
-from aiml.types import Generation, GenerationChunk
+from aiml.types import Generation
 
 from .admission import Admission
-from .executor import OpenStream
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-__all__ = ["Accounting", "StreamOutcome", "deadline_error"]
+__all__ = ["Accounting"]
 
 #: Gated operations that are not tasks (their label in stats and metrics).
 OPERATIONS = frozenset({"lookup", "load", "unload"})
@@ -109,67 +109,3 @@ class Accounting:
             self.cancelled()  # the client hung up
         else:
             self.crashed()
-
-
-class StreamOutcome:
-    """A started generation; iterate :meth:`chunks`, then read :attr:`final`."""
-
-    def __init__(
-        self, opened: OpenStream, account: Accounting, deadline_at: float, metrics: Metrics
-    ) -> None:
-        self.resolved = opened.resolved
-        self.final: Generation | None = None
-        self._opened = opened
-        self._account = account
-        self._deadline_at = deadline_at
-        self._metrics = metrics
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._account.started
-
-    def shape(self, generation: Generation) -> dict[str, Any]:
-        """The non-streaming ``result`` object for the finished generation."""
-        return self._opened.shape(generation)
-
-    async def chunks(self) -> AsyncIterator[GenerationChunk]:
-        """The text pieces; the final chunk (``done``) carries the whole generation."""
-        pieces = cast(AsyncGenerator[GenerationChunk, None], self._opened.chunks())
-        first = True
-        try:
-            while True:
-                try:
-                    # Read from a task spawned after open() returned (Starlette's): a thread
-                    # started for a chunk is still the call's.
-                    async with asyncio.timeout_at(self._deadline_at):
-                        with self._account.owning_threads():
-                            chunk = await anext(pieces)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise deadline_error() from None
-                if first and chunk.text:
-                    first = False
-                    labels = (self._account.task, self._account.engine)
-                    self._metrics.time_to_first_token.labels(*labels).observe(self.elapsed)
-                if chunk.final is not None:
-                    self.final = chunk.final
-                yield chunk
-        except BaseException as exc:
-            self._account.settle(exc)
-            raise
-        else:
-            self._account.finish(200, self.final)
-        finally:
-            await pieces.aclose()
-
-    async def aclose(self) -> None:
-        await self._opened.aclose()
-        self._account.cancelled()
-
-
-def deadline_error() -> DeadlineExceeded:
-    return DeadlineExceeded(
-        "the request's deadline passed; its work was cancelled (AIML_REQUEST_TIMEOUT_S, "
-        "or X-Request-Timeout)"
-    )

@@ -1,13 +1,14 @@
-"""``InferenceManager``: the one gate every request that touches a model or the registry
-passes: draining -> limits -> locate -> admit -> execute, within the request's deadline.
+"""``InferenceManager``: the service's inference facade, in front of the request gate.
 
 Every API surface (aiml's own, OpenAI's, Ollama's) turns its request into a
 :class:`TaskCall` (task, how to find its engine and model, the task's typed input) and hands
-it here, whole (:meth:`InferenceManager.run`) or streamed (:meth:`InferenceManager.open`).
-Finding the engine may ask the registry, and resolving a local model fetches its files, so
-both run inside the gate: refused while draining (503), bounded by the deadline (504, the
-work cancelled), counted exactly once in ``/inference/stats`` and ``/metrics``. Admin loads
-and model lookups go through the same gate (:meth:`InferenceManager.gated`).
+it here, whole (:meth:`InferenceManager.run`) or streamed (:meth:`InferenceManager.open`);
+model lookups and admin loads come here too (:meth:`InferenceManager.gated` and the methods
+built on it). Each goes through the gate (:mod:`.gate`, where a request's path reads top to
+bottom): refused while draining (503), bounded by the deadline (504, the work cancelled),
+counted exactly once in ``/inference/stats`` and ``/metrics``. Besides, the manager validates
+the earlier system's requests (:meth:`InferenceManager.prepare`), and reports stats and
+health.
 """
 
 from __future__ import annotations
@@ -18,21 +19,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiml.errors import AimlError, Draining, InvalidRequest
-from aiml.observability.context import request_deadline, request_started
+from aiml.errors import AimlError
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
-from aiml.types import Generation, ModelDetails, ModelRef, ResolvedModel
+from aiml.types import ModelDetails, ModelRef, ResolvedModel
 
-from .accounting import Accounting, StreamOutcome, deadline_error
 from .admission import Admission
-from .executor import Execution
+from .gate import InferenceOutcome, Locate, RequestGate, StreamOutcome, TaskCall
 from .limits import Limits
 from .readiness import RequiredEngines, engines_needed
 from .router import TaskRouter
-from .tasks import TASK_SPECS
 
 __all__ = [
     "HealthReport",
@@ -47,10 +45,6 @@ __all__ = [
 
 T = TypeVar("T")
 _HEALTH_TIMEOUT_S = 5.0
-_TASKS = frozenset(t.value for t in TASK_SPECS)
-
-#: Finds a call's (engine, model reference); may ask the registry.
-Locate = Callable[[], Awaitable[tuple[str, ModelRef]]]
 
 
 def fixed(engine: str, ref: ModelRef) -> Locate:
@@ -71,23 +65,6 @@ class InferenceRequest:
     model_name: str
     data: Mapping[str, Any]
     options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskCall:
-    """A validated call: the task's typed input, and how to find its engine and model."""
-
-    task: str
-    locate: Locate
-    input: Any
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceOutcome:
-    resolved: ResolvedModel
-    result: dict[str, Any]
-    generation: Generation | None
-    processing_time: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +103,7 @@ class HealthReport:
 
 
 class InferenceManager:
-    """The service's inference entry point and request gate."""
+    """The service's inference entry point; the gated paths are the :class:`RequestGate`'s."""
 
     def __init__(
         self,
@@ -143,19 +120,32 @@ class InferenceManager:
         self.router = router
         self.registry = registry
         self.stats_source = stats
-        self.limits = limits
         self.admission = admission
-        self.metrics = metrics
-        self.request_timeout_s = request_timeout_s
-        self.draining = False
+        self.gate = RequestGate(
+            router,
+            stats,
+            limits=limits,
+            admission=admission,
+            metrics=metrics,
+            request_timeout_s=request_timeout_s,
+        )
         self._required_engines = required_engines
         self._started = time.monotonic()
 
+    @property
+    def draining(self) -> bool:
+        """Set on shutdown: the gate refuses new calls (503)."""
+        return self.gate.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.gate.draining = value
+
     def prepare(self, request: InferenceRequest) -> TaskCall:
         """Route and validate an ``/inference/infer`` request (422s, before any I/O)."""
-        executor = self.router.route(request.task, request.engine)
+        route = self.router.route(request.task, request.engine)
         ref = parse_reference(request.model_name)
-        parsed = executor.spec.parse(request.data, request.options)
+        parsed = route.spec.parse(request.data, request.options)
         return TaskCall(request.task, fixed(request.engine, ref), parsed)
 
     async def infer(self, request: InferenceRequest) -> InferenceOutcome:
@@ -167,38 +157,13 @@ class InferenceManager:
         return await self.open(self._prepare_counted(request), counted=True)
 
     async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
-        """Locate, admit and run the call, within the deadline."""
-        account, deadline_at = self._begin(call.task, counted)
-        try:
-            with account.owning_threads():  # its slot is held until they stop
-                executor, ref = await self._enter(call, account, deadline_at)
-                execution: Execution = await _within(executor.execute(ref, call.input), deadline_at)
-        except BaseException as exc:
-            account.settle(exc)
-            raise
-        account.finish(200, execution.generation)
-        return InferenceOutcome(
-            resolved=execution.resolved,
-            result=execution.result,
-            generation=execution.generation,
-            processing_time=time.perf_counter() - account.started,
-        )
+        """Locate, admit and run the call, within the deadline (:meth:`RequestGate.run`)."""
+        return await self.gate.run(call, counted=counted)
 
     async def open(self, call: TaskCall, *, counted: bool = False) -> StreamOutcome:
-        """Locate and admit the call and start the generation; chunks follow."""
-        account, deadline_at = self._begin(call.task, counted)
-        try:
-            with account.owning_threads():  # and again for each chunk (StreamOutcome)
-                executor, ref = await self._enter(call, account, deadline_at)
-                if not executor.spec.streams:
-                    raise InvalidRequest(
-                        f"task {call.task!r} does not stream; leave out 'stream'", param="stream"
-                    )
-                opened = await _within(executor.open_stream(ref, call.input), deadline_at)
-        except BaseException as exc:
-            account.settle(exc)
-            raise
-        return StreamOutcome(opened, account, deadline_at, self.metrics)
+        """Locate and admit the call and start the generation; chunks follow
+        (:meth:`RequestGate.open`)."""
+        return await self.gate.open(call, counted=counted)
 
     async def gated(
         self,
@@ -208,22 +173,9 @@ class InferenceManager:
         *,
         admit: bool = False,
     ) -> T:
-        """``work(engine, ref)`` (a lookup, a load) through the gate: draining, the deadline
-        and accounting, and with ``admit`` a slot of the engine's admission."""
-        account, deadline_at = self._begin(operation, counted=False)
-        try:
-            with account.owning_threads():
-                self._check_draining()
-                engine, ref = await _within(locate(), deadline_at)
-                account.located(engine, self.router.engines, ref.name)
-                if admit:
-                    await self._admit(engine, account, deadline_at)
-                result = await _within(work(engine, ref), deadline_at)
-        except BaseException as exc:
-            account.settle(exc)
-            raise
-        account.finish(200)
-        return result
+        """``work(engine, ref)`` (a lookup, a load) through the gate
+        (:meth:`RequestGate.gated`)."""
+        return await self.gate.gated(operation, locate, work, admit=admit)
 
     async def resolve(self, locate: Locate) -> ResolvedModel:
         """The model a name means (``/v1/models/{model}``, ``/api/show``), through the gate."""
@@ -265,7 +217,7 @@ class InferenceManager:
         return await self.gated("unload", locate, unload)
 
     def clear_cache(self) -> dict[str, int]:
-        """Drop executors and every cached reference mapping."""
+        """Drop the cached routes and every cached reference mapping."""
         return self.router.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -298,7 +250,7 @@ class InferenceManager:
             },
             "in_flight": {name: gate.running for name, gate in self.admission.items()},
             "queued": {name: gate.waiting for name, gate in self.admission.items()},
-            "executors": self.router.executors(),
+            "executors": self.router.routes(),  # the routes' earlier name
         }
 
     async def health(self) -> HealthReport:
@@ -321,63 +273,15 @@ class InferenceManager:
     def deadline_at(self) -> float:
         """When the current request must be answered (the loop's clock): its arrival plus the
         service's timeout, or less if the client asked for less."""
-        asked = request_deadline.get()
-        timeout = min(asked, self.request_timeout_s) if asked else self.request_timeout_s
-        started = request_started.get()
-        return (started if started is not None else asyncio.get_running_loop().time()) + timeout
-
-    # -- the gate ----------------------------------------------------------------------
-
-    def _begin(self, task: str, counted: bool) -> tuple[Accounting, float]:
-        if not counted:
-            self.stats_source.started += 1
-        account = Accounting(self.stats_source, self.metrics, task, tasks=_TASKS)
-        return account, self.deadline_at()
-
-    def _check_draining(self) -> None:
-        if self.draining:
-            raise Draining("the service is shutting down; retry on another instance")
-
-    async def _enter(
-        self, call: TaskCall, account: Accounting, deadline_at: float
-    ) -> tuple[Any, ModelRef]:
-        """Draining, limits, locate (inside the deadline), then the engine's admission."""
-        self._check_draining()
-        measure: Callable[[], Any] | None = getattr(call.input, "measure", None)
-        if measure is not None:
-            self.limits.check(measure())
-        engine, ref = await _within(call.locate(), deadline_at)
-        account.located(engine, self.router.engines, ref.name)
-        executor = self.router.route(call.task, engine)
-        await self._admit(engine, account, deadline_at)
-        return executor, ref
-
-    async def _admit(self, engine: str, account: Accounting, deadline_at: float) -> None:
-        gate = self.admission.get(engine)
-        if gate is None:
-            self.router.engine(engine)  # the error naming the missing engine
-            return
-        await _within(gate.enter(), deadline_at)
-        account.admitted(gate)
+        return self.gate.deadline_at()
 
     def _prepare_counted(self, request: InferenceRequest) -> TaskCall:
         self.stats_source.started += 1
         try:
             return self.prepare(request)
         except AimlError as exc:
-            account = Accounting(self.stats_source, self.metrics, request.task, tasks=_TASKS)
-            account.located(request.engine, self.router.engines)
-            account.failed(exc)
+            self.gate.refused(request.task, request.engine, exc)
             raise
-
-
-async def _within(work: Awaitable[T], deadline_at: float) -> T:
-    """``work`` cancelled at the deadline (engines stop their work on cancellation)."""
-    try:
-        async with asyncio.timeout_at(deadline_at):
-            return await work
-    except TimeoutError:
-        raise deadline_error() from None
 
 
 async def _probe(check: Awaitable[None]) -> str | None:

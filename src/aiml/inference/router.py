@@ -1,8 +1,15 @@
-"""``TaskRouter``: the task -> engines table, engines built once, executors per (task, engine)."""
+"""``TaskRouter``: the task -> engines table, engines built once, and the :class:`Route` of
+each (task, engine) pair: that task's spec and that engine, built on first use and kept.
+
+Routes are cached, handlers are not: the request gate chooses the handler per resolved model
+on every call (the earlier system froze the first model's handler into its executor).
+``/inference/stats`` lists the cached routes under their earlier name, ``executors``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiml.engines.base import Engine
@@ -12,11 +19,10 @@ from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import Task
 
 from .capabilities import CapabilityBook
-from .executor import ModelExecutor
 from .resolver import ModelResolver
 from .tasks import TASK_SPECS, TaskSpec
 
-__all__ = ["TaskRouter"]
+__all__ = ["Route", "TaskRouter"]
 
 #: Task names of the system aiml replaces, still accepted.
 _EARLIER_NAMES = {"audio-transcription": Task.ASR.value}
@@ -25,8 +31,17 @@ _NOT_SERVED = frozenset({"audio-classification", "video-analysis", "scene-detect
                          "video-summary"})  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a task goes: the task's spec (its input, its handlers) and the engine that runs
+    it, for any model."""
+
+    spec: TaskSpec[Any]
+    engine: Engine
+
+
 class TaskRouter:
-    """Chooses the executor for a (task, engine) pair; the choice is a table, not a chain."""
+    """Chooses the route for a (task, engine) pair; the choice is a table, not a chain."""
 
     def __init__(
         self,
@@ -48,7 +63,7 @@ class TaskRouter:
             task: tuple(name for name, engine in self._engines.items() if task in engine.tasks)
             for task in TASK_SPECS
         }
-        self._executors: dict[tuple[Task, str], ModelExecutor] = {}
+        self._routes: dict[tuple[Task, str], Route] = {}
 
     @property
     def engines(self) -> Mapping[str, Engine]:
@@ -63,8 +78,9 @@ class TaskRouter:
         """Task name -> the engines that serve it."""
         return {task.value: list(engines) for task, engines in self._table.items() if engines}
 
-    def executors(self) -> list[str]:
-        return [f"{task.value}/{engine}" for task, engine in self._executors]
+    def routes(self) -> list[str]:
+        """The cached routes, as ``task/engine``."""
+        return [f"{task.value}/{engine}" for task, engine in self._routes]
 
     def cached_models(self) -> int:
         return len(self.resolver)
@@ -72,20 +88,19 @@ class TaskRouter:
     def spec(self, task: str) -> TaskSpec[Any]:
         return TASK_SPECS[self._task(task)]
 
-    def route(self, task: str, engine: str) -> ModelExecutor:
-        """The executor for (task, engine), built on first use and kept."""
+    def route(self, task: str, engine: str) -> Route:
+        """The route for (task, engine), built on first use and kept (422 for an unknown task
+        or engine, or an engine that does not serve the task)."""
         key = (self._task(task), engine)
-        executor = self._executors.get(key)
-        if executor is not None:
-            return executor
+        route = self._routes.get(key)
+        if route is not None:
+            return route
         self.engine(engine)
         if engine not in self._table[key[0]]:
             raise InvalidRequest(f"engine {engine!r} does not serve task {task!r}", param="engine")
-        executor = ModelExecutor(
-            TASK_SPECS[key[0]], self._engines[engine], self.resolver, self.capabilities
-        )
-        self._executors[key] = executor
-        return executor
+        route = Route(TASK_SPECS[key[0]], self._engines[engine])
+        self._routes[key] = route
+        return route
 
     def engine(self, engine: str) -> Engine:
         """An engine by name (422 naming ``engine`` when unknown or not installed)."""
@@ -101,12 +116,13 @@ class TaskRouter:
         self.resolver.invalidate_name(name)
 
     def clear(self) -> dict[str, int]:
-        """Drop every executor and every cached mapping; the next request starts cold."""
-        executors = len(self._executors)
-        self._executors.clear()
+        """Drop every route and every cached mapping; the next request starts cold (the
+        answer counts the routes under their earlier name, ``executors``)."""
+        routes = len(self._routes)
+        self._routes.clear()
         mappings = self.resolver.clear()
         self.capabilities.clear()
-        return {"executors": executors, "mappings": mappings}
+        return {"executors": routes, "mappings": mappings}
 
     def _task(self, task: str) -> Task:
         try:

@@ -1,0 +1,392 @@
+"""The request gate: the path of every call that touches a model or the registry, read top to
+bottom in :class:`RequestGate`, its steps below the paths and the helpers below them.
+
+A whole answer (:meth:`~RequestGate.run`) or a stream (:meth:`~RequestGate.open`): begin
+accounting -> refuse while draining -> check limits -> locate -> route to (task spec, engine)
+-> admit -> resolve the model, choose its handler, check options and capabilities -> run ->
+account. Lookups and admin loads (:meth:`~RequestGate.gated`) take the same path with their own
+work. From ``locate`` on it all runs within the request's deadline (504, the work cancelled);
+whatever ends a call, :class:`~aiml.inference.accounting.Accounting` counts it exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from aiml.engines.base import Engine
+from aiml.errors import AimlError, DeadlineExceeded, Draining, InvalidRequest, ModelNotFound
+from aiml.observability.context import request_deadline, request_started
+from aiml.observability.metrics import Metrics
+from aiml.observability.stats import Stats
+from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
+
+from .accounting import Accounting
+from .admission import Admission
+from .limits import Limits
+from .router import Route, TaskRouter
+from .tasks import TASK_SPECS, Handler
+from .tasks.base import GenerativeHandler
+
+__all__ = ["InferenceOutcome", "Locate", "RequestGate", "StreamOutcome", "TaskCall"]
+
+T = TypeVar("T")
+_TASKS = frozenset(t.value for t in TASK_SPECS)
+
+#: Finds a call's (engine, model reference); may ask the registry.
+Locate = Callable[[], Awaitable[tuple[str, ModelRef]]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCall:
+    """A validated call: the task's typed input, and how to find its engine and model."""
+
+    task: str
+    locate: Locate
+    input: Any
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceOutcome:
+    resolved: ResolvedModel
+    result: dict[str, Any]
+    generation: Generation | None
+    processing_time: float
+
+
+class RequestGate:
+    """Draining -> limits -> locate -> route -> admit -> resolve -> run, each call counted."""
+
+    def __init__(
+        self,
+        router: TaskRouter,
+        stats: Stats,
+        *,
+        limits: Limits,
+        admission: Mapping[str, Admission],
+        metrics: Metrics,
+        request_timeout_s: float,
+    ) -> None:
+        self.router = router
+        self.stats = stats
+        self.limits = limits
+        self.admission = admission
+        self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
+        self.draining = False
+
+    async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
+        """The whole answer: locate, admit and run the call, within the deadline."""
+        account, deadline_at = self._begin(call.task, counted)
+        try:
+            with account.owning_threads():  # its slot is held until they stop
+                self._refuse_while_draining()
+                self._check_limits(call.input)
+                engine, ref = await _within(call.locate(), deadline_at)
+                account.located(engine, self.router.engines, ref.name)
+                route = self.router.route(call.task, engine)
+                await self._admit(engine, account, deadline_at)
+                async with _until(deadline_at):  # resolving may fetch the model's files
+                    resolved, handler = await self._resolve(route, ref, call.input)
+                    result, generation = await self._answer(
+                        route, handler, resolved, ref, call.input
+                    )
+        except BaseException as exc:
+            account.settle(exc)
+            raise
+        account.finish(200, generation)
+        elapsed = time.perf_counter() - account.started
+        return InferenceOutcome(resolved, result, generation, processing_time=elapsed)
+
+    async def open(self, call: TaskCall, *, counted: bool = False) -> StreamOutcome:
+        """A stream: locate and admit the call and start the generation; chunks follow,
+        and the stream's end counts the call (:class:`StreamOutcome`)."""
+        account, deadline_at = self._begin(call.task, counted)
+        try:
+            with account.owning_threads():  # and again for each chunk (StreamOutcome)
+                self._refuse_while_draining()
+                self._check_limits(call.input)
+                engine, ref = await _within(call.locate(), deadline_at)
+                account.located(engine, self.router.engines, ref.name)
+                route = self.router.route(call.task, engine)
+                await self._admit(engine, account, deadline_at)
+                if not route.spec.streams:
+                    raise InvalidRequest(
+                        f"task {call.task!r} does not stream; leave out 'stream'", param="stream"
+                    )
+                async with _until(deadline_at):
+                    resolved, handler = await self._resolve(route, ref, call.input)
+                    opened = await self._start(route, handler, resolved, ref, call.input)
+        except BaseException as exc:
+            account.settle(exc)
+            raise
+        return StreamOutcome(opened, account, deadline_at, self.metrics)
+
+    async def gated(
+        self,
+        operation: str,
+        locate: Locate,
+        work: Callable[[str, ModelRef], Awaitable[T]],
+        *,
+        admit: bool = False,
+    ) -> T:
+        """``work(engine, ref)`` (a lookup, a load) through the gate: draining, the deadline
+        and accounting, and with ``admit`` a slot of the engine's admission."""
+        account, deadline_at = self._begin(operation, counted=False)
+        try:
+            with account.owning_threads():
+                self._refuse_while_draining()
+                engine, ref = await _within(locate(), deadline_at)
+                account.located(engine, self.router.engines, ref.name)
+                if admit:
+                    await self._admit(engine, account, deadline_at)
+                result = await _within(work(engine, ref), deadline_at)
+        except BaseException as exc:
+            account.settle(exc)
+            raise
+        account.finish(200)
+        return result
+
+    def refused(self, task: str, engine: str, exc: AimlError) -> None:
+        """Count a call refused before it reached the gate (an invalid ``/inference/infer``
+        request, already counted as started)."""
+        account = Accounting(self.stats, self.metrics, task, tasks=_TASKS)
+        account.located(engine, self.router.engines)
+        account.failed(exc)
+
+    def deadline_at(self) -> float:
+        """When the current request must be answered (the loop's clock): its arrival plus the
+        service's timeout, or less if the client asked for less."""
+        asked = request_deadline.get()
+        timeout = min(asked, self.request_timeout_s) if asked else self.request_timeout_s
+        started = request_started.get()
+        return (started if started is not None else asyncio.get_running_loop().time()) + timeout
+
+    # -- the steps, in the order the paths take them ---------------------------------------
+
+    def _begin(self, task: str, counted: bool) -> tuple[Accounting, float]:
+        if not counted:  # else counted as started before it was validated
+            self.stats.started += 1
+        account = Accounting(self.stats, self.metrics, task, tasks=_TASKS)
+        return account, self.deadline_at()
+
+    def _refuse_while_draining(self) -> None:
+        if self.draining:
+            raise Draining("the service is shutting down; retry on another instance")
+
+    def _check_limits(self, request: Any) -> None:
+        measure: Callable[[], Any] | None = getattr(request, "measure", None)
+        if measure is not None:
+            self.limits.check(measure())
+
+    async def _admit(self, engine: str, account: Accounting, deadline_at: float) -> None:
+        gate = self.admission.get(engine)
+        if gate is None:
+            self.router.engine(engine)  # the error naming the missing engine
+            return
+        await _within(gate.enter(), deadline_at)
+        account.admitted(gate)
+
+    async def _resolve(
+        self, route: Route, ref: ModelRef, request: Any
+    ) -> tuple[ResolvedModel, Handler[Any]]:
+        """The model ``ref`` means on the route's engine and the handler for that model
+        (chosen per model, never kept); an option the engine cannot honour or a capability
+        the model lacks is refused by name."""
+        _check_options(route.engine, request)
+        resolved = await self.router.resolver.resolve(ref, route.engine.name)
+        handler = route.spec.handler_for(resolved)
+        await self.router.capabilities.require(route.engine, resolved, route.spec.task, request)
+        return resolved, handler
+
+    async def _answer(
+        self,
+        route: Route,
+        handler: Handler[Any],
+        resolved: ResolvedModel,
+        ref: ModelRef,
+        request: Any,
+    ) -> tuple[dict[str, Any], Generation | None]:
+        """Run the handler: its ``result``, and the generation for generative tasks (the
+        OpenAI and Ollama shapes need its counts)."""
+        generation = None
+        try:
+            if isinstance(handler, GenerativeHandler):
+                generation = await handler.generate(route.engine, resolved, request)
+                result = handler.shape(resolved, generation)
+            else:
+                result = await handler.run(route.engine, resolved, request)
+        except ModelNotFound:
+            # The engine lost the model since we checked: look again next time.
+            self.router.resolver.invalidate(ref)
+            raise
+        return result, generation
+
+    async def _start(
+        self,
+        route: Route,
+        handler: Handler[Any],
+        resolved: ResolvedModel,
+        ref: ModelRef,
+        request: Any,
+    ) -> OpenStream:
+        """Start the generation and read its first chunk."""
+        rest = handler.stream(route.engine, resolved, request)
+        first: GenerationChunk | None
+        try:
+            first = await anext(rest)
+        except StopAsyncIteration:
+            first = None
+        except ModelNotFound:
+            self.router.resolver.invalidate(ref)
+            raise
+
+        def on_error(exc: BaseException) -> None:
+            if isinstance(exc, ModelNotFound):
+                self.router.resolver.invalidate(ref)
+
+        return OpenStream(resolved, handler, first, rest, on_error)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _check_options(engine: Engine, request: Any) -> None:
+    """Refuse, by name, an option this engine cannot honour (never drop it silently)."""
+    params = getattr(request, "params", None)
+    if not isinstance(params, SamplingParams):
+        return
+    for option in sorted(params.options() - engine.extra_options):
+        param = option
+        if option == "output_format" and params.output_format is not None:
+            param = params.output_format.param
+        raise InvalidRequest(f"{param} is not supported by the {engine.name} engine", param=param)
+
+
+@contextlib.asynccontextmanager
+async def _until(deadline_at: float) -> AsyncIterator[None]:
+    """Its block cancelled at the deadline (engines stop their work on cancellation)."""
+    try:
+        async with asyncio.timeout_at(deadline_at):
+            yield
+    except TimeoutError:
+        raise deadline_error() from None
+
+
+async def _within(work: Awaitable[T], deadline_at: float) -> T:
+    """``work`` cancelled at the deadline."""
+    async with _until(deadline_at):
+        return await work
+
+
+def deadline_error() -> DeadlineExceeded:
+    return DeadlineExceeded(
+        "the request's deadline passed; its work was cancelled (AIML_REQUEST_TIMEOUT_S, "
+        "or X-Request-Timeout)"
+    )
+
+
+class OpenStream:
+    """A generation that has started: its first chunk is already in hand.
+
+    Reading the first chunk before anything is sent means the errors engines raise at once
+    (model not found, engine down) still get their own HTTP status, not a 200 stream.
+    """
+
+    def __init__(
+        self,
+        resolved: ResolvedModel,
+        handler: Handler[Any],
+        first: GenerationChunk | None,
+        rest: AsyncIterator[GenerationChunk],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.resolved = resolved
+        self._handler = handler
+        self._first = first
+        self._rest = rest
+        self._on_error = on_error
+
+    def shape(self, generation: Generation) -> dict[str, Any]:
+        """The non-streaming ``result`` object for the finished generation."""
+        return self._handler.shape(self.resolved, generation)
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        try:
+            if self._first is not None:
+                yield self._first
+            async for chunk in self._rest:
+                yield chunk
+        except BaseException as exc:
+            self._on_error(exc)
+            raise
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the generation (the client left): the engine is told at once."""
+        close = getattr(self._rest, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class StreamOutcome:
+    """A started generation; iterate :meth:`chunks`, then read :attr:`final`. The stream's
+    end, whatever it is, settles the call's accounting."""
+
+    def __init__(
+        self, opened: OpenStream, account: Accounting, deadline_at: float, metrics: Metrics
+    ) -> None:
+        self.resolved = opened.resolved
+        self.final: Generation | None = None
+        self._opened = opened
+        self._account = account
+        self._deadline_at = deadline_at
+        self._metrics = metrics
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._account.started
+
+    def shape(self, generation: Generation) -> dict[str, Any]:
+        """The non-streaming ``result`` object for the finished generation."""
+        return self._opened.shape(generation)
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        """The text pieces; the final chunk (``done``) carries the whole generation."""
+        pieces = cast(AsyncGenerator[GenerationChunk, None], self._opened.chunks())
+        first = True
+        try:
+            while True:
+                try:
+                    # Read from a task spawned after open() returned (Starlette's): a thread
+                    # started for a chunk is still the call's.
+                    async with asyncio.timeout_at(self._deadline_at):
+                        with self._account.owning_threads():
+                            chunk = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise deadline_error() from None
+                if first and chunk.text:
+                    first = False
+                    labels = (self._account.task, self._account.engine)
+                    self._metrics.time_to_first_token.labels(*labels).observe(self.elapsed)
+                if chunk.final is not None:
+                    self.final = chunk.final
+                yield chunk
+        except BaseException as exc:
+            self._account.settle(exc)
+            raise
+        else:
+            self._account.finish(200, self.final)
+        finally:
+            await pieces.aclose()
+
+    async def aclose(self) -> None:
+        await self._opened.aclose()
+        self._account.cancelled()
