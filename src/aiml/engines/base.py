@@ -72,7 +72,7 @@ _OURS = frozenset({401, 403, 405, 407})
 
 
 class Engine(ABC):
-    """An inference backend, built once per process and shared by every executor."""
+    """An inference backend, built once per process and shared by every request."""
 
     name: ClassVar[str]
     tasks: ClassVar[frozenset[Task]]

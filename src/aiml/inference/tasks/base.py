@@ -3,7 +3,7 @@
 A :class:`TaskSpec` parses a request's ``data`` and ``options`` into a typed input (a 422
 that names the field on any mistake) and picks a :class:`Handler` for each resolved model:
 the handler depends on what the model is (its registry ``inference_task`` tag), so it is
-chosen per model on every request and never frozen by the first model an executor saw.
+chosen per model on every request and never frozen by the first model its (task, engine) route saw.
 """
 
 from __future__ import annotations
