@@ -10,14 +10,15 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from pydantic import ConfigDict, Field
 
-from aiml.api.deps import ServicesDep
-from aiml.api.responses import JSONResponse
-from aiml.api.threaded_json import ThreadedJsonRoute
-from aiml.api.uploads import receive_upload
 from aiml.errors import InvalidRequest
 from aiml.inference.manager import fixed
 from aiml.inference.tasks.base import CleanText
 from aiml.registry.references import parse_reference
+
+from ..deps import ServicesDep
+from ..responses import JSONResponse
+from ..threaded_json import ThreadedJsonRoute
+from ..uploads import receive_upload
 
 __all__ = ["router"]
 

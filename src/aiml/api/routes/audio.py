@@ -16,15 +16,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.responses import PlainTextResponse, Response
 
-from aiml.api.deps import ServicesDep
-from aiml.api.errors import openai_error_body
-from aiml.api.responses import JSONResponse
-from aiml.api.streaming import SSE, sse_event, streaming_response
 from aiml.errors import AimlError, EngineError, InvalidRequest
 from aiml.inference.manager import StreamOutcome, TaskCall
 from aiml.inference.targets import openai_target
 from aiml.inference.tasks.asr import AsrInput
 from aiml.types import TranscribeOptions
+
+from ..deps import ServicesDep
+from ..errors import openai_error_body
+from ..responses import JSONResponse
+from ..streaming import SSE, sse_event, streaming_response
 
 __all__ = ["router"]
 

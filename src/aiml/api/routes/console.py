@@ -27,9 +27,10 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from aiml.api.deps import CallerDep
-from aiml.api.responses import JSONResponse
 from aiml.observability.history import TrafficHistory
+
+from ..deps import CallerDep
+from ..responses import JSONResponse
 
 __all__ = ["CSP", "STATIC_DIR", "router"]
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from aiml.api.deps import ServicesDep
-from aiml.api.responses import JSONResponse, error_response
 from aiml.observability.metrics import CONTENT_TYPE
+
+from ..deps import ServicesDep
+from ..responses import JSONResponse, error_response
 
 __all__ = ["metrics_router", "router"]
 

@@ -10,14 +10,15 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from aiml.api.deps import ServicesDep
-from aiml.api.responses import JSONResponse, error_response
-from aiml.api.schemas import InferRequest, InferResponse
-from aiml.api.streaming import NDJSON, ndjson_line, streaming_response
-from aiml.api.threaded_json import ThreadedJsonRoute
 from aiml.errors import AimlError, EngineError
 from aiml.inference.manager import InferenceRequest, StreamOutcome
 from aiml.types import ResolvedModel
+
+from ..deps import ServicesDep
+from ..responses import JSONResponse, error_response
+from ..schemas import InferRequest, InferResponse
+from ..streaming import NDJSON, ndjson_line, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 

@@ -6,12 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from aiml.api.deps import ServicesDep
-from aiml.api.responses import JSONResponse
-from aiml.api.schemas import AliasBody, RegisterOllamaRequest
-from aiml.api.threaded_json import ThreadedJsonRoute
 from aiml.registry.mlflow import RegisteredModelInfo
 from aiml.types import RegistryVersion
+
+from ..deps import ServicesDep
+from ..responses import JSONResponse
+from ..schemas import AliasBody, RegisterOllamaRequest
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 

@@ -23,21 +23,6 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from aiml.api.auth import Caller
-from aiml.api.deps import CallerDep, ServicesDep
-from aiml.api.ollama_schemas import (
-    ChatBody,
-    EmbedBody,
-    EmbeddingsBody,
-    GenerateBody,
-    PullBody,
-    ShowBody,
-    decode_image,
-    sampling,
-)
-from aiml.api.responses import JSONResponse
-from aiml.api.streaming import NDJSON, ndjson_line, streaming_response
-from aiml.api.threaded_json import ThreadedJsonRoute
 from aiml.engines.tool_shapes import ollama_call
 from aiml.errors import AimlError, EngineError, Forbidden
 from aiml.inference.manager import Locate, StreamOutcome, TaskCall
@@ -48,6 +33,22 @@ from aiml.inference.tasks.text_generation import TextGenerationInput
 from aiml.inference.tasks.vlm import VlmInput
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation, ModelDetails
+
+from ..auth import Caller
+from ..deps import CallerDep, ServicesDep
+from ..ollama_schemas import (
+    ChatBody,
+    EmbedBody,
+    EmbeddingsBody,
+    GenerateBody,
+    PullBody,
+    ShowBody,
+    decode_image,
+    sampling,
+)
+from ..responses import JSONResponse
+from ..streaming import NDJSON, ndjson_line, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["OLLAMA_API_VERSION", "router"]
 

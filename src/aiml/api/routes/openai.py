@@ -17,12 +17,6 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from aiml.api.deps import ServicesDep
-from aiml.api.errors import openai_error_body
-from aiml.api.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from aiml.api.responses import JSONResponse
-from aiml.api.streaming import SSE, sse_event, streaming_response
-from aiml.api.threaded_json import ThreadedJsonRoute
 from aiml.engines.tool_shapes import openai_call
 from aiml.errors import AimlError, EngineError
 from aiml.inference.manager import Locate, StreamOutcome, TaskCall
@@ -32,6 +26,13 @@ from aiml.inference.tasks.embeddings import EmbeddingsInput
 from aiml.inference.tasks.text_generation import TextGenerationInput
 from aiml.services import Services
 from aiml.types import Generation
+
+from ..deps import ServicesDep
+from ..errors import openai_error_body
+from ..openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from ..responses import JSONResponse
+from ..streaming import SSE, sse_event, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 

@@ -20,12 +20,6 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from aiml.api.auth import Caller
-from aiml.api.deps import CallerDep, ServicesDep
-from aiml.api.responses import JSONResponse
-from aiml.api.responses_schemas import ResponsesRequest, messages_of
-from aiml.api.streaming import SSE, streaming_response
-from aiml.api.threaded_json import ThreadedJsonRoute
 from aiml.errors import AimlError, EngineError, InvalidRequest, NotFound
 from aiml.inference.manager import StreamOutcome, TaskCall
 from aiml.inference.response_store import EVERY_OWNER, Viewer
@@ -33,6 +27,13 @@ from aiml.inference.targets import openai_target
 from aiml.inference.tasks.chat import ChatInput
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation
+
+from ..auth import Caller
+from ..deps import CallerDep, ServicesDep
+from ..responses import JSONResponse
+from ..responses_schemas import ResponsesRequest, messages_of
+from ..streaming import SSE, streaming_response
+from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
 

@@ -15,7 +15,6 @@ from pydantic import Field
 
 from aiml.engines.base import Engine
 from aiml.engines.local import collect
-from aiml.inference.limits import Measure
 from aiml.types import (
     Generation,
     GenerationChunk,
@@ -25,6 +24,7 @@ from aiml.types import (
     Transcript,
 )
 
+from ..limits import Measure
 from .base import GenerativeHandler, StrictModel, TaskSpec, decode_base64, parse_model
 
 __all__ = ["AsrInput", "AsrSpec", "transcript_json"]

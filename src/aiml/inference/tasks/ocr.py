@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import Field
 
 from aiml.engines.base import Engine
-from aiml.inference.limits import Measure
 from aiml.types import ResolvedModel, Task, TextLine
 
+from ..limits import Measure
 from .base import Handler, NoOptions, StrictModel, TaskSpec, decode_base64, parse_model
 
 __all__ = ["DocumentAnalysisSpec", "OcrSpec"]

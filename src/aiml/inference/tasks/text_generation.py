@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import Field
 
 from aiml.engines.base import Engine
-from aiml.inference.limits import Measure
 from aiml.types import ChatMessage, Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
+from ..limits import Measure
 from .base import GenerationOptions, GenerativeHandler, StrictModel, TaskSpec, parse_model
 
 __all__ = ["TextGenerationInput", "TextGenerationSpec"]

@@ -10,9 +10,9 @@ from pydantic import Field
 
 from aiml.engines.base import Engine
 from aiml.errors import ModelNotServable
-from aiml.inference.limits import Measure
 from aiml.types import Generation, GenerationChunk, ResolvedModel, SamplingParams, Task
 
+from ..limits import Measure
 from .base import (
     GenerationOptions,
     GenerativeHandler,
