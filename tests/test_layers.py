@@ -24,7 +24,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 def _lint(src: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
+        [str(LINT_IMPORTS), "--no-cache", str(ROOT / "pyproject.toml")],
         cwd=src.parent,
         env=env,
         capture_output=True,
@@ -43,7 +43,7 @@ def _copy(tmp_path: Path) -> Path:
 def test_the_tree_keeps_every_contract() -> None:
     result = _lint(ROOT / "src")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 kept, 0 broken" in result.stdout
+    assert "7 kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -56,6 +56,9 @@ def test_the_tree_keeps_every_contract() -> None:
         ("api/routes/openai.py", "import aiml.engines.remote.openai", "names an engine family"),
         ("cluster/replica.py", "import aiml.services", "The layers follow"),
         ("engines/pool/leases.py", "import aiml.engines.pool.model_pool", "No import cycles"),
+        # the old cycle, spelled as it was: through the package's re-export
+        ("engines/pool/leases.py", "from aiml.engines.pool import ModelPool", "Inside the pool"),
+        ("edge/answers.py", "import aiml.settings", "The edge imports nothing"),
         ("registry/mlflow.py", "import aiml.registry.artifacts", "No import cycles"),
     ],
 )

@@ -3,8 +3,8 @@ bottom in :class:`RequestGate`, its steps below the paths and the helpers below 
 
 A whole answer (:meth:`~RequestGate.run`) or a stream (:meth:`~RequestGate.open`): begin
 accounting -> refuse while draining -> check limits -> locate -> route to (task spec, engine)
--> admit -> resolve the model, choose its handler, check options and capabilities -> run ->
-account. Lookups and admin loads (:meth:`~RequestGate.gated`) take the same path with their own
+-> admit -> check options, resolve the model, choose its handler, check capabilities -> run
+-> account. Lookups and admin loads (:meth:`~RequestGate.gated`) take the same path with their own
 work. From ``locate`` on it all runs within the request's deadline (504, the work cancelled);
 whatever ends a call, :class:`~aiml.inference.accounting.Accounting` counts it exactly once.
 """
@@ -151,12 +151,18 @@ class RequestGate:
         account.finish(200)
         return result
 
-    def refused(self, task: str, engine: str, exc: AimlError) -> None:
-        """Count a call refused before it reached the gate (an invalid ``/inference/infer``
-        request, already counted as started)."""
-        account = Accounting(self.stats, self.metrics, task, tasks=_TASKS)
-        account.located(engine, self.router.engines)
-        account.failed(exc)
+    def validated(self, task: str, engine: str, validate: Callable[[], TaskCall]) -> TaskCall:
+        """An ``/inference/infer`` request made a call by ``validate`` (its 422s, before any
+        I/O), counted as started first so a refusal is counted too; pass the call on with
+        ``counted=True``."""
+        self.stats.started += 1
+        try:
+            return validate()
+        except AimlError as exc:
+            account = Accounting(self.stats, self.metrics, task, tasks=_TASKS)
+            account.located(engine, self.router.engines)
+            account.failed(exc)
+            raise
 
     def deadline_at(self) -> float:
         """When the current request must be answered (the loop's clock): its arrival plus the
@@ -169,7 +175,7 @@ class RequestGate:
     # -- the steps, in the order the paths take them ---------------------------------------
 
     def _begin(self, task: str, counted: bool) -> tuple[Accounting, float]:
-        if not counted:  # else counted as started before it was validated
+        if not counted:  # else counted as started before it was validated (validated)
             self.stats.started += 1
         account = Accounting(self.stats, self.metrics, task, tasks=_TASKS)
         return account, self.deadline_at()

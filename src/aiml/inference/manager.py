@@ -150,11 +150,11 @@ class InferenceManager:
 
     async def infer(self, request: InferenceRequest) -> InferenceOutcome:
         """The earlier system's call: validate, then :meth:`run`."""
-        return await self.run(self._prepare_counted(request), counted=True)
+        return await self.run(self._validated(request), counted=True)
 
     async def stream(self, request: InferenceRequest) -> StreamOutcome:
         """Like :meth:`infer`, streamed."""
-        return await self.open(self._prepare_counted(request), counted=True)
+        return await self.open(self._validated(request), counted=True)
 
     async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
         """Locate, admit and run the call, within the deadline (:meth:`RequestGate.run`)."""
@@ -270,18 +270,8 @@ class InferenceManager:
             cached_models=self.router.cached_models(),
         )
 
-    def deadline_at(self) -> float:
-        """When the current request must be answered (the loop's clock): its arrival plus the
-        service's timeout, or less if the client asked for less."""
-        return self.gate.deadline_at()
-
-    def _prepare_counted(self, request: InferenceRequest) -> TaskCall:
-        self.stats_source.started += 1
-        try:
-            return self.prepare(request)
-        except AimlError as exc:
-            self.gate.refused(request.task, request.engine, exc)
-            raise
+    def _validated(self, request: InferenceRequest) -> TaskCall:
+        return self.gate.validated(request.task, request.engine, lambda: self.prepare(request))
 
 
 async def _probe(check: Awaitable[None]) -> str | None:

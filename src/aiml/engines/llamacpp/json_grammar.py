@@ -130,7 +130,7 @@ def _schema_grammar(text: str) -> Grammar:
 
 
 async def parse_grammar(vocab: Any, grammar: Grammar, output: OutputFormat) -> Any:
-    """``grammar`` parsed by llama.cpp for ``vocab`` (a ``llama_native.ParsedGrammar``), on a
+    """``grammar`` parsed by llama.cpp for ``vocab`` (a ``native.ParsedGrammar``), on a
     worker thread: a large one takes seconds that the event loop and the scheduler's other
     requests must not wait for. Freed if the request is cancelled meanwhile."""
     from .native import ParsedGrammar

@@ -1,14 +1,11 @@
-"""What the pool hands out: a loaded model's entry and the leases on it (see pool.py)."""
+"""What the pool hands out: a loaded model's entry and the leases on it (see model_pool.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 __all__ = ["Lease", "Loaded", "PoolEntry", "PoolKey"]
 
