@@ -173,6 +173,16 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated admin keys: register, aliases, cache, load, unload, pull.",
     )
+    mlflow_webhook_secret: str = Field(
+        default="",
+        description="The secret MLflow signs its webhook deliveries with (HMAC-SHA256); "
+        "with none, POST /hooks/mlflow is off (404).",
+    )
+    webhook_max_age_s: PositiveFloat = Field(
+        default=300.0,
+        description="A webhook delivery whose timestamp is further than this from now, either "
+        "way, is refused (seconds); delivery ids are remembered as long, so none is replayed.",
+    )
     max_body_bytes: PositiveInt = Field(
         default=16 << 20, description="Largest request body (uploads to /admin excepted)."
     )
