@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiml.engines.threads import RunningThreads, request_threads
-from aiml.errors import AimlError
+from aiml.errors import AimlError, DeadlineExceeded
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.types import Generation
@@ -25,7 +25,7 @@ from .admission import Admission
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-__all__ = ["Accounting"]
+__all__ = ["Accounting", "deadline_error"]
 
 #: Gated operations that are not tasks (their label in stats and metrics).
 OPERATIONS = frozenset({"lookup", "load", "unload"})
@@ -109,3 +109,10 @@ class Accounting:
             self.cancelled()  # the client hung up
         else:
             self.crashed()
+
+
+def deadline_error() -> DeadlineExceeded:
+    return DeadlineExceeded(
+        "the request's deadline passed; its work was cancelled (AIML_REQUEST_TIMEOUT_S, "
+        "or X-Request-Timeout)"
+    )

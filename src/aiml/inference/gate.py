@@ -14,27 +14,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
-from aiml.errors import AimlError, DeadlineExceeded, Draining, InvalidRequest, ModelNotFound
-from aiml.observability.context import request_deadline, request_started
+from aiml.errors import AimlError, Draining, InvalidRequest, ModelNotFound
+from aiml.observability.context import note_response_header, request_deadline, request_started
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
 
-from .accounting import Accounting
+from .accounting import Accounting, deadline_error
 from .admission import Admission
 from .limits import Limits
 from .router import Route, TaskRouter
+from .streams import OpenStream, StreamOutcome
 from .tasks import TASK_SPECS, Handler
 from .tasks.base import GenerativeHandler
 
-__all__ = ["InferenceOutcome", "Locate", "RequestGate", "StreamOutcome", "TaskCall"]
+__all__ = [
+    "SERVED_VERSION_HEADER",
+    "InferenceOutcome",
+    "Locate",
+    "RequestGate",
+    "TaskCall",
+]
 
 T = TypeVar("T")
+#: The registry version that served a response, on every surface (``name/version``).
+SERVED_VERSION_HEADER = "x-aiml-model-version"
 _TASKS = frozenset(t.value for t in TASK_SPECS)
 
 #: Finds a call's (engine, model reference); may ask the registry.
@@ -205,6 +214,9 @@ class RequestGate:
         the model lacks is refused by name."""
         _check_options(route.engine, request)
         resolved = await self.router.resolver.resolve(ref, route.engine.name)
+        if resolved.registry_name is not None and resolved.registry_version is not None:
+            version = f"{resolved.registry_name}/{resolved.registry_version}"
+            note_response_header(SERVED_VERSION_HEADER, version)
         handler = route.spec.handler_for(resolved)
         await self.router.capabilities.require(route.engine, resolved, route.spec.task, request)
         return resolved, handler
@@ -287,112 +299,3 @@ async def _within(work: Awaitable[T], deadline_at: float) -> T:
     """``work`` cancelled at the deadline."""
     async with _until(deadline_at):
         return await work
-
-
-def deadline_error() -> DeadlineExceeded:
-    return DeadlineExceeded(
-        "the request's deadline passed; its work was cancelled (AIML_REQUEST_TIMEOUT_S, "
-        "or X-Request-Timeout)"
-    )
-
-
-class OpenStream:
-    """A generation that has started: its first chunk is already in hand.
-
-    Reading the first chunk before anything is sent means the errors engines raise at once
-    (model not found, engine down) still get their own HTTP status, not a 200 stream.
-    """
-
-    def __init__(
-        self,
-        resolved: ResolvedModel,
-        handler: Handler[Any],
-        first: GenerationChunk | None,
-        rest: AsyncIterator[GenerationChunk],
-        on_error: Callable[[BaseException], None],
-    ) -> None:
-        self.resolved = resolved
-        self._handler = handler
-        self._first = first
-        self._rest = rest
-        self._on_error = on_error
-
-    def shape(self, generation: Generation) -> dict[str, Any]:
-        """The non-streaming ``result`` object for the finished generation."""
-        return self._handler.shape(self.resolved, generation)
-
-    async def chunks(self) -> AsyncIterator[GenerationChunk]:
-        try:
-            if self._first is not None:
-                yield self._first
-            async for chunk in self._rest:
-                yield chunk
-        except BaseException as exc:
-            self._on_error(exc)
-            raise
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop the generation (the client left): the engine is told at once."""
-        close = getattr(self._rest, "aclose", None)
-        if close is not None:
-            await close()
-
-
-class StreamOutcome:
-    """A started generation; iterate :meth:`chunks`, then read :attr:`final`. The stream's
-    end, whatever it is, settles the call's accounting."""
-
-    def __init__(
-        self, opened: OpenStream, account: Accounting, deadline_at: float, metrics: Metrics
-    ) -> None:
-        self.resolved = opened.resolved
-        self.final: Generation | None = None
-        self._opened = opened
-        self._account = account
-        self._deadline_at = deadline_at
-        self._metrics = metrics
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._account.started
-
-    def shape(self, generation: Generation) -> dict[str, Any]:
-        """The non-streaming ``result`` object for the finished generation."""
-        return self._opened.shape(generation)
-
-    async def chunks(self) -> AsyncIterator[GenerationChunk]:
-        """The text pieces; the final chunk (``done``) carries the whole generation."""
-        pieces = cast(AsyncGenerator[GenerationChunk, None], self._opened.chunks())
-        first = True
-        try:
-            while True:
-                try:
-                    # Read from a task spawned after open() returned (Starlette's): a thread
-                    # started for a chunk is still the call's.
-                    async with asyncio.timeout_at(self._deadline_at):
-                        with self._account.owning_threads():
-                            chunk = await anext(pieces)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise deadline_error() from None
-                if first and chunk.text:
-                    first = False
-                    labels = (self._account.task, self._account.engine)
-                    self._metrics.time_to_first_token.labels(*labels).observe(self.elapsed)
-                if chunk.final is not None:
-                    self.final = chunk.final
-                yield chunk
-        except BaseException as exc:
-            self._account.settle(exc)
-            raise
-        else:
-            self._account.finish(200, self.final)
-        finally:
-            await pieces.aclose()
-
-    async def aclose(self) -> None:
-        await self._opened.aclose()
-        self._account.cancelled()

@@ -27,10 +27,11 @@ from aiml.registry.references import parse_reference
 from aiml.types import ModelDetails, ModelRef, ResolvedModel
 
 from .admission import Admission
-from .gate import InferenceOutcome, Locate, RequestGate, StreamOutcome, TaskCall
+from .gate import InferenceOutcome, Locate, RequestGate, TaskCall
 from .limits import Limits
 from .readiness import RequiredEngines, engines_needed
 from .router import TaskRouter
+from .streams import StreamOutcome
 
 __all__ = [
     "HealthReport",
