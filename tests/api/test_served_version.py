@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Registry, RunningAiml
+from tests.conftest import Registry, RunningAiml, RunningOllama
 
 HEADER = "x-aiml-model-version"
 CHAT = [{"role": "user", "content": "hi there"}]
@@ -85,3 +85,33 @@ def test_a_request_that_never_reaches_a_version_names_none(aiml: RunningAiml) ->
         response = client.post("/v1/chat/completions", json={"model": "nobody", "messages": CHAT})
     assert response.status_code == 404
     assert HEADER not in response.headers
+
+
+def test_each_version_has_its_own_health_in_stats_and_metrics(
+    aiml: RunningAiml, ollama: RunningOllama
+) -> None:
+    with aiml.client() as client:
+        for _ in range(3):
+            client.post("/v1/chat/completions", json={"model": "chatty@production",
+                                                      "messages": CHAT})  # fmt: skip
+        with client.stream("POST", "/v1/chat/completions", json={
+            "model": "chatty", "messages": CHAT, "stream": True
+        }) as streamed:  # fmt: skip
+            streamed.read()
+        ollama.state.answer = (500, "the engine broke", {})
+        failed = client.post("/v1/chat/completions", json={"model": "chatty@production",
+                                                           "messages": CHAT})  # fmt: skip
+        assert failed.status_code >= 500
+        ollama.state.answer = None
+        stats = client.get("/inference/stats").json()["stats"]["by_version"]
+        metrics = client.get("/metrics").text
+    stable, latest = stats["chatty/2"], stats["chatty/3"]
+    assert stable["requests"] == 4
+    assert stable["by_status"] == {"200": 3, str(failed.status_code): 1}
+    assert stable["error_ratio"] == 0.25
+    assert stable["latency_s"]["p50"] is not None
+    assert latest["requests"] == 1
+    assert latest["time_to_first_token_s"]["p50"] is not None  # streamed
+    assert latest["tokens_per_s"]["p50"] is not None
+    assert 'aiml_version_requests_total{model_version="chatty/2",status="200"} 3.0' in metrics
+    assert 'aiml_version_error_ratio{model_version="chatty/2"} 0.25' in metrics

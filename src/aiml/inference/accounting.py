@@ -47,6 +47,8 @@ class Accounting:
         self._gate: Admission | None = None
         self._done = False
         self.threads = RunningThreads()
+        self.version: str | None = None  # until a registry version answers it
+        self.first_token_s: float | None = None
 
     @contextlib.contextmanager
     def owning_threads(self) -> Iterator[None]:
@@ -66,6 +68,15 @@ class Accounting:
     def admitted(self, gate: Admission) -> None:
         self._gate = gate
 
+    def served_by(self, version: str) -> None:
+        """The registry version (``name/3``) answering the call: its health counts it."""
+        self.version = version
+
+    def first_token(self) -> float:
+        """The call's first generated text is out now: seconds since it arrived."""
+        self.first_token_s = time.perf_counter() - self.started
+        return self.first_token_s
+
     def finish(self, status: int, generation: Generation | None = None) -> None:
         if self._done:
             return
@@ -79,6 +90,11 @@ class Accounting:
             stats.tokens[(self.task, self.engine)] += generation.completion_tokens
         elapsed = time.perf_counter() - self.started
         self._metrics.request_duration.labels(self.task, self.engine).observe(elapsed)
+        if self.version is not None:
+            tokens = (generation.completion_tokens or 0) if generation is not None else 0
+            stats.versions.record(
+                self.version, status, elapsed, first_token_s=self.first_token_s, tokens=tokens
+            )
 
     def failed(self, exc: AimlError) -> None:
         if self._done:

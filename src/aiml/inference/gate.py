@@ -100,7 +100,7 @@ class RequestGate:
                 route = self.router.route(call.task, engine)
                 await self._admit(engine, account, deadline_at)
                 async with _until(deadline_at):  # resolving may fetch the model's files
-                    resolved, handler = await self._resolve(route, ref, call.input)
+                    resolved, handler = await self._resolve(route, ref, call.input, account)
                     result, generation = await self._answer(
                         route, handler, resolved, ref, call.input
                     )
@@ -128,7 +128,7 @@ class RequestGate:
                         f"task {call.task!r} does not stream; leave out 'stream'", param="stream"
                     )
                 async with _until(deadline_at):
-                    resolved, handler = await self._resolve(route, ref, call.input)
+                    resolved, handler = await self._resolve(route, ref, call.input, account)
                     opened = await self._start(route, handler, resolved, ref, call.input)
         except BaseException as exc:
             account.settle(exc)
@@ -207,16 +207,18 @@ class RequestGate:
         account.admitted(gate)
 
     async def _resolve(
-        self, route: Route, ref: ModelRef, request: Any
+        self, route: Route, ref: ModelRef, request: Any, account: Accounting
     ) -> tuple[ResolvedModel, Handler[Any]]:
         """The model ``ref`` means on the route's engine and the handler for that model
         (chosen per model, never kept); an option the engine cannot honour or a capability
-        the model lacks is refused by name."""
+        the model lacks is refused by name. A registry version is named in the response
+        and counted in its own health."""
         _check_options(route.engine, request)
         resolved = await self.router.resolver.resolve(ref, route.engine.name)
         if resolved.registry_name is not None and resolved.registry_version is not None:
             version = f"{resolved.registry_name}/{resolved.registry_version}"
             note_response_header(SERVED_VERSION_HEADER, version)
+            account.served_by(version)
         handler = route.spec.handler_for(resolved)
         await self.router.capabilities.require(route.engine, resolved, route.spec.task, request)
         return resolved, handler

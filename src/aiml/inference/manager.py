@@ -237,6 +237,7 @@ class InferenceManager:
             "cancelled": s.cancelled,
             "by_status": by_status,
             "by_model": by_model,
+            "by_version": s.versions.summaries(),
             "errors": dict(s.errors),
             "rejected": dict(s.rejected),
             "generated_tokens": sum(s.tokens.values()),

@@ -103,7 +103,8 @@ class StreamOutcome:
                 if first and chunk.text:
                     first = False
                     labels = (self._account.task, self._account.engine)
-                    self._metrics.time_to_first_token.labels(*labels).observe(self.elapsed)
+                    waited = self._account.first_token()
+                    self._metrics.time_to_first_token.labels(*labels).observe(waited)
                 if chunk.final is not None:
                     self.final = chunk.final
                 yield chunk

@@ -100,6 +100,7 @@ class _Live(Collector):
         for (task, engine), count in sorted(s.tokens.items()):
             tokens.add_metric([task, engine], count)
         yield tokens
+        yield from _versions(s)
         rejected = CounterMetricFamily(
             "aiml_requests_rejected",
             "Requests refused before running, by reason.",
@@ -202,3 +203,43 @@ def _batching(models: Mapping[str, Any]) -> Iterator[Metric]:
         total = sum(size * n for size, n in counts.items())
         sizes.add_metric([model], buckets=buckets, sum_value=total)
     yield from (running, waiting, speed, prompt, reused, sizes)
+
+
+def _versions(stats: Stats) -> Iterator[Metric]:
+    """Per registry version: lifetime requests by status, and its window's error ratio and
+    latency percentiles (``VersionHealth``'s bounded set of versions)."""
+    health = stats.versions
+    requests = CounterMetricFamily(
+        "aiml_version_requests",
+        "Finished requests by registry version (name/version) and HTTP status.",
+        labels=["model_version", "status"],
+    )
+    gauges = {
+        key: GaugeMetricFamily(
+            f"aiml_version_{key}",
+            f"{text}, over the last {health.window_s:g} s, by registry version.",
+            labels=["model_version"],
+        )
+        for key, text in (
+            ("error_ratio", "Share of requests answered 5xx"),
+            ("latency_p50_seconds", "Median request latency"),
+            ("latency_p99_seconds", "99th percentile request latency"),
+            ("time_to_first_token_p99_seconds", "99th percentile time to first token"),
+            ("tokens_per_second_p50", "Median generated tokens per second"),
+        )
+    }
+    for version, summary in health.summaries().items():
+        for status, count in summary["total"].items():
+            requests.add_metric([version, status], count)
+        values = {
+            "error_ratio": summary["error_ratio"],
+            "latency_p50_seconds": summary["latency_s"]["p50"],
+            "latency_p99_seconds": summary["latency_s"]["p99"],
+            "time_to_first_token_p99_seconds": summary["time_to_first_token_s"]["p99"],
+            "tokens_per_second_p50": summary["tokens_per_s"]["p50"],
+        }
+        for key, value in values.items():
+            if value is not None:
+                gauges[key].add_metric([version], value)
+    yield requests
+    yield from gauges.values()

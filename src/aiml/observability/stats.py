@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .version_health import VersionHealth
+
 __all__ = ["Stats"]
 
 
@@ -29,6 +31,8 @@ class Stats:
     resolutions: int = 0
     engine_checks: int = 0
     stale_served: int = 0
+    #: Outcomes per registry version (``name/3``), over a sliding window.
+    versions: VersionHealth = field(default_factory=VersionHealth)
 
     @property
     def succeeded(self) -> int:
