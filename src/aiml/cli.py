@@ -282,9 +282,13 @@ def alias_set(
     name: Annotated[str, typer.Argument(help="Registered model")],
     alias: Annotated[str, typer.Argument(help="Alias, e.g. production")],
     version: Annotated[int, typer.Argument(help="Version the alias points to")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Move it even if VERSION lacks what the alias serves")
+    ] = False,
 ) -> None:
-    """Point NAME@ALIAS at VERSION."""
-    _run(lambda s: s.catalog.set_alias(name, alias, version))
+    """Point NAME@ALIAS at VERSION, once VERSION is found to serve what the alias serves now
+    (its engine, tasks, files, capabilities such as a chat template); --force skips that."""
+    _run(lambda s: s.catalog.set_alias(name, alias, version, force=force))
     console.print(f"{name}@{alias} -> version {version}")
 
 

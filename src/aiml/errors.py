@@ -18,6 +18,7 @@ API layer never has to guess a status from an arbitrary exception.
     ├── EngineOverloaded        429 engine_overloaded    (the engine's 429; its Retry-After)
     ├── ModelLoadFailed         500 model_load_failed
     ├── ModelBusy               409 model_in_use
+    ├── UnsafeAliasMove         409 unsafe_alias_move    (the target lacks what the alias serves)
     ├── Unauthorized            401 unauthorized         (no or malformed credentials)
     ├── Forbidden               403 forbidden            (credentials without the scope)
     ├── PoolExhausted           503 pool_exhausted       (no room to load; retry later)
@@ -29,6 +30,7 @@ API layer never has to guess a status from an arbitrary exception.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailable",
     "Unauthorized",
+    "UnsafeAliasMove",
 ]
 
 
@@ -197,6 +200,21 @@ class ModelBusy(AimlError):
 
     status_code = 409
     code = "model_in_use"
+
+
+class UnsafeAliasMove(AimlError):
+    """An alias move refused: the target version cannot serve what the alias serves now.
+
+    ``missing`` lists each lack as ``{"kind", "name", "reason"}`` (kinds: ``engine``,
+    ``task``, ``files``, ``model``, ``tags``, ``capability``); a forced move skips the check.
+    """
+
+    status_code = 409
+    code = "unsafe_alias_move"
+
+    def __init__(self, message: str, *, missing: Sequence[Mapping[str, str]]) -> None:
+        super().__init__(message, param="version")
+        self.missing = [dict(item) for item in missing]
 
 
 class PoolExhausted(AimlError):

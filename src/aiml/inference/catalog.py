@@ -1,8 +1,10 @@
 """``ModelCatalog``: the model lifecycle routes' logic (register, list, aliases).
 
-Changes made here invalidate the resolver caches for the model, and the kept listing of
-every model (:mod:`.listing`), at once, so a client that moves an alias through aiml sees
-the move on its next request and in its next listing, not after the TTL.
+An alias is moved only to a version that can serve what it serves now (:mod:`.alias_moves`;
+409 naming what the target lacks), unless forced. Changes made here invalidate the resolver
+caches for the model, and the kept listing of every model (:mod:`.listing`), at once, so a
+client that moves an alias through aiml sees the move on its next request and in its next
+listing, not after the TTL.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from aiml.errors import InvalidRequest, ModelNotFound
 from aiml.registry.artifacts import CONTENT_TAG, Progress, build_manifest, tags_for
 from aiml.registry.mlflow import MlflowRegistry, RegisteredModelInfo
 from aiml.registry.references import validate_alias, validate_registry_name
-from aiml.types import RegistryVersion, Task
+from aiml.types import ModelRef, RegistryVersion, Task
 
+from .alias_moves import AliasMoves, Missing
+from .capabilities import CapabilityBook
 from .listing import ModelListing
 
 __all__ = ["ModelCatalog", "Registration"]
@@ -49,15 +53,21 @@ class ModelCatalog:
         on_change: Callable[[str], None] = lambda name: None,
         table: Mapping[str, EngineSpec] = ENGINES,
         listing_ttl_s: float = 30.0,
+        capabilities: CapabilityBook | None = None,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
         """``on_change(name)`` runs after a model's versions or aliases change; ``table``
         says which engine serves which registered-file format; the listing of every model
-        is fetched again after ``listing_ttl_s`` (the resolve TTL)."""
+        is fetched again after ``listing_ttl_s`` (the resolve TTL). ``capabilities`` is
+        the book serving reads (so a move's check warms it), ``unavailable`` the configured
+        engines that cannot run here and why."""
         self._registry = registry
         self._engines = engines
         self._on_change = on_change
         self._table = table
         self.listing = ModelListing(self._fetch_all, ttl_s=listing_ttl_s)
+        self.moves = AliasMoves(engines, capabilities or CapabilityBook(), unavailable=unavailable)
+        self._tag_keys = tuple(sorted({k for e in engines.values() for k in e.model_tag_keys}))
 
     async def register_ollama(
         self,
@@ -184,11 +194,40 @@ class ModelCatalog:
         validate_registry_name(name, param="name")
         return await self._registry.get_model(name)
 
-    async def set_alias(self, name: str, alias: str, version: int) -> None:
+    async def set_alias(self, name: str, alias: str, version: int, *, force: bool = False) -> None:
+        """Point ``name@alias`` at ``version``, once the version is found able to serve what
+        the alias serves (409 :class:`~aiml.errors.UnsafeAliasMove` otherwise); ``force``
+        moves it unchecked."""
         validate_registry_name(name, param="name")
         validate_alias(alias)
+        if not force:
+            current, target = await self._move(name, alias, version)
+            await self.moves.check(alias, current, target)
         await self._registry.set_alias(name, alias, version)
         self._changed(name)
+
+    async def alias_move_problems(self, name: str, alias: str, version: int) -> list[Missing]:
+        """What ``version`` lacks to serve what ``name@alias`` serves now (empty: it can
+        take over), read from the registry as it is now; nothing is moved."""
+        current, target = await self._move(name, alias, version)
+        return await self.moves.missing(current, target)
+
+    async def _move(
+        self, name: str, alias: str, version: int
+    ) -> tuple[RegistryVersion | None, RegistryVersion]:
+        """The version the alias points at now (``None``: a new alias) and the target."""
+        found = await self._registry.find_version(
+            ModelRef(name, version=version), model_tag_keys=self._tag_keys
+        )
+        if found is None:  # pragma: no cover - a pinned lookup raises when absent
+            raise ModelNotFound(f"registered model {name!r} has no version {version}")
+        try:
+            current = await self._registry.find_version(
+                ModelRef(name, alias=alias), model_tag_keys=self._tag_keys
+            )
+        except ModelNotFound:
+            current = None
+        return current, found
 
     async def delete_alias(self, name: str, alias: str) -> None:
         validate_registry_name(name, param="name")

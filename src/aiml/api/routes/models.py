@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from aiml.errors import UnsafeAliasMove
 from aiml.registry.mlflow import RegisteredModelInfo
 from aiml.types import RegistryVersion
 
@@ -68,9 +69,24 @@ async def get_registered(name: str, services: ServicesDep) -> JSONResponse:
 
 
 @router.put("/registered_in_mlflow/{name}/aliases/{alias}")
-async def set_alias(name: str, alias: str, body: AliasBody, services: ServicesDep) -> JSONResponse:
-    """Point ``alias`` at a version; cached resolutions of ``name`` are dropped at once."""
-    await services.catalog.set_alias(name, alias, body.version)
+async def set_alias(
+    name: str,
+    alias: str,
+    body: AliasBody,
+    services: ServicesDep,
+    force: Annotated[bool, Query(description="Move without checking the version")] = False,
+) -> JSONResponse:
+    """Point ``alias`` at a version; cached resolutions of ``name`` are dropped at once.
+
+    Unless ``force``, the version must serve what the alias serves now (its engine, tasks,
+    files, capabilities): 409 ``unsafe_alias_move`` otherwise, ``error.missing`` listing
+    each lack as ``{kind, name, reason}``.
+    """
+    try:
+        await services.catalog.set_alias(name, alias, body.version, force=force)
+    except UnsafeAliasMove as exc:
+        error = {**exc.to_dict(), "missing": exc.missing}
+        return JSONResponse({"success": False, "error": error}, status_code=exc.status_code)
     return JSONResponse({"success": True, "name": name, "alias": alias, "version": body.version})
 
 

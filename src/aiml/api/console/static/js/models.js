@@ -67,18 +67,27 @@ function AliasForm({ model, versions, onDone }) {
   const [version, setVersion] = useState(String(versions[0]?.version ?? ""));
   const [confirm, setConfirm] = useState(false);
   const [notice, setNotice] = useState(null);
+  // What the version lacks, when aiml refused the move (409 unsafe_alias_move): the admin
+  // may still force it, having read the list.
+  const [refused, setRefused] = useState(null);
   const id = `alias-${model.name}`;
   const current = model.aliases[alias];
-  const move = async () => {
+  const move = async (force) => {
     setConfirm(false);
+    setRefused(null);
+    const path = `/models/registered_in_mlflow/${enc(model.name)}/aliases/${enc(alias)}`;
     try {
-      await put(`/models/registered_in_mlflow/${enc(model.name)}/aliases/${enc(alias)}`, {
-        version: Number(version),
-      });
+      await put(force ? `${path}?force=true` : path, { version: Number(version) });
       setNotice({ text: `${model.name}@${alias} now points at version ${version}.` });
       onDone();
     } catch (error) {
-      setNotice({ error: true, text: error.message });
+      const body = error.body?.error;
+      if (error.status === 409 && body?.code === "unsafe_alias_move") {
+        setRefused(body.missing ?? []);
+        setNotice({ error: true, text: `409: ${model.name}@${alias} was not moved.` });
+      } else {
+        setNotice({ error: true, text: error.message });
+      }
     }
   };
   return html`<form class="alias-form" onSubmit=${(e) => { e.preventDefault(); if (alias) setConfirm(true); }}>
@@ -93,7 +102,7 @@ function AliasForm({ model, versions, onDone }) {
     <button type="submit">Point alias…</button>
     <${Notice} notice=${notice} />
     ${confirm && html`<${Confirm} title="Move an alias" confirmLabel="Move alias"
-        onConfirm=${move} onCancel=${() => setConfirm(false)}>
+        onConfirm=${() => move(false)} onCancel=${() => setConfirm(false)}>
       <p class="change">
         <code>${model.name}@${alias}</code>:${" "}
         <span class="old">${current ? `version ${current}` : "(new alias)"}</span> →${" "}
@@ -101,6 +110,12 @@ function AliasForm({ model, versions, onDone }) {
       </p>
       <p>Requests for <code>${model.name}@${alias}</code> are served by version ${version}${" "}
         from now on (aiml drops its cached resolution of ${model.name} at once).</p>
+    <//>`}
+    ${refused && html`<${Confirm} title="Move the alias anyway?" confirmLabel="Move anyway"
+        onConfirm=${() => move(true)} onCancel=${() => setRefused(null)}>
+      <p>Version ${version} cannot serve all that <code>${model.name}@${alias}</code> serves now:</p>
+      <ul class="missing">${refused.map((m) => html`<li data-kind=${m.kind}>${m.reason}</li>`)}</ul>
+      <p>Once moved, the requests that need these fail.</p>
     <//>`}
   </form>`;
 }
