@@ -55,13 +55,23 @@ class Settings(BaseSettings):
     resolve_ttl_s: float = Field(
         default=30.0,
         ge=0,
-        description="How long a resolution of an alias or of 'latest' is trusted (seconds).",
+        description="How long a resolution of an alias or of 'latest' is trusted (seconds); "
+        "one in use is refreshed in the background before then, and past it a request waits "
+        "for the registry's answer.",
+    )
+    resolve_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Past its TTL, how long a request waits for the registry's answer before "
+        "the expired resolution is served instead (the lookup goes on and lands); 0: never "
+        "wait (seconds).",
     )
     resolve_stale_s: float = Field(
         default=300.0,
         ge=0,
-        description="Past its TTL, how much longer a resolution is still served at once while "
-        "it is refreshed in the background (seconds); older ones wait for the registry.",
+        description="How long past its TTL a known resolution may still be served while the "
+        "registry fails or is slower than AIML_RESOLVE_WAIT_S; older ones get the registry's "
+        "answer or 503 (seconds).",
     )
 
     ollama_host: str = Field(

@@ -1,4 +1,5 @@
-"""The resolver: TTL by a controlled clock, single-flight, stale-while-revalidate, outages,
+"""The resolver: TTL by a controlled clock, single-flight, refresh ahead of the TTL, the
+registry's answer past it (stale only while the registry fails or is slow), outages,
 invalidation and clear during a lookup."""
 
 from __future__ import annotations
@@ -60,15 +61,30 @@ class Gate:
 
 
 class Harness:
-    def __init__(self, registry: Registry, ollama: RunningOllama, ttl_s: float = 30.0) -> None:
+    def __init__(
+        self, registry: Registry, ollama: RunningOllama, ttl_s: float = 30.0, wait_s: float = 30.0
+    ) -> None:
         self.spy = CountingClient(registry.client)
         self.registry = MlflowRegistry(self.spy, uri=registry.uri, artifact_location=None)  # type: ignore[arg-type]
         self.engine = OllamaEngine(ollama.url, timeout_s=5, connect_timeout_s=1)
         self.clock = Clock()
         self.stats = Stats()
+        # The wait bound is real time (the clock above only says when entries expire): long
+        # by default, so a lookup held by a test is waited for, not given up on.
         self.resolver = ModelResolver(
-            {"ollama": self.engine}, self.registry, ttl_s=ttl_s, stats=self.stats, clock=self.clock
+            {"ollama": self.engine},
+            self.registry,
+            ttl_s=ttl_s,
+            stats=self.stats,
+            wait_s=wait_s,
+            clock=self.clock,
         )
+
+    def unreachable(self) -> Any:
+        """Cut the registry off; returns the client to put back."""
+        real = self.registry._client
+        self.registry._client = UnreachableMlflowClient()  # type: ignore[assignment]
+        return real
 
 
 @pytest.fixture
@@ -98,14 +114,11 @@ async def test_alias_is_looked_up_again_after_the_ttl_and_pinned_never(
     ).engine_model == "llama2:7b"
     assert harness.spy.total == calls
 
-    harness.clock.now += 5.2  # past it: answered from the stale entry while it is refreshed,
+    harness.clock.now += 5.2  # past it (no request in between): the first one sees the move
     assert (
         await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
-    ).engine_model == "llama2:7b"
-    await asyncio.gather(*harness.resolver._background)
-    assert (  # and then the move is seen
-        await harness.resolver.resolve(ModelRef("m", alias="prod"), "ollama")
     ).engine_model == "llama2:13b"
+    assert harness.stats.stale_served == 0
     harness.clock.now += 10_000
     calls = harness.spy.total
     assert (
@@ -158,27 +171,29 @@ async def test_outage_serves_known_references_and_refuses_new_ones(
 ) -> None:
     registry.register("known", "llama2:7b", alias="prod")
     registry.register("new", "llama2:7b")
-    assert (
-        await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
-    ).engine_model == "llama2:7b"
+    registry.register("known", "llama2:13b")
+    ref = ModelRef("known", alias="prod")
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
 
-    real = harness.registry._client
-    harness.registry._client = UnreachableMlflowClient()  # type: ignore[assignment]
-    harness.clock.now += 31  # expired: a refresh is attempted and fails
-    assert (
-        await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
-    ).engine_model == "llama2:7b"
-    await asyncio.gather(*harness.resolver._background)
+    real = harness.unreachable()
+    harness.clock.now += 31  # expired: the request's lookup fails, the known entry answers
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
     assert harness.stats.stale_served == 1
-    with pytest.raises(RegistryUnavailable):
+    resolutions = harness.stats.resolutions
+    harness.clock.now += 0.5  # within the retry interval: served at once, the registry not asked
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
+    assert (harness.stats.stale_served, harness.stats.resolutions) == (2, resolutions)
+    assert not harness.resolver._background
+    with pytest.raises(RegistryUnavailable):  # never resolved: nothing to serve it from
         await harness.resolver.resolve(ModelRef("new"), "ollama")
 
-    harness.registry._client = real  # back: the next refresh after the retry interval succeeds
-    registry.client.set_registered_model_alias("known", "prod", "1")
-    harness.clock.now += 1.1
-    await harness.resolver.resolve(ModelRef("known", alias="prod"), "ollama")
+    harness.registry._client = real  # back, and the alias moved meanwhile
+    registry.client.set_registered_model_alias("known", "prod", "2")
+    harness.clock.now += 0.6  # past the retry interval: one re-check, in the background
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
     await asyncio.gather(*harness.resolver._background)
-    assert harness.stats.stale_served == 1
+    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
+    assert harness.stats.stale_served == 3
 
 
 async def test_clear_during_a_lookup_does_not_repopulate(
@@ -243,15 +258,15 @@ async def test_a_warm_reference_is_refreshed_before_it_expires(
     assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
     assert harness.spy.total == calls  # no request waited for the registry
 
-    real = harness.registry._client
-    harness.registry._client = UnreachableMlflowClient()  # type: ignore[assignment]
+    real = harness.unreachable()
     harness.clock.now += 25  # a refresh that fails leaves the entry to expire as usual
     assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
     await asyncio.gather(*harness.resolver._background)
+    assert harness.stats.stale_served == 0  # still fresh: nothing stale was served
     harness.registry._client = real
 
 
-async def test_past_the_ttl_the_stale_mapping_answers_at_once_while_one_lookup_refreshes_it(
+async def test_past_the_ttl_every_request_waits_for_one_lookup_and_gets_its_answer(
     harness: Harness, registry: Registry
 ) -> None:
     registry.register("m", "llama2:7b", alias="prod")
@@ -261,28 +276,19 @@ async def test_past_the_ttl_the_stale_mapping_answers_at_once_while_one_lookup_r
     registry.client.set_registered_model_alias("m", "prod", "2")
     gate = Gate(harness.spy, "get_model_version_by_alias")
     harness.registry._client = gate  # type: ignore[assignment]
-    harness.clock.now += 31  # past the TTL, well within the stale bound
+    harness.clock.now += 31  # past the TTL, no refresh ahead of it (no request came)
     calls = harness.spy.total
     try:
-        # Bounded only so that a resolver waiting for the held lookup fails instead of hanging.
-        async with asyncio.timeout(5):
-            answers = await asyncio.gather(
-                *(harness.resolver.resolve(ref, "ollama") for _ in range(50))
-            )
-        assert {a.engine_model for a in answers} == {"llama2:7b"}  # no caller waited
+        answers = asyncio.gather(*(harness.resolver.resolve(ref, "ollama") for _ in range(50)))
         await gate.reached()
-        assert harness.spy.total == calls + 1  # one lookup behind all fifty, still held
+        assert not answers.done()  # all fifty wait for the one lookup, held here
+        assert harness.spy.total == calls + 1
     finally:
         gate.opened.set()
-    await asyncio.gather(*harness.resolver._background)
+    assert {a.engine_model for a in await answers} == {"llama2:13b"}
+    assert (harness.spy.total, harness.stats.stale_served) == (calls + 1, 0)
     assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:13b"
-    assert harness.spy.total == calls + 1  # the refreshed entry answers
-
-    # Older than TTL + the stale bound: too stale to answer, the request waits for the registry.
-    registry.client.set_registered_model_alias("m", "prod", "1")
-    harness.clock.now += 30 + 300 + 0.1
-    assert (await harness.resolver.resolve(ref, "ollama")).engine_model == "llama2:7b"
-    assert not harness.resolver._background
+    assert harness.spy.total == calls + 1  # the new entry answers
 
 
 async def test_an_invalidation_during_a_lookup_keeps_its_answer_out_of_the_cache(

@@ -1,24 +1,29 @@
-"""Model references resolved to an engine's model: once, shared, and never stale for long.
+"""Model references resolved to an engine's model: once, shared, and never served stale
+while the registry answers.
 
 One :class:`ModelResolver` serves every engine. An entry per reference holds what the
 registry said (the version, or "not registered") and, per engine, what that engine made of
 it, so a model resolved for ``chat`` is warm for ``text-generation`` and the version's
 ``inference_engine`` tag can pick the engine without another registry call.
 
-* Single-flight: concurrent first requests for one reference share one registry lookup and,
-  per engine, one engine check.
+* Single-flight: concurrent requests for one reference share one registry lookup and, per
+  engine, one engine check.
 * A pinned version (``name/3``) never expires; an alias or "latest" is fresh for the TTL,
-  and so are the engine results kept in its entry. Past the TTL a known entry is still
-  served at once, for up to ``stale_s`` more, while one lookup in the background replaces
-  it (stale-while-revalidate): a request waits for the registry only for a reference never
-  resolved, or one unused for longer than TTL + ``stale_s``. So a moved alias is seen once
-  that refresh has answered; the first request past the TTL still gets the old mapping.
+  and so are the engine results kept in its entry. An entry in use is looked up again in
+  the background in the last fifth of its TTL (at most 5 s before expiry), so a steadily
+  used reference never reaches expiry (refresh-after-write before expire-after-write).
+* Past the TTL an entry is not served as it is: the request waits for the lookup and gets
+  the registry's answer. So a moved alias is never served later than TTL plus the
+  registry's answer time, even to the first request past the TTL.
+* Stale only while the registry fails or is slow: when that lookup fails (unreachable) or
+  has not answered within ``wait_s``, the expired entry is served (``stale_served``), for at
+  most ``stale_s`` past its expiry, and later requests get it at once while one lookup in
+  the background (at most once a second) replaces it when the registry answers. Past
+  expiry + ``stale_s`` it is never served: the registry's answer, or 503. A reference never
+  resolved gets 503 in an outage. A registry error is never turned into a guess.
 * Invalidation wins: a lookup in flight when its name is invalidated (or the cache cleared)
-  still answers the callers already waiting on it, but its result is not kept, and later
-  callers start a lookup of their own.
-* When the registry is unreachable, a reference resolved before keeps being served from
-  the cache (asked again at most once a second); a new one fails with 503. A registry error
-  is never turned into a guess.
+  still answers the callers already waiting on it, but its result is not kept (nor the entry
+  before it served in its stead), and later callers start a lookup of their own.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
@@ -51,9 +57,10 @@ _ENGINE_NAME_TAGS = engine_for_name_tags()
 class _Entry:
     version: RegistryVersion | None  # None: the registry does not hold the name
     expires_at: float  # fresh until then
-    stale_until: float  # past expiry, still served at once (while a refresh runs) until then
+    stale_until: float  # past expiry, served while the registry fails or is slow until then
     models: dict[str, ResolvedModel] = field(default_factory=dict)
-    retry_at: float = -math.inf  # no refresh before then: the last one failed
+    retry_at: float = -math.inf  # no background lookup before then: the last one failed
+    failing: bool = False  # its last lookup failed or was slow: past expiry, served at once
 
 
 def engine_of(version: RegistryVersion) -> str | None:
@@ -78,18 +85,20 @@ class ModelResolver:
         ttl_s: float,
         stats: Stats,
         stale_s: float = 300.0,
+        wait_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engines = engines
         self._registry = registry
         self._ttl_s = ttl_s
         self._stale_s = stale_s
+        self._wait_s = wait_s
         self._stats = stats
         self._clock = clock
         self._entries: dict[ModelRef, _Entry] = {}
         self._inflight: dict[tuple[ModelRef, str | None], asyncio.Future[Any]] = {}
         # Entries still in use are looked up again this long before they expire, in the
-        # background, so a steadily used reference is never even served stale.
+        # background, so a steadily used reference never waits for the registry.
         self._ahead_s = min(ttl_s / 5, 5.0)
         self._refreshing: dict[ModelRef, asyncio.Future[None]] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -100,21 +109,19 @@ class ModelResolver:
 
     async def resolve(self, ref: ModelRef, engine: str) -> ResolvedModel:
         """The model ``ref`` names on ``engine``."""
-        entry = self._usable(ref)
-        if entry is not None and engine in entry.models:
+        entry, cached = await self._current(ref)
+        model = entry.models.get(engine)
+        if cached and model is not None:
             self._stats.cache_hits += 1
-            return entry.models[engine]
+            return model
         self._stats.cache_misses += 1
-        found = entry if entry is not None else await self._lookup_once(ref)
-        if engine in found.models:  # a concurrent caller got here first
-            return found.models[engine]
-        return await self._single((ref, engine), lambda: self._check(ref, found, engine))
+        if model is not None:  # the same version as before, or a concurrent caller's check
+            return model
+        return await self._single((ref, engine), lambda: self._check(ref, entry, engine))
 
     async def version(self, ref: ModelRef) -> RegistryVersion | None:
         """The registry version ``ref`` names, or ``None`` when the name is not registered."""
-        entry = self._usable(ref)
-        if entry is None:
-            entry = await self._lookup_once(ref)
+        entry, _ = await self._current(ref)
         return entry.version
 
     async def engine_for(self, ref: ModelRef) -> str:
@@ -166,16 +173,43 @@ class ModelResolver:
         for ref in [ref for ref in self._refreshing if matches(ref)]:
             del self._refreshing[ref]
 
-    def _usable(self, ref: ModelRef) -> _Entry | None:
-        """The entry to answer from at once, fresh or not too stale; starts its refresh."""
+    async def _current(self, ref: ModelRef) -> tuple[_Entry, bool]:
+        """The entry to answer from, and whether the cache gave it without a lookup."""
         entry = self._entries.get(ref)
         if entry is None:
-            return None
+            return await self._lookup_once(ref), False
         now = self._clock()
-        if now >= entry.stale_until:
-            return None
-        if now >= entry.expires_at - self._ahead_s and now >= entry.retry_at:
-            self._refresh_soon(ref, entry)
+        if now < entry.expires_at:
+            if now >= entry.expires_at - self._ahead_s and now >= entry.retry_at:
+                self._refresh_soon(ref, entry)
+            return entry, True
+        if now >= entry.stale_until:  # too old to stand in: the registry's answer, or 503
+            return await self._lookup_once(ref), False
+        if entry.failing:  # the registry failed or was slow just now: not waited on again
+            if now >= entry.retry_at:
+                self._refresh_soon(ref, entry)
+            return self._stale(entry), True
+        return await self._wait_for_lookup(ref, entry), False
+
+    async def _wait_for_lookup(self, ref: ModelRef, expired: _Entry) -> _Entry:
+        """The registry's answer for an expired entry; the entry itself only if the lookup
+        fails (unreachable) or has not answered within ``wait_s`` (it goes on, and lands)."""
+        lookup = self._start((ref, None), lambda: self._lookup(ref))
+        done, _ = await asyncio.wait({lookup}, timeout=self._wait_s)
+        if done:
+            try:
+                return lookup.result()
+            except RegistryUnavailable:
+                pass  # the lookup marked the entry failing
+        else:
+            expired.failing = True
+            self._refresh_soon(ref, expired)  # joins the lookup; warms the engines once it lands
+        if self._entries.get(ref) is not expired:  # invalidated meanwhile: it must not answer
+            return await self._lookup_once(ref)
+        return self._stale(expired)
+
+    def _stale(self, entry: _Entry) -> _Entry:
+        self._stats.stale_served += 1
         return entry
 
     async def _lookup_once(self, ref: ModelRef) -> _Entry:
@@ -184,16 +218,22 @@ class ModelResolver:
     async def _single(
         self, key: tuple[ModelRef, str | None], work: Callable[[], Awaitable[T]]
     ) -> T:
-        """``work`` once for all concurrent callers, as a task of its own kept under ``key``
-        while it runs (so the work can tell whether it is still current)."""
+        """``work`` once for all concurrent callers."""
+        # Shielded: one caller hanging up must not cancel the lookup the others wait on.
+        result: T = await asyncio.shield(self._start(key, work))
+        return result
+
+    def _start(
+        self, key: tuple[ModelRef, str | None], work: Callable[[], Awaitable[T]]
+    ) -> asyncio.Future[T]:
+        """The run of ``work`` in flight under ``key``, started if none is: a task of its own,
+        kept under ``key`` while it runs (so the work can tell whether it is still current)."""
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(work())
             self._inflight[key] = future
             future.add_done_callback(lambda done: self._done(key, done))
-        # Shielded: one caller hanging up must not cancel the lookup the others wait on.
-        result: T = await asyncio.shield(future)
-        return result
+        return future
 
     def _done(self, key: tuple[ModelRef, str | None], done: asyncio.Future[Any]) -> None:
         if self._inflight.get(key) is done:
@@ -213,26 +253,27 @@ class ModelResolver:
         return await self._registry.find_version(ref, model_tag_keys=self._tag_keys)
 
     async def _lookup(self, ref: ModelRef) -> _Entry:
-        """Ask the registry (once for all engines); keep serving a stale entry in an outage."""
-        stale = self._entries.get(ref)
+        """Ask the registry (once for all engines) and keep its answer, if still current."""
+        old = self._entries.get(ref)
         self._stats.resolutions += 1
         try:
             version = await self._find(ref)
         except RegistryUnavailable:
-            if stale is None:
-                raise
-            self._outage(stale)
-            return stale
+            if old is not None and self._entries.get(ref) is old:
+                self._outage(old)
+            raise
         entry = self._new_entry(ref, version)
+        if old is not None and version == old.version:
+            entry.models = dict(old.models)  # the same version: the engines' answers stand
         if self._inflight.get((ref, None)) is asyncio.current_task():  # not invalidated since
             self._entries[ref] = entry
         return entry
 
     def _outage(self, entry: _Entry) -> None:
-        """The registry is unreachable: serve ``entry`` on, and ask again in a second."""
-        self._stats.stale_served += 1
+        """The registry is unreachable: past expiry ``entry`` is served at once (until its
+        ``stale_until``) while the registry is asked again, in the background, in a second."""
+        entry.failing = True
         entry.retry_at = self._clock() + min(self._ttl_s, REGISTRY_RETRY_S)
-        entry.stale_until = max(entry.stale_until, entry.retry_at + self._stale_s)
 
     async def _check(self, ref: ModelRef, entry: _Entry, engine_name: str) -> ResolvedModel:
         model = await self._engine_model(ref, entry.version, engine_name)
@@ -265,32 +306,25 @@ class ModelResolver:
         task.add_done_callback(done)
 
     async def _refresh(self, ref: ModelRef, old: _Entry) -> None:
-        """Replace an entry expiring or expired with a fresh one, engine results included.
+        """Look ``ref`` up again in the background (joining a lookup in flight), then check
+        the engines ``old`` served on against what it names now, so they answer warm.
 
-        In an outage the old entry is served on. Any other failure (the alias was deleted,
-        the engine lacks the new version's model) ends the old entry's service at its
-        expiry: the request path then looks up, and reports, for itself.
+        Failures are left to the request path to meet and report: an outage has marked
+        ``old`` failing; any other error (the alias was deleted) is asked again in a second.
         """
-        self._stats.resolutions += 1
         try:
-            version = await self._find(ref)
-            fresh = self._new_entry(ref, version)
-            if version == old.version:
-                fresh.models = dict(old.models)
-            else:
-                for engine_name in list(old.models):
-                    fresh.models[engine_name] = await self._engine_model(ref, version, engine_name)
+            fresh = await self._lookup_once(ref)
         except RegistryUnavailable:
-            if self._entries.get(ref) is old:
-                self._outage(old)
             return
         except Exception as exc:  # the background must never raise into the void
             log.debug("refreshing %s failed: %s", ref, exc)
-            old.stale_until = min(old.stale_until, old.expires_at)
             old.retry_at = self._clock() + REGISTRY_RETRY_S
             return
-        if self._entries.get(ref) is old:  # neither invalidated nor replaced meanwhile
-            self._entries[ref] = fresh
+        for name in [name for name in old.models if name not in fresh.models]:
+            try:
+                await self._single((ref, name), partial(self._check, ref, fresh, name))
+            except Exception as exc:
+                log.debug("checking %s on %s failed: %s", ref, name, exc)
 
     async def _direct(self, ref: ModelRef, engine: Engine) -> ResolvedModel:
         """The note's "way 2": a name the registry does not know is the engine's own name."""
