@@ -69,9 +69,9 @@ class Settings(BaseSettings):
     resolve_stale_s: float = Field(
         default=300.0,
         ge=0,
-        description="How long past its TTL a known resolution may still be served while the "
-        "registry fails or is slower than AIML_RESOLVE_WAIT_S; older ones get the registry's "
-        "answer or 503 (seconds).",
+        description="While the registry fails or is slower than AIML_RESOLVE_WAIT_S, how long "
+        "past its TTL (or its last failed re-check) a known resolution is still served; older "
+        "ones get the registry's answer or 503 (seconds).",
     )
 
     ollama_host: str = Field(

@@ -16,11 +16,12 @@ it, so a model resolved for ``chat`` is warm for ``text-generation`` and the ver
   the registry's answer. So a moved alias is never served later than TTL plus the
   registry's answer time, even to the first request past the TTL.
 * Stale only while the registry fails or is slow: when that lookup fails (unreachable) or
-  has not answered within ``wait_s``, the expired entry is served (``stale_served``), for at
-  most ``stale_s`` past its expiry, and later requests get it at once while one lookup in
-  the background (at most once a second) replaces it when the registry answers. Past
-  expiry + ``stale_s`` it is never served: the registry's answer, or 503. A reference never
-  resolved gets 503 in an outage. A registry error is never turned into a guess.
+  has not answered within ``wait_s``, the expired entry is served (``stale_served``), and
+  later requests get it at once while one lookup in the background (at most once a second)
+  replaces it when the registry answers. Each failed re-check keeps it servable ``stale_s``
+  longer, so a mapping in use outlives an outage of any length (stale beats down); one
+  unused for ``stale_s`` of outage is no longer vouched for: the registry's answer, or 503.
+  A reference never resolved gets 503 in an outage. A registry error is never a guess.
 * Invalidation wins: a lookup in flight when its name is invalidated (or the cache cleared)
   still answers the callers already waiting on it, but its result is not kept (nor the entry
   before it served in its stead), and later callers start a lookup of their own.
@@ -270,10 +271,15 @@ class ModelResolver:
         return entry
 
     def _outage(self, entry: _Entry) -> None:
-        """The registry is unreachable: past expiry ``entry`` is served at once (until its
-        ``stale_until``) while the registry is asked again, in the background, in a second."""
+        """The registry is unreachable: past expiry ``entry`` is served at once while the
+        registry is asked again, in the background, in a second; each failed ask keeps it
+        servable ``stale_s`` longer, so a known mapping in use outlives the outage (stale
+        beats down), while a registry that answers is never overruled."""
+        now = self._clock()
         entry.failing = True
-        entry.retry_at = self._clock() + min(self._ttl_s, REGISTRY_RETRY_S)
+        entry.retry_at = now + min(self._ttl_s, REGISTRY_RETRY_S)
+        if now < entry.stale_until:  # one past its bound stays there: no longer vouched for
+            entry.stale_until = max(entry.stale_until, entry.retry_at + self._stale_s)
 
     async def _check(self, ref: ModelRef, entry: _Entry, engine_name: str) -> ResolvedModel:
         model = await self._engine_model(ref, entry.version, engine_name)

@@ -51,12 +51,13 @@ class TaskRouter:
         ttl_s: float,
         stats: Stats,
         stale_s: float = 300.0,
+        wait_s: float = 1.0,
         unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self._engines = dict(engines)
         self._unavailable = dict(unavailable or {})
         self.resolver = ModelResolver(
-            self._engines, registry, ttl_s=ttl_s, stale_s=stale_s, stats=stats
+            self._engines, registry, ttl_s=ttl_s, stale_s=stale_s, wait_s=wait_s, stats=stats
         )
         self.capabilities = CapabilityBook()
         self._table: dict[Task, tuple[str, ...]] = {
