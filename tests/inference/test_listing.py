@@ -10,7 +10,7 @@ import pytest
 
 from aiml.errors import RegistryError, RegistryUnavailable
 from aiml.inference.listing import ModelListing
-from aiml.registry.mlflow import RegisteredModelInfo
+from aiml.registry.entities import RegisteredModelInfo
 from tests.inference.test_resolver import Clock
 
 

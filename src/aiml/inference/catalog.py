@@ -21,7 +21,8 @@ from aiml.engines.remote.ollama import MODEL_NAME_TAG, OllamaEngine, is_valid_ol
 from aiml.engines.table import ENGINES, EngineSpec, engine_for_format
 from aiml.errors import InvalidRequest, ModelNotFound
 from aiml.registry.artifacts import CONTENT_TAG, Progress, build_manifest, tags_for
-from aiml.registry.mlflow import MlflowRegistry, RegisteredModelInfo
+from aiml.registry.entities import RegisteredModelInfo
+from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import validate_alias, validate_registry_name
 from aiml.types import ModelRef, RegistryVersion, Task
 

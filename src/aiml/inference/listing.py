@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from aiml.errors import RegistryUnavailable
 from aiml.registry.calls import REGISTRY_RETRY_S
-from aiml.registry.mlflow import RegisteredModelInfo
+from aiml.registry.entities import RegisteredModelInfo
 
 __all__ = ["ModelListing"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import posixpath
 import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,27 +28,15 @@ from aiml.types import ModelRef, RegistryVersion
 from aiml.urls import redact
 
 from .calls import RegistryCalls, apply_http_bounds, is_missing
+from .entities import RegisteredModelInfo, model_info, registry_version
 
-__all__ = ["MlflowRegistry", "RegisteredModelInfo", "apply_http_bounds"]
+__all__ = ["MlflowRegistry", "apply_http_bounds"]
 
 T = TypeVar("T")
 REGISTRATION_EXPERIMENT = "aiml-registrations"
 # Threads of one registry's bounded calls: lookups are rare once references are cached, so a
 # few suffice, and they are all that a stalled registry (a locked sqlite file) can hold.
 _THREADS = 4
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredModelInfo:
-    """A registered model with its aliases, tags and (when asked for) its versions."""
-
-    name: str
-    description: str
-    tags: Mapping[str, str]
-    aliases: Mapping[str, int]
-    latest_version: int | None
-    versions: tuple[RegistryVersion, ...] = ()
-    created_s: int = 0  # creation time, seconds since the epoch
 
 
 class MlflowRegistry:
@@ -125,7 +112,7 @@ class MlflowRegistry:
                 page_token=page_token,
             )
             token = page.token.decode() if isinstance(page.token, bytes) else page.token
-            return [_model_info(m) for m in page], token or None
+            return [model_info(m) for m in page], token or None
 
         return await self._runner.run(work, invalid="page_token")
 
@@ -139,7 +126,7 @@ class MlflowRegistry:
                 f"name='{name}'",
                 order_by=["version_number DESC"],
             )
-            info = _model_info(model)
+            info = model_info(model)
             model_tags = dict(model.tags)
             by_version: dict[int, list[str]] = {}
             for alias, number in info.aliases.items():
@@ -152,7 +139,7 @@ class MlflowRegistry:
                 latest_version=info.latest_version,
                 created_s=info.created_s,
                 versions=tuple(
-                    _version(v, model_tags, aliases=by_version.get(int(v.version), []))
+                    registry_version(v, model_tags, aliases=by_version.get(int(v.version), []))
                     for v in versions
                 ),
             )
@@ -235,7 +222,7 @@ class MlflowRegistry:
             description=description,
             await_creation_for=0,
         )
-        return _version(mv, {})
+        return registry_version(mv, {})
 
     async def find_version_with_tag(
         self, name: str, key: str, value: str
@@ -249,7 +236,7 @@ class MlflowRegistry:
                 max_results=1,
                 order_by=["version_number DESC"],
             )
-            return _version(found[0], {}) if found else None
+            return registry_version(found[0], {}) if found else None
 
         return await self._runner.run(work)
 
@@ -287,6 +274,18 @@ class MlflowRegistry:
         await self._runner.run(
             lambda: self._call(self._client.set_registered_model_alias, name, alias, str(version)),
             not_found=f"registered model {name!r} has no version {version} in {self._uri}",
+        )
+
+    async def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        await self._runner.run(
+            lambda: self._call(self._client.set_model_version_tag, name, str(version), key, value),
+            not_found=f"registered model {name!r} has no version {version} in {self._uri}",
+        )
+
+    async def delete_version_tag(self, name: str, version: int, key: str) -> None:
+        await self._runner.run(
+            lambda: self._call(self._client.delete_model_version_tag, name, str(version), key),
+            not_found=f"registered model {name!r} version {version} has no tag {key!r}",
         )
 
     async def delete_alias(self, name: str, alias: str) -> None:
@@ -334,7 +333,7 @@ class MlflowRegistry:
         model_tags: dict[str, str] = {}
         if any(key not in mv.tags for key in model_tag_keys):
             model_tags = dict(self._call(self._client.get_registered_model, ref.name).tags)
-        return _version(mv, model_tags)
+        return registry_version(mv, model_tags)
 
     def _ensure_registered_model(self, name: str) -> None:
         try:
@@ -370,29 +369,3 @@ class MlflowRegistry:
         with self._lock:
             self._calls += 1
         return fn(*args, **kwargs)
-
-
-def _version(
-    mv: Any, model_tags: Mapping[str, str], aliases: Collection[str] | None = None
-) -> RegistryVersion:
-    return RegistryVersion(
-        name=mv.name,
-        version=int(mv.version),
-        tags=dict(mv.tags or {}),
-        model_tags=dict(model_tags),
-        aliases=tuple(sorted(aliases if aliases is not None else (mv.aliases or ()))),
-        source=mv.source,
-    )
-
-
-def _model_info(model: Any) -> RegisteredModelInfo:
-    aliases = {alias: int(version) for alias, version in (model.aliases or {}).items()}
-    latest = [int(v.version) for v in (model.latest_versions or [])]
-    return RegisteredModelInfo(
-        name=model.name,
-        description=model.description or "",
-        tags=dict(model.tags or {}),
-        aliases=aliases,
-        latest_version=max(latest) if latest else None,
-        created_s=int(getattr(model, "creation_timestamp", 0) or 0) // 1000,
-    )

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from aiml.errors import UnsafeAliasMove
-from aiml.registry.mlflow import RegisteredModelInfo
+from aiml.registry.entities import RegisteredModelInfo
 from aiml.types import RegistryVersion
 
 from ..deps import ServicesDep
