@@ -12,7 +12,7 @@ import pytest
 from aiml.engines.base import Engine
 from aiml.engines.pool import ModelPool
 from aiml.engines.table import ENGINES, EngineDeps, EngineSpec, build_engines, engine_for_format
-from aiml.inference.resolver import engine_of
+from aiml.inference.engine_models import engine_of
 from aiml.registry.artifacts import ArtifactCache
 from aiml.settings import Settings
 from aiml.types import (

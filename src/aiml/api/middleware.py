@@ -26,6 +26,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiml.observability.context import (
+    request_affinity,
     request_deadline,
     request_id,
     request_started,
@@ -40,6 +41,8 @@ __all__ = ["Authentication", "BodyLimit", "RequestContext", "Traffic"]
 log = logging.getLogger("aiml.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,64}")
 _QUIET = ("/health/", "/metrics")
+#: A longer x-aiml-session header is no session (it would only cost hashing).
+_MAX_SESSION_BYTES = 256
 _UPLOAD_PATH = "/admin/models/register"  # the one route with AIML_MAX_UPLOAD_BYTES
 
 
@@ -164,14 +167,12 @@ class Authentication:
             await self.app(scope, receive, send)
             return
         if not self.enabled:
-            set_caller(scope, NO_KEYS)
-            await self.app(scope, receive, send)
+            await self._pass(scope, receive, send, NO_KEYS)
             return
         path = scope["path"]
         need = access_of(scope["method"], path)
         if need is Access.OPEN:
-            set_caller(scope, ANONYMOUS)
-            await self.app(scope, receive, send)
+            await self._pass(scope, receive, send, ANONYMOUS)
             return
         token = _bearer(scope)
         if token is None:
@@ -181,8 +182,7 @@ class Authentication:
             admin = self.admin_keys.holds(digest)
             user = self.api_keys.holds(digest)
             if admin or (user and need is Access.USER):
-                set_caller(scope, Caller(key=digest.hex(), admin=admin))
-                await self.app(scope, receive, send)
+                await self._pass(scope, receive, send, Caller(key=digest.hex(), admin=admin))
                 return
             if user:
                 refusal = (403, "forbidden", "this route needs an admin key (AIML_ADMIN_KEYS)")
@@ -193,6 +193,30 @@ class Authentication:
         await render_error(path, status, code, message, headers=headers | _close_if_body(scope))(
             scope, receive, send
         )
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send, caller: Caller) -> None:
+        """On to the app, with the caller in the scope and its affinity (whose choices stick
+        to it: a canary's version) in the request's context."""
+        set_caller(scope, caller)
+        token = request_affinity.set(_affinity(scope, caller))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_affinity.reset(token)
+
+
+def _affinity(scope: Scope, caller: Caller) -> str | None:
+    """The caller as sticky choices know it: its session header, else its key, else its
+    address (a route may narrow it further: the OpenAI ``user`` field)."""
+    name: bytes
+    value: bytes
+    for name, value in scope["headers"]:
+        if name == b"x-aiml-session" and 0 < len(value) <= _MAX_SESSION_BYTES:
+            return "session:" + value.decode("latin-1")
+    if caller.key is not None:
+        return "key:" + caller.key
+    client = scope.get("client")
+    return f"client:{client[0]}" if client else None
 
 
 class BodyLimit:

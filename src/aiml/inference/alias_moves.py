@@ -38,7 +38,7 @@ from aiml.errors import (
 from aiml.types import ModelDetails, RegistryVersion, ResolvedModel, Source, Task
 
 from .capabilities import CapabilityBook
-from .resolver import engine_of
+from .engine_models import engine_of
 from .tasks import TASK_SPECS
 
 __all__ = ["AliasMoves", "Missing"]

@@ -20,7 +20,12 @@ from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
 from aiml.errors import AimlError, Draining, InvalidRequest, ModelNotFound
-from aiml.observability.context import note_response_header, request_deadline, request_started
+from aiml.observability.context import (
+    note_response_header,
+    request_affinity,
+    request_deadline,
+    request_started,
+)
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
@@ -214,7 +219,8 @@ class RequestGate:
         the model lacks is refused by name. A registry version is named in the response
         and counted in its own health."""
         _check_options(route.engine, request)
-        resolved = await self.router.resolver.resolve(ref, route.engine.name)
+        affinity = request_affinity.get()  # a canary's choice sticks to its caller
+        resolved = await self.router.resolver.resolve(ref, route.engine.name, affinity=affinity)
         if resolved.registry_name is not None and resolved.registry_version is not None:
             version = f"{resolved.registry_name}/{resolved.registry_version}"
             note_response_header(SERVED_VERSION_HEADER, version)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,19 +40,19 @@ from functools import partial
 from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
-from aiml.engines.table import engine_for_name_tags
 from aiml.errors import InvalidRequest, ModelNotFound, ModelNotServable, RegistryUnavailable
 from aiml.observability.stats import Stats
 from aiml.registry.calls import REGISTRY_RETRY_S
 from aiml.registry.mlflow import MlflowRegistry
-from aiml.types import ModelRef, RegistryVersion, ResolvedModel, Source
+from aiml.types import ModelRef, RegistryVersion, ResolvedModel
 
-__all__ = ["ModelResolver", "engine_of"]
+from .canary import Canary, canary_of, chooses_candidate
+from .engine_models import direct_model, engine_of, registry_model
+
+__all__ = ["ModelResolver"]
 
 T = TypeVar("T")
 log = logging.getLogger("aiml.resolver")
-# Tags that name an engine's model, for versions registered without an inference_engine tag.
-_ENGINE_NAME_TAGS = engine_for_name_tags()
 
 
 @dataclass(slots=True)
@@ -62,17 +63,10 @@ class _Entry:
     models: dict[str, ResolvedModel] = field(default_factory=dict)
     retry_at: float = -math.inf  # no background lookup before then: the last one failed
     failing: bool = False  # its last lookup failed or was slow: past expiry, served at once
-
-
-def engine_of(version: RegistryVersion) -> str | None:
-    """The engine a registry version is for: its ``inference_engine`` tag, else its name tags."""
-    declared = version.tag("inference_engine")
-    if declared:
-        return declared
-    for tag, engine in _ENGINE_NAME_TAGS.items():
-        if version.tag(tag):
-            return engine
-    return None
+    #: An alias's canary (canary.py): its weight, and the candidate version's own entry
+    #: (pinned: its engine answers stand as long as this entry does).
+    canary: Canary | None = None
+    candidate: _Entry | None = None
 
 
 class ModelResolver:
@@ -108,9 +102,13 @@ class ModelResolver:
     def __len__(self) -> int:
         return sum(len(entry.models) for entry in self._entries.values())
 
-    async def resolve(self, ref: ModelRef, engine: str) -> ResolvedModel:
-        """The model ``ref`` names on ``engine``."""
-        entry, cached = await self._current(ref)
+    async def resolve(
+        self, ref: ModelRef, engine: str, *, affinity: str | None = None
+    ) -> ResolvedModel:
+        """The model ``ref`` names on ``engine``; under a canary, the version this caller's
+        ``affinity`` falls to (sticky; no affinity: a fresh draw per request)."""
+        found, cached = await self._current(ref)
+        entry = _chosen(ref, found, affinity)
         model = entry.models.get(engine)
         if cached and model is not None:
             self._stats.cache_hits += 1
@@ -118,7 +116,8 @@ class ModelResolver:
         self._stats.cache_misses += 1
         if model is not None:  # the same version as before, or a concurrent caller's check
             return model
-        return await self._single((ref, engine), lambda: self._check(ref, entry, engine))
+        key = (ref, engine if entry is found else f"{engine} candidate")
+        return await self._single(key, lambda: self._check(ref, entry, engine))
 
     async def version(self, ref: ModelRef) -> RegistryVersion | None:
         """The registry version ``ref`` names, or ``None`` when the name is not registered."""
@@ -266,9 +265,37 @@ class ModelResolver:
         entry = self._new_entry(ref, version)
         if old is not None and version == old.version:
             entry.models = dict(old.models)  # the same version: the engines' answers stand
+        if ref.alias is not None and version is not None:
+            await self._add_canary(ref.alias, entry, old)
         if self._inflight.get((ref, None)) is asyncio.current_task():  # not invalidated since
             self._entries[ref] = entry
         return entry
+
+    async def _add_canary(self, alias: str, entry: _Entry, old: _Entry | None) -> None:
+        """The canary the alias's version declares, with its candidate's entry (kept from
+        ``old`` while it names the same candidate). A candidate that is gone or is for
+        another engine is no canary: the alias serves its own version, and says why."""
+        assert entry.version is not None
+        canary = canary_of(entry.version, alias)
+        if canary is None:
+            return
+        kept = old.candidate if old is not None else None
+        if kept is not None and kept.version is not None and kept.version.version == canary.version:
+            entry.canary, entry.candidate = canary, kept  # a new weight, the same candidate
+            return
+        name = entry.version.name
+        try:
+            candidate = await self._find(ModelRef(name, version=canary.version))
+        except ModelNotFound:
+            candidate = None
+        if candidate is None or engine_of(candidate) != engine_of(entry.version):
+            log.warning(
+                "the canary of %s@%s names version %d, which is %s: not split",
+                name, alias, canary.version,
+                "not registered" if candidate is None else "for another engine",
+            )  # fmt: skip
+            return
+        entry.canary, entry.candidate = canary, _Entry(candidate, math.inf, math.inf)
 
     def _outage(self, entry: _Entry) -> None:
         """The registry is unreachable: past expiry ``entry`` is served at once while the
@@ -294,8 +321,8 @@ class ModelResolver:
             raise InvalidRequest(f"unknown engine {engine_name!r}", param="engine")
         self._stats.engine_checks += 1
         if version is None:
-            return await self._direct(ref, engine)
-        return await self._from_registry(version, engine)
+            return await direct_model(ref, engine, self._registry.uri)
+        return await registry_model(version, engine)
 
     def _refresh_soon(self, ref: ModelRef, entry: _Entry) -> None:
         if ref in self._refreshing:  # one refresh per reference, whoever asks
@@ -332,36 +359,14 @@ class ModelResolver:
             except Exception as exc:
                 log.debug("checking %s on %s failed: %s", ref, name, exc)
 
-    async def _direct(self, ref: ModelRef, engine: Engine) -> ResolvedModel:
-        """The note's "way 2": a name the registry does not know is the engine's own name."""
-        found = await engine.find_model(ref.name)
-        if found is None:
-            where = (
-                f"no registered model {ref.name!r} in the MLflow registry at {self._registry.uri}"
-                if ref.registry_eligible
-                else "names with ':' or '/' are engine names, so the registry was not consulted"
-            )
-            raise ModelNotFound(
-                f"model {ref.name!r} not found: {where}, and {engine.location} does not have it",
-                param="model_name",
-            )
-        return ResolvedModel(engine=engine.name, engine_model=found, source=Source.DIRECT)
 
-    async def _from_registry(self, version: RegistryVersion, engine: Engine) -> ResolvedModel:
-        declared = engine_of(version)
-        if declared and declared != engine.name:
-            raise ModelNotServable(
-                f"registered model {version.name!r} version {version.version} is registered "
-                f"for engine {declared!r}, not {engine.name!r}",
-                param="engine",
-            )
-        engine_model = await engine.model_for_version(version)
-        return ResolvedModel(
-            engine=engine.name,
-            engine_model=engine_model,
-            source=Source.REGISTRY,
-            registry_name=version.name,
-            registry_version=version.version,
-            declared_task=version.tag("inference_task"),
-            tags=version.merged_tags(),
-        )
+def _chosen(ref: ModelRef, entry: _Entry, affinity: str | None) -> _Entry:
+    """``entry``, or its canary's candidate for the callers in the candidate's share."""
+    canary, candidate = entry.canary, entry.candidate
+    if canary is None or candidate is None or ref.alias is None:
+        return entry
+    if affinity is None:
+        picked = random.random() * 100 < canary.weight
+    else:
+        picked = chooses_candidate(ref.name, ref.alias, affinity, canary.weight)
+    return candidate if picked else entry

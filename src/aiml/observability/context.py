@@ -6,6 +6,7 @@ from contextvars import ContextVar
 
 __all__ = [
     "note_response_header",
+    "request_affinity",
     "request_deadline",
     "request_id",
     "request_started",
@@ -18,6 +19,10 @@ request_id: ContextVar[str] = ContextVar("aiml_request_id", default="-")
 request_deadline: ContextVar[float | None] = ContextVar("aiml_request_deadline", default=None)
 #: When the request arrived (the event loop's clock): its deadline counts from here.
 request_started: ContextVar[float | None] = ContextVar("aiml_request_started", default=None)
+#: Who is asking, for choices that must stick to a caller (a canary's version): the OpenAI
+#: ``user`` field, else an ``x-aiml-session`` header, else the API key's digest, else the
+#: client's address (``None`` outside a request: each choice is drawn afresh).
+request_affinity: ContextVar[str | None] = ContextVar("aiml_request_affinity", default=None)
 #: Headers deeper layers add to the response being prepared (which model replica served it).
 response_headers: ContextVar[list[tuple[bytes, bytes]] | None] = ContextVar(
     "aiml_response_headers", default=None

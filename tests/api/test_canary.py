@@ -1,0 +1,110 @@
+"""A canary declared in the registry (a version tag on the alias's version, as a pipeline
+sets it with ``MlflowClient``): its weight holds over many callers within binomial bounds,
+each caller keeps its version (the OpenAI ``user`` field, a session header), streams and
+every surface follow the same choice, and a canary naming a version that is gone, or
+written wrong, splits nothing."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.conftest import Registry, RunningAiml
+
+HEADER = "x-aiml-model-version"
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def canary(registry: Registry, start_aiml: Callable[..., RunningAiml]) -> RunningAiml:
+    registry.register("m", "llama2:7b", task="chat", alias="production")  # version 1
+    registry.register("m", "llama2:13b", task="chat")  # version 2: the candidate
+    registry.client.set_model_version_tag("m", "1", "aiml.canary.production", "2:10")
+    return start_aiml()
+
+
+def _served(client: httpx.Client, user: str | None = None, **extra: object) -> str:
+    body: dict[str, object] = {"model": "m@production", "messages": CHAT, **extra}
+    if user is not None:
+        body["user"] = user
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.headers[HEADER]
+
+
+def test_a_90_10_canary_lands_within_binomial_bounds_and_sticks_per_user(
+    canary: RunningAiml,
+) -> None:
+    n, p = 2000, 0.10
+    with canary.client() as client, ThreadPoolExecutor(8) as pool:
+        served = Counter(pool.map(lambda i: _served(client, f"user-{i}"), range(n)))
+        assert set(served) == {"m/1", "m/2"}
+        bound = 4 * math.sqrt(n * p * (1 - p))  # 4 standard deviations: ~1 in 16,000 fails
+        assert abs(served["m/2"] - n * p) < bound, served
+        for user in ("alice", "bob", "carol", "dave"):
+            again = {_served(client, user) for _ in range(20)}
+            assert len(again) == 1, (user, again)  # one version for the whole conversation
+
+
+def test_streams_the_session_header_and_other_surfaces_follow_the_same_choice(
+    canary: RunningAiml,
+) -> None:
+    with canary.client() as client:
+        users = [f"u{i}" for i in range(200)]
+        chosen = {user: _served(client, user) for user in users}
+        on_candidate = next(u for u, v in chosen.items() if v == "m/2")
+        on_stable = next(u for u, v in chosen.items() if v == "m/1")
+        for user, version in ((on_candidate, "m/2"), (on_stable, "m/1")):
+            body = {"model": "m@production", "messages": CHAT, "user": user, "stream": True}
+            with client.stream("POST", "/v1/chat/completions", json=body) as streamed:
+                streamed.read()
+                assert streamed.headers[HEADER] == version
+            completion = client.post(
+                "/v1/completions", json={"model": "m@production", "prompt": "x", "user": user}
+            )
+            assert completion.headers[HEADER] == version
+        sessions = Counter()
+        for i in range(100):
+            session = {"x-aiml-session": f"conversation-{i}"}
+            seen = {
+                client.post(
+                    "/api/chat",
+                    json={"model": "m@production", "messages": CHAT, "stream": False},
+                    headers=session,
+                ).headers[HEADER]
+                for _ in range(3)
+            }
+            assert len(seen) == 1, seen  # a session keeps its version on Ollama's surface too
+            sessions[seen.pop()] += 1
+        assert sessions["m/2"] > 0
+        assert sessions["m/1"] > sessions["m/2"]
+
+
+@pytest.mark.parametrize("declared", ["9:10", "2:oops"])
+def test_a_canary_that_cannot_split_serves_the_alias_version(
+    registry: Registry, start_aiml: Callable[..., RunningAiml], declared: str
+) -> None:
+    registry.register("m", "llama2:7b", task="chat", alias="production")
+    registry.register("m", "llama2:13b", task="chat")
+    registry.client.set_model_version_tag("m", "1", "aiml.canary.production", declared)
+    aiml = start_aiml()
+    with aiml.client() as client:
+        assert {_served(client, f"user-{i}") for i in range(100)} == {"m/1"}
+
+
+def test_a_full_weight_canary_serves_the_candidate_and_a_pinned_version_is_never_split(
+    registry: Registry, start_aiml: Callable[..., RunningAiml]
+) -> None:
+    registry.register("m", "llama2:7b", task="chat", alias="production")
+    registry.register("m", "llama2:13b", task="chat")
+    registry.client.set_model_version_tag("m", "1", "aiml.canary.production", "2:100")
+    aiml = start_aiml()
+    with aiml.client() as client:
+        assert {_served(client, f"user-{i}") for i in range(20)} == {"m/2"}
+        pinned = client.post("/v1/chat/completions", json={"model": "m/1", "messages": CHAT})
+        assert pinned.headers[HEADER] == "m/1"
