@@ -1,8 +1,8 @@
 """The ``aiml`` command line.
 
 ``serve`` runs the HTTP service; ``infer`` talks to a running service; ``models``,
-``register-ollama`` and ``alias`` work on the registry directly (no service needed), with the
-same settings (``MLFLOW_TRACKING_URI``, ``OLLAMA_HOST``, ``AIML_*``) as the service.
+``register-ollama``, ``alias`` and ``webhook`` work on the registry directly (no service
+needed), with the service's settings (``MLFLOW_TRACKING_URI``, ``OLLAMA_HOST``, ``AIML_*``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 alias_app = typer.Typer(help="Point registry aliases (e.g. @production) at versions.")
 app.add_typer(alias_app, name="alias")
+webhook_app = typer.Typer(help="MLflow's webhooks: registry changes served at once.")
+app.add_typer(webhook_app, name="webhook")
 console = Console()
 err = Console(stderr=True)
 
@@ -300,6 +302,21 @@ def alias_delete(
     """Delete NAME@ALIAS."""
     _run(lambda s: s.catalog.delete_alias(name, alias))
     console.print(f"deleted {name}@{alias}")
+
+
+@webhook_app.command("register")
+def webhook_register(
+    url: Annotated[
+        str | None, typer.Option(help="aiml's URL as MLflow reaches it [default: AIML_HOST:PORT]")
+    ] = None,
+    name: Annotated[str, typer.Option(help="The webhook's name in MLflow")] = "aiml",
+) -> None:
+    """Subscribe this aiml's /hooks/mlflow to MLflow's registry events (signed with
+    AIML_MLFLOW_WEBHOOK_SECRET), then have MLflow send it a test delivery."""
+    from aiml.registry.webhooks import subscribe
+
+    lines = _run(lambda s: asyncio.to_thread(subscribe, s.settings, url, name=name))
+    console.print("\n".join(lines), soft_wrap=True)
 
 
 async def _register_with_progress(services: Any, path: Path, name: str, **options: Any) -> Any:

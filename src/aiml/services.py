@@ -26,6 +26,7 @@ from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.mlflow import MlflowRegistry
+from aiml.registry.webhooks import DeliveryVerifier
 from aiml.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +60,24 @@ class Services:
     changes: ChangeFeed | None = None
     #: In cluster mode, which model replicas hold which model ids (``name/version``).
     holders: Callable[[], Awaitable[dict[str, list[str]] | None]] | None = None
+    #: MLflow's webhook deliveries, checked with AIML_MLFLOW_WEBHOOK_SECRET (``None``: off).
+    webhooks: DeliveryVerifier | None = None
+
+    def registry_changed(self, name: str) -> None:
+        """The registry changed for ``name``, through aiml or (a webhook says) elsewhere:
+        forget what is kept of it here and, in cluster mode, on every other front."""
+        self.forget(name)
+        if self.changes is not None:
+            self.changes.publish(name)
+
+    def forget(self, name: str | None) -> None:
+        """Drop this front's cached resolutions of ``name`` (``None``: of every model) and
+        its kept listing, so the next request and listing ask the registry."""
+        self.catalog.listing.invalidate()
+        if name is None:
+            self.router.clear()
+        else:
+            self.router.invalidate_name(name)
 
     def start(self) -> None:
         """Start background work (the idle-model reaper); needs a running event loop."""
@@ -139,33 +158,31 @@ def build_services(
             settings.required_engines, engines, registry, ttl_s=settings.resolve_ttl_s
         ),
     )
+    # The catalog (aiml's own changes) and the change feed (other fronts') call into the
+    # services, built below, through these: one path for "the registry changed for name".
     changes = None
     holders = None
     if settings.ray:
         from aiml.cluster.changes import ChangeFeed
 
-        def heard(name: str | None) -> None:
-            catalog.listing.invalidate()  # another front changed the registry
-            if name is None:  # the feed lost track: forget every cached resolution
-                router.clear()
-            else:
-                router.invalidate_name(name)
-
-        changes = ChangeFeed(settings.ray_app, on_change=heard)
+        changes = ChangeFeed(settings.ray_app, on_change=lambda name: services.forget(name))
         from aiml.cluster.holdings import model_holders
 
         holders = model_holders(settings.ray_app)
 
-    def on_change(name: str) -> None:
-        router.invalidate_name(name)
-        if changes is not None:
-            changes.publish(name)
-
     catalog = ModelCatalog(
-        registry, engines, on_change=on_change, listing_ttl_s=settings.resolve_ttl_s
+        registry,
+        engines,
+        on_change=lambda name: services.registry_changed(name),
+        listing_ttl_s=settings.resolve_ttl_s,
     )
+    webhooks = None
+    if settings.mlflow_webhook_secret:
+        webhooks = DeliveryVerifier(
+            settings.mlflow_webhook_secret, max_age_s=settings.webhook_max_age_s
+        )
 
-    return Services(
+    services = Services(
         settings=settings,
         registry=registry,
         engines=engines,
@@ -182,4 +199,6 @@ def build_services(
         responses=ResponseStore(
             settings.home_dir / "responses.db", retention_s=settings.responses_retention_s
         ),
+        webhooks=webhooks,
     )
+    return services

@@ -22,7 +22,18 @@ from .errors import install_error_handlers
 from .middleware import Authentication, BodyLimit, RequestContext, Traffic
 from .openapi import build_openapi
 from .responses import JSONResponse
-from .routes import admin, audio, console, health, inference, models, ollama, openai, responses
+from .routes import (
+    admin,
+    audio,
+    console,
+    health,
+    hooks,
+    inference,
+    models,
+    ollama,
+    openai,
+    responses,
+)
 
 __all__ = ["create_app"]
 
@@ -102,6 +113,7 @@ def create_app(
             health.router,
             health.metrics_router,
             console.router,
+            hooks.router,
         ),
     )
     # Outermost last: the request id wraps everything, then the keys, then the body limit.

@@ -96,6 +96,8 @@ ROUTE_ACCESS: tuple[RouteRule, ...] = (
     RouteRule(None, "/ui", Access.OPEN),
     RouteRule(None, "/ui/", Access.OPEN),
     RouteRule(None, "/ui/static/*", Access.OPEN),
+    # MLflow's webhooks: MLflow sends no key; the delivery's HMAC signature is checked instead.
+    RouteRule("POST", "/hooks/mlflow", Access.OPEN),
     # What changes the service: registering, aliases, the cache; loading, unloading and
     # fetching model files outside a request (a user's request loads what it uses).
     RouteRule(None, "/admin/*", Access.ADMIN),
