@@ -132,6 +132,7 @@ def build_services(
         registry,
         ttl_s=settings.resolve_ttl_s,
         stale_s=settings.resolve_stale_s,
+        wait_s=settings.resolve_wait_s,
         stats=stats,
         unavailable=unavailable,
     )
@@ -175,6 +176,8 @@ def build_services(
         engines,
         on_change=lambda name: services.registry_changed(name),
         listing_ttl_s=settings.resolve_ttl_s,
+        capabilities=router.capabilities,  # a move's checks read what serving reads
+        unavailable=unavailable,
     )
     webhooks = None
     if settings.mlflow_webhook_secret:
