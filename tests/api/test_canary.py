@@ -10,11 +10,14 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
-from tests.conftest import Registry, RunningAiml
+from aiml.cli import app
+from tests.conftest import Registry, RunningAiml, RunningOllama
 
 HEADER = "x-aiml-model-version"
 CHAT = [{"role": "user", "content": "hi"}]
@@ -108,3 +111,60 @@ def test_a_full_weight_canary_serves_the_candidate_and_a_pinned_version_is_never
         assert {_served(client, f"user-{i}") for i in range(20)} == {"m/2"}
         pinned = client.post("/v1/chat/completions", json={"model": "m/1", "messages": CHAT})
         assert pinned.headers[HEADER] == "m/1"
+
+
+def test_a_canary_through_the_admin_api_shows_in_mlflow_and_is_promoted(
+    registry: Registry, start_aiml: Callable[..., RunningAiml]
+) -> None:
+    registry.register("m", "llama2:7b", task="chat", alias="production")
+    registry.register("m", "llama2:13b", task="chat")
+    registry.register("m", "nomic-embed-text:latest", task="embeddings")  # version 3
+    aiml = start_aiml()
+    route = "/models/registered_in_mlflow/m/aliases/production/canary"
+    with aiml.client() as client:
+        assert client.get(route).json()["canary"] is None
+        refused = client.put(route, json={"version": 3, "weight": 10})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "unsafe_alias_move"
+        started = client.put(route, json={"version": 2, "weight": 50})
+        assert started.status_code == 200, started.text
+        assert started.json()["canary"] == {"version": 2, "weight": 50}
+        tags = registry.client.get_model_version("m", "1").tags
+        assert tags["aiml.canary.production"] == "2:50"  # in MLflow, on the alias's version
+        served = Counter(_served(client, f"user-{i}") for i in range(200))
+        assert served["m/1"] > 50 and served["m/2"] > 50, served  # taken at once, no TTL
+        promoted = client.post(f"{route}/promote")
+        assert promoted.status_code == 200, promoted.text
+        assert str(registry.client.get_model_version_by_alias("m", "production").version) == "2"
+        assert "aiml.canary.production" not in registry.client.get_model_version("m", "1").tags
+        assert {_served(client, f"user-{i}") for i in range(50)} == {"m/2"}
+        assert client.get(route).json() == {
+            "success": True, "name": "m", "alias": "production", "version": 2, "canary": None
+        }  # fmt: skip
+        client.put(route, json={"version": 1, "weight": 100})
+        assert {_served(client, f"user-{i}") for i in range(20)} == {"m/1"}
+        stopped = client.delete(route)
+        assert stopped.json()["stopped"] == 1
+        assert {_served(client, f"user-{i}") for i in range(20)} == {"m/2"}
+        assert client.post(f"{route}/promote").status_code == 422  # no canary to promote
+
+
+def test_the_rollout_commands_drive_a_canary(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ollama: RunningOllama
+) -> None:
+    registry.register("m", "llama2:7b", task="chat", alias="production")
+    registry.register("m", "llama2:13b", task="chat")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.uri)
+    monkeypatch.setenv("OLLAMA_HOST", ollama.url)
+    monkeypatch.setenv("AIML_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIML_ENGINES", "ollama")
+    runner = CliRunner()
+    started = runner.invoke(app, ["rollout", "canary", "m", "production", "2", "--weight", "5"])
+    assert started.exit_code == 0, started.output
+    assert "5% to version 2" in started.output
+    status = runner.invoke(app, ["rollout", "status", "m", "production"])
+    assert "version 1; 5% to version 2" in status.output
+    promoted = runner.invoke(app, ["rollout", "promote", "m", "production"])
+    assert promoted.exit_code == 0, promoted.output
+    assert str(registry.client.get_model_version_by_alias("m", "production").version) == "2"
+    assert "no canary" in runner.invoke(app, ["rollout", "status", "m", "production"]).output

@@ -104,6 +104,7 @@ ROUTE_ACCESS: tuple[RouteRule, ...] = (
     RouteRule("POST", "/models/register_ollama", Access.ADMIN),
     RouteRule("PUT", "/models/registered_in_mlflow/*", Access.ADMIN),
     RouteRule("DELETE", "/models/registered_in_mlflow/*", Access.ADMIN),
+    RouteRule("POST", "/models/registered_in_mlflow/*", Access.ADMIN),  # a canary's promotion
     RouteRule("POST", "/inference/clear-cache", Access.ADMIN),
     RouteRule("POST", "/api/pull", Access.ADMIN),
 )

@@ -31,6 +31,7 @@ from pydantic import TypeAdapter
 
 from aiml import errors
 from aiml.errors import AimlError
+from aiml.registry import webhooks
 
 from .auth import Access, access_of
 from .errors import bad_input_status, surface_of
@@ -67,6 +68,15 @@ _MODEL_CALL = (*_RESOLVE, *_ENGINE, errors.PayloadTooLarge)
 _ENGINE_REJECTED: _Failure = (400, "engine_rejected")
 _REGISTRY = (errors.InvalidRequest, errors.RegistryUnavailable, errors.RegistryError)
 
+#: An alias move (or a canary's start or promotion): the target's checks ask its engine.
+_MOVE = (
+    *_REGISTRY,
+    errors.ModelNotFound,
+    errors.UnsafeAliasMove,  # error.missing: what the version lacks; ?force=true moves it
+    errors.EngineUnavailable,
+    errors.EngineTimeout,
+    errors.EngineError,
+)
 #: What each operation's own work can raise, beyond the edge's answers.
 _RAISES: dict[tuple[str, str], tuple[type[AimlError], ...]] = {
     ("POST", "/inference/infer"): _MODEL_CALL,
@@ -95,13 +105,28 @@ _RAISES: dict[tuple[str, str], tuple[type[AimlError], ...]] = {
     ),
     ("GET", "/models/registered_in_mlflow"): _REGISTRY,
     ("GET", "/models/registered_in_mlflow/{name}"): (*_REGISTRY, errors.ModelNotFound),
-    ("PUT", "/models/registered_in_mlflow/{name}/aliases/{alias}"): (
-        *_REGISTRY,
-        errors.ModelNotFound,
-    ),
+    ("PUT", "/models/registered_in_mlflow/{name}/aliases/{alias}"): _MOVE,
     ("DELETE", "/models/registered_in_mlflow/{name}/aliases/{alias}"): (
         *_REGISTRY,
         errors.ModelNotFound,
+    ),
+    ("GET", "/models/registered_in_mlflow/{name}/aliases/{alias}/canary"): (
+        *_REGISTRY,
+        errors.ModelNotFound,
+    ),
+    ("PUT", "/models/registered_in_mlflow/{name}/aliases/{alias}/canary"): _MOVE,
+    ("DELETE", "/models/registered_in_mlflow/{name}/aliases/{alias}/canary"): (
+        *_REGISTRY,
+        errors.ModelNotFound,
+    ),
+    ("POST", "/models/registered_in_mlflow/{name}/aliases/{alias}/canary/promote"): _MOVE,
+    ("POST", "/hooks/mlflow"): (  # off (404) without AIML_MLFLOW_WEBHOOK_SECRET
+        errors.NotFound,
+        webhooks.BadSignature,
+        webhooks.BadDelivery,
+        webhooks.StaleDelivery,
+        webhooks.ReplayedDelivery,
+        errors.Overloaded,  # the delivery-id memory is full: MLflow retries
     ),
     ("POST", "/admin/models/load"): (*_RESOLVE, *_ENGINE),
     ("POST", "/admin/models/unload"): (*_RESOLVE, errors.ModelBusy),
@@ -137,7 +162,8 @@ _DESCRIPTIONS = {
     401: "No key, or not a valid one (Authorization: Bearer <key>)",
     403: "The key does not grant this (an admin key is needed)",
     404: "Not there: the model, in the registry or on the engine, or the stored response",
-    409: "The model is in use",
+    409: "A conflict: the model is in use, or an alias move the version cannot serve "
+    "(error.missing lists what it lacks; ?force=true moves it anyway)",
     413: "The body (AIML_MAX_BODY_BYTES), a prompt, a batch, an image or audio is too large",
     422: "The request is malformed; error.param names the field",
     429: "Too many requests now: retry after Retry-After seconds",
@@ -145,6 +171,17 @@ _DESCRIPTIONS = {
     502: "The registry or the engine answered with an error",
     503: "The registry or the engine is unreachable, no room to load, or shutting down",
     504: "The deadline passed, or the engine did not answer in time",
+}
+#: Where a status means something else on one route than everywhere else.
+_ROUTE_DESCRIPTIONS: dict[tuple[str, str], dict[int, str]] = {
+    ("POST", "/hooks/mlflow"): {
+        400: "The delivery is malformed, or its X-MLflow-Timestamp is further than "
+        "AIML_WEBHOOK_MAX_AGE_S from now",
+        401: "No valid X-MLflow-Signature for AIML_MLFLOW_WEBHOOK_SECRET (no key is asked for)",
+        404: "Webhooks are off: AIML_MLFLOW_WEBHOOK_SECRET is not set",
+        409: "A delivery id already accepted (a replay)",
+        429: "Too many delivery ids remembered within AIML_WEBHOOK_MAX_AGE_S: retry",
+    },
 }
 _BAD_INPUT: _Failure = (422, "invalid_request")
 _AIML_BODY = "#/components/schemas/ErrorResponse"
@@ -179,7 +216,9 @@ def build_openapi(app: FastAPI, *, keyed: bool) -> dict[str, Any]:
             if keyed and access is not Access.OPEN:
                 operation["security"] = [{"bearer": []}]
             failures = _failures(method.upper(), path, access if keyed else Access.OPEN)
-            _document(operation, path, failures)
+            _document(
+                operation, path, failures, _ROUTE_DESCRIPTIONS.get((method.upper(), path), {})
+            )
             _document_connection(operation)
             _document_media(operation, _OTHER_MEDIA.get((method.upper(), path), ()))
     _add_links(schema["paths"])
@@ -201,7 +240,12 @@ def _failures(method: str, path: str, access: Access) -> list[_Failure]:
     return found
 
 
-def _document(operation: dict[str, Any], path: str, failures: Iterable[_Failure]) -> None:
+def _document(
+    operation: dict[str, Any],
+    path: str,
+    failures: Iterable[_Failure],
+    described: dict[int, str],
+) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     for listed in [s for s in responses if s.startswith(("4", "5"))]:
         del responses[listed]  # FastAPI's 422 (a body aiml never sends) and the like
@@ -213,7 +257,8 @@ def _document(operation: dict[str, Any], path: str, failures: Iterable[_Failure]
             said.append(code)
     for status, said in sorted(codes.items()):
         responses[str(status)] = {
-            "description": f"{_DESCRIPTIONS.get(status, '')} ({', '.join(said)})",
+            "description": f"{described.get(status) or _DESCRIPTIONS.get(status, '')} "
+            f"({', '.join(said)})",
             "content": {"application/json": {"schema": {"$ref": body}}},
         }
 

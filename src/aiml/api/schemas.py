@@ -75,3 +75,12 @@ class AliasBody(CleanText):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1)
+
+
+class CanaryBody(CleanText):
+    """A canary on an alias: ``weight`` percent of its callers to ``version``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    weight: float = Field(ge=0, le=100)

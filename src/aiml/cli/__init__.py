@@ -1,41 +1,37 @@
 """The ``aiml`` command line.
 
 ``serve`` runs the HTTP service; ``infer`` talks to a running service; ``models``,
-``register-ollama``, ``alias`` and ``webhook`` work on the registry directly (no service
-needed), with the service's settings (``MLFLOW_TRACKING_URI``, ``OLLAMA_HOST``, ``AIML_*``).
+``register-ollama`` and the registry commands (``alias``, ``rollout``, ``webhook``:
+registry_commands.py) work on the registry directly (no service needed), with the
+service's settings (``MLFLOW_TRACKING_URI``, ``OLLAMA_HOST``, ``AIML_*``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from aiml.errors import AimlError
 from aiml.settings import Settings
+
+from .common import console, err, run
+from .registry_commands import alias_app, rollout_app, webhook_app
 
 __all__ = ["app"]
 
-T = TypeVar("T")
 
 app = typer.Typer(
     help="aiml: serve MLflow-registered models through Ollama and local engines.",
     no_args_is_help=True,
     add_completion=False,
 )
-alias_app = typer.Typer(help="Point registry aliases (e.g. @production) at versions.")
 app.add_typer(alias_app, name="alias")
-webhook_app = typer.Typer(help="MLflow's webhooks: registry changes served at once.")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(webhook_app, name="webhook")
-console = Console()
-err = Console(stderr=True)
 
 
 @app.command()
@@ -144,14 +140,14 @@ def models(
 ) -> None:
     """List registered models, or one model's versions with their tags and aliases."""
     if name is None:
-        found, _ = _run(lambda s: s.catalog.list_models(max_results=max_results))
+        found, _ = run(lambda s: s.catalog.list_models(max_results=max_results))
         table = Table("name", "aliases", "latest", "description")
         for info in found:
             aliases = ", ".join(f"@{a}->{v}" for a, v in sorted(info.aliases.items()))
             table.add_row(info.name, aliases, str(info.latest_version or ""), info.description)
         console.print(table)
         return
-    info = _run(lambda s: s.catalog.get_model(name))
+    info = run(lambda s: s.catalog.get_model(name))
     table = Table("version", "aliases", "tags", title=info.name)
     for version in info.versions:
         tags = ", ".join(f"{k}={v}" for k, v in sorted(version.tags.items()))
@@ -170,7 +166,7 @@ def register_ollama(
     description: Annotated[str | None, typer.Option(help="Version description")] = None,
 ) -> None:
     """Check a model is on the Ollama server and register it as a new registry version."""
-    registration = _run(
+    registration = run(
         lambda s: s.catalog.register_ollama(
             local_model_name=local_model_name,
             registered_name=registered_name,
@@ -212,7 +208,7 @@ def register(
     ] = False,
 ) -> None:
     """Log model files as a new registry version (the same content twice makes none)."""
-    registration = _run(
+    registration = run(
         lambda s: _register_with_progress(
             s, path, registered_name, engine=engine, task=task, alias=alias,
             description=description, force=force,
@@ -251,7 +247,7 @@ def quickstart(
             )  # fmt: skip
             _report(registration)
 
-    _run(register_all)
+    run(register_all)
     url = f"http://{host or settings.host}:{port if port is not None else settings.port}"
     if serve_after:
         console.print("\nTry:")
@@ -277,46 +273,6 @@ def quickstart(
     console.print(f"  the console: {url}/ui\n", soft_wrap=True)
     if serve_after:
         serve(host=host, port=port)
-
-
-@alias_app.command("set")
-def alias_set(
-    name: Annotated[str, typer.Argument(help="Registered model")],
-    alias: Annotated[str, typer.Argument(help="Alias, e.g. production")],
-    version: Annotated[int, typer.Argument(help="Version the alias points to")],
-    force: Annotated[
-        bool, typer.Option("--force", help="Move it even if VERSION lacks what the alias serves")
-    ] = False,
-) -> None:
-    """Point NAME@ALIAS at VERSION, once VERSION is found to serve what the alias serves now
-    (its engine, tasks, files, capabilities such as a chat template); --force skips that."""
-    _run(lambda s: s.catalog.set_alias(name, alias, version, force=force))
-    console.print(f"{name}@{alias} -> version {version}")
-
-
-@alias_app.command("delete")
-def alias_delete(
-    name: Annotated[str, typer.Argument(help="Registered model")],
-    alias: Annotated[str, typer.Argument(help="Alias to delete")],
-) -> None:
-    """Delete NAME@ALIAS."""
-    _run(lambda s: s.catalog.delete_alias(name, alias))
-    console.print(f"deleted {name}@{alias}")
-
-
-@webhook_app.command("register")
-def webhook_register(
-    url: Annotated[
-        str | None, typer.Option(help="aiml's URL as MLflow reaches it [default: AIML_HOST:PORT]")
-    ] = None,
-    name: Annotated[str, typer.Option(help="The webhook's name in MLflow")] = "aiml",
-) -> None:
-    """Subscribe this aiml's /hooks/mlflow to MLflow's registry events (signed with
-    AIML_MLFLOW_WEBHOOK_SECRET), then have MLflow send it a test delivery."""
-    from aiml.registry.webhooks import subscribe
-
-    lines = _run(lambda s: asyncio.to_thread(subscribe, s.settings, url, name=name))
-    console.print("\n".join(lines), soft_wrap=True)
 
 
 async def _register_with_progress(services: Any, path: Path, name: str, **options: Any) -> Any:
@@ -355,24 +311,6 @@ def _report(registration: Any) -> None:
     console.print(f"  {state} {version.name} version {version.version}{alias}")
     for skipped in registration.skipped:
         err.print(f"  [yellow]left out {skipped}: pickled weights are never registered[/]")
-
-
-def _run(action: Callable[[Any], Awaitable[T]]) -> T:
-    """Build the services from the environment, run one action, report errors plainly."""
-    from aiml.services import build_services
-
-    async def main() -> T:
-        services = build_services(Settings())
-        try:
-            return await action(services)
-        finally:
-            await services.aclose()
-
-    try:
-        return asyncio.run(main())
-    except AimlError as exc:
-        err.print(f"[red]{exc.status_code} {exc.code}: {exc.message}[/]")
-        raise typer.Exit(1) from None
 
 
 def _data(task: str, prompt: str | None, raw: str | None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from aiml.registry.references import validate_alias, validate_registry_name
 from aiml.types import ModelRef, RegistryVersion, Task
 
 from .alias_moves import AliasMoves, Missing
+from .canary import Canary, canary_of, canary_tag
 from .capabilities import CapabilityBook
 from .listing import ModelListing
 
@@ -229,6 +230,63 @@ class ModelCatalog:
         except ModelNotFound:
             current = None
         return current, found
+
+    async def start_canary(
+        self, name: str, alias: str, version: int, weight: float, *, force: bool = False
+    ) -> Canary:
+        """Send ``weight`` percent of ``name@alias``'s callers to ``version`` (or change the
+        weight of the canary already running). The candidate must serve what the alias
+        serves, as for a move (409 otherwise, unless ``force``); the canary is the version
+        tag of canary.py on the alias's version, so it shows in MLflow and ends when the
+        alias moves."""
+        validate_registry_name(name, param="name")
+        validate_alias(alias)
+        canary = Canary(version, weight)
+        if not 0 <= weight <= 100:
+            raise InvalidRequest("a canary's weight is a percent, 0 to 100", param="weight")
+        current, target = await self._move(name, alias, version)
+        if current is None:
+            raise ModelNotFound(f"registered model {name!r} has no alias {alias!r}", param="alias")
+        if current.version == version:
+            raise InvalidRequest(f"{name}@{alias} is version {version} already", param="version")
+        if not force:
+            await self.moves.check(alias, current, target)
+        await self._registry.set_version_tag(
+            name, current.version, canary_tag(alias), canary.tag_value()
+        )
+        self._changed(name)
+        return canary
+
+    async def canary(self, name: str, alias: str) -> tuple[int, Canary | None]:
+        """The version ``name@alias`` points to, and the canary it declares, if any."""
+        validate_registry_name(name, param="name")
+        validate_alias(alias)
+        current = await self._registry.find_version(
+            ModelRef(name, alias=alias), model_tag_keys=self._tag_keys
+        )
+        assert current is not None  # an alias lookup raises when absent
+        return current.version, canary_of(current, alias)
+
+    async def stop_canary(self, name: str, alias: str) -> int | None:
+        """End ``name@alias``'s canary (every caller on the alias's version again); the
+        candidate's version it sent callers to, or ``None`` when none ran."""
+        current, canary = await self.canary(name, alias)
+        if canary is None:
+            return None
+        await self._registry.delete_version_tag(name, current, canary_tag(alias))
+        self._changed(name)
+        return canary.version
+
+    async def promote_canary(self, name: str, alias: str, *, force: bool = False) -> int:
+        """Move ``name@alias`` to its canary's candidate (checked as any move) and end the
+        canary; the version the alias now points to."""
+        current, canary = await self.canary(name, alias)
+        if canary is None:
+            raise InvalidRequest(f"{name}@{alias} runs no canary to promote", param="alias")
+        await self.set_alias(name, alias, canary.version, force=force)
+        await self._registry.delete_version_tag(name, current, canary_tag(alias))
+        self._changed(name)
+        return canary.version
 
     async def delete_alias(self, name: str, alias: str) -> None:
         validate_registry_name(name, param="name")

@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from aiml.errors import UnsafeAliasMove
+from aiml.inference.canary import Canary
 from aiml.registry.entities import RegisteredModelInfo
 from aiml.types import RegistryVersion
 
 from ..deps import ServicesDep
 from ..responses import JSONResponse
-from ..schemas import AliasBody, RegisterOllamaRequest
+from ..schemas import AliasBody, CanaryBody, RegisterOllamaRequest
 from ..threaded_json import ThreadedJsonRoute
 
 __all__ = ["router"]
@@ -85,9 +86,68 @@ async def set_alias(
     try:
         await services.catalog.set_alias(name, alias, body.version, force=force)
     except UnsafeAliasMove as exc:
-        error = {**exc.to_dict(), "missing": exc.missing}
-        return JSONResponse({"success": False, "error": error}, status_code=exc.status_code)
+        return _unsafe(exc)
     return JSONResponse({"success": True, "name": name, "alias": alias, "version": body.version})
+
+
+@router.get("/registered_in_mlflow/{name}/aliases/{alias}/canary")
+async def get_canary(name: str, alias: str, services: ServicesDep) -> JSONResponse:
+    """The alias's version and the canary it runs (``null``: none)."""
+    version, canary = await services.catalog.canary(name, alias)
+    return JSONResponse({"success": True, **_canary(name, alias, version, canary)})
+
+
+@router.put("/registered_in_mlflow/{name}/aliases/{alias}/canary")
+async def start_canary(
+    name: str,
+    alias: str,
+    body: CanaryBody,
+    services: ServicesDep,
+    force: Annotated[bool, Query(description="Start it without checking the version")] = False,
+) -> JSONResponse:
+    """Send ``weight`` percent of the alias's callers (each keeps its version) to
+    ``version``, or change the weight of the canary running. The candidate must serve what
+    the alias serves (409 ``unsafe_alias_move``, as a move, unless ``force``)."""
+    try:
+        canary = await services.catalog.start_canary(
+            name, alias, body.version, body.weight, force=force
+        )
+    except UnsafeAliasMove as exc:
+        return _unsafe(exc)
+    version, _ = await services.catalog.canary(name, alias)
+    return JSONResponse({"success": True, **_canary(name, alias, version, canary)})
+
+
+@router.delete("/registered_in_mlflow/{name}/aliases/{alias}/canary")
+async def stop_canary(name: str, alias: str, services: ServicesDep) -> JSONResponse:
+    """End the alias's canary: every caller on the alias's version again."""
+    stopped = await services.catalog.stop_canary(name, alias)
+    return JSONResponse({"success": True, "name": name, "alias": alias, "stopped": stopped})
+
+
+@router.post("/registered_in_mlflow/{name}/aliases/{alias}/canary/promote")
+async def promote_canary(
+    name: str,
+    alias: str,
+    services: ServicesDep,
+    force: Annotated[bool, Query(description="Move without checking the version")] = False,
+) -> JSONResponse:
+    """Move the alias to its canary's candidate (checked as any move) and end the canary."""
+    try:
+        version = await services.catalog.promote_canary(name, alias, force=force)
+    except UnsafeAliasMove as exc:
+        return _unsafe(exc)
+    return JSONResponse({"success": True, "name": name, "alias": alias, "version": version})
+
+
+def _unsafe(exc: UnsafeAliasMove) -> JSONResponse:
+    error = {**exc.to_dict(), "missing": exc.missing}
+    return JSONResponse({"success": False, "error": error}, status_code=exc.status_code)
+
+
+def _canary(name: str, alias: str, version: int, canary: Canary | None) -> dict[str, Any]:
+    split = None if canary is None else {"version": canary.version, "weight": canary.weight}
+    return {"name": name, "alias": alias, "version": version, "canary": split}
 
 
 @router.delete("/registered_in_mlflow/{name}/aliases/{alias}")
