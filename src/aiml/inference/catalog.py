@@ -29,6 +29,7 @@ from aiml.types import ModelRef, RegistryVersion, Task
 from .alias_moves import AliasMoves, Missing
 from .canary import Canary, canary_of, canary_tag
 from .capabilities import CapabilityBook
+from .guard import GUARD_TAG_PREFIX, GuardTrip
 from .listing import ModelListing
 
 __all__ = ["ModelCatalog", "Registration"]
@@ -287,6 +288,20 @@ class ModelCatalog:
         await self._registry.delete_version_tag(name, current, canary_tag(alias))
         self._changed(name)
         return canary.version
+
+    async def trip_canary(self, trip: GuardTrip) -> None:
+        """The guard's verdict: the canary's weight to 0, and why on the candidate version
+        (``aiml.guard.<alias>``), both in the registry, so every front and MLflow's UI see
+        them; the alias stays where it is."""
+        canary = trip.canary
+        weight_zero = Canary(canary.candidate, 0).tag_value()
+        await self._registry.set_version_tag(
+            canary.name, canary.stable, canary_tag(canary.alias), weight_zero
+        )
+        await self._registry.set_version_tag(
+            canary.name, canary.candidate, f"{GUARD_TAG_PREFIX}{canary.alias}", trip.reason[:5000]
+        )
+        self._changed(canary.name)
 
     async def delete_alias(self, name: str, alias: str) -> None:
         validate_registry_name(name, param="name")

@@ -97,10 +97,14 @@ class VersionHealth:
     def versions(self) -> list[str]:
         return sorted(self._versions)
 
-    def summary(self, version: str) -> dict[str, Any] | None:
-        """``version``'s window (requests, statuses, error ratio, percentiles), if served."""
+    def summary(self, version: str, window_s: float | None = None) -> dict[str, Any] | None:
+        """``version``'s window (requests, statuses, error ratio, percentiles), if served;
+        over the last ``window_s`` seconds if given (at most the kept window)."""
         window = self._versions.get(version)
-        return None if window is None else window.summary(self._clock(), self.window_s)
+        if window is None:
+            return None
+        span = self.window_s if window_s is None else min(window_s, self.window_s)
+        return window.summary(self._clock(), span)
 
     def summaries(self) -> dict[str, dict[str, Any]]:
         now = self._clock()
