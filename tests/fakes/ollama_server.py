@@ -44,6 +44,8 @@ class StandInModel:
     size: int = 3_825_819_519
     #: What /api/show answers (Ollama 0.6+); a completion model says "completion" at least.
     capabilities: tuple[str, ...] = ("completion", "tools")
+    #: When set, generating with it fails as Ollama does when a model cannot run (500).
+    fails_with: str | None = None
 
     @property
     def digest(self) -> str:
@@ -272,6 +274,8 @@ class OllamaStandIn:
             return None, _error(404, f'model "{name}" not found, try pulling it first')
         if model.embedding_only:
             return None, _error(400, f'"{name}" does not support {action}')
+        if model.fails_with is not None:
+            return None, _error(500, model.fails_with)
         return model, None
 
     def _load_or_unload(self, body: dict[str, Any], model: StandInModel, *, chat: bool) -> Response:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from aiml.inference.guard import CanaryGuard, GuardLimits, GuardTrip, RunningCanary
+from aiml.inference.canary import RunningCanary
+from aiml.inference.guard import CanaryGuard, GuardLimits, GuardTrip
 from aiml.observability.version_health import VersionHealth
 
 CANARY = RunningCanary("m", "production", stable=1, candidate=2, weight=10)

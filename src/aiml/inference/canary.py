@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from aiml.errors import InvalidRequest
 from aiml.types import RegistryVersion
 
-__all__ = ["CANARY_TAG_PREFIX", "Canary", "canary_of", "canary_tag", "chooses_candidate"]
+__all__ = [
+    "CANARY_TAG_PREFIX",
+    "Canary",
+    "RunningCanary",
+    "canary_of",
+    "canary_tag",
+    "chooses_candidate",
+]
 
 CANARY_TAG_PREFIX = "aiml.canary."
 #: Buckets of the sticky choice: weights have a resolution of 0.01%.
@@ -39,6 +46,18 @@ class Canary:
 
     def tag_value(self) -> str:
         return f"{self.version}:{self.weight:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCanary:
+    """A canary as the resolver holds it: ``name@alias`` on ``stable``, ``weight`` percent to
+    ``candidate``."""
+
+    name: str
+    alias: str
+    stable: int
+    candidate: int
+    weight: float
 
 
 def canary_tag(alias: str) -> str:

@@ -23,24 +23,14 @@ from typing import Any
 
 from aiml.observability.version_health import VersionHealth
 
-__all__ = ["GUARD_TAG_PREFIX", "CanaryGuard", "GuardLimits", "GuardTrip", "RunningCanary"]
+from .canary import RunningCanary
+
+__all__ = ["GUARD_TAG_PREFIX", "CanaryGuard", "GuardLimits", "GuardTrip"]
 
 #: The version tag where a trip's reason is written, on the candidate (``aiml.guard.<alias>``).
 GUARD_TAG_PREFIX = "aiml.guard."
 
 log = logging.getLogger("aiml.guard")
-
-
-@dataclass(frozen=True, slots=True)
-class RunningCanary:
-    """A canary as the resolver holds it: ``name@alias`` on ``stable``, ``weight`` percent to
-    ``candidate``."""
-
-    name: str
-    alias: str
-    stable: int
-    candidate: int
-    weight: float
 
 
 @dataclass(frozen=True, slots=True)
