@@ -46,6 +46,8 @@ class StandInModel:
     capabilities: tuple[str, ...] = ("completion", "tools")
     #: When set, generating with it fails as Ollama does when a model cannot run (500).
     fails_with: str | None = None
+    #: Seconds this model takes before answering a generation (beside the server's own).
+    delay_s: float = 0.0
 
     @property
     def digest(self) -> str:
@@ -298,7 +300,7 @@ class OllamaStandIn:
         if isinstance(limit, int) and 0 <= limit < len(tokens):
             tokens, done_reason = tokens[:limit], "length"
         prompt_count = len(words)
-        await asyncio.sleep(self.delay_s)
+        await asyncio.sleep(self.delay_s + model.delay_s)
         if body.get("stream") is False:
             text = " ".join(tokens)
             return JSONResponse(

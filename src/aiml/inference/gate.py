@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .accounting import Accounting, deadline_error
 from .admission import Admission
 from .limits import Limits
 from .router import Route, TaskRouter
+from .shadow import Answer, ShadowTraffic, shadow_of
 from .streams import OpenStream, StreamOutcome
 from .tasks import TASK_SPECS, Handler
 from .tasks.base import GenerativeHandler
@@ -92,6 +94,8 @@ class RequestGate:
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         self.draining = False
+        #: Copies of a share of an alias's requests to a candidate, compared off the path.
+        self.shadow = ShadowTraffic()
 
     async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
         """The whole answer: locate, admit and run the call, within the deadline."""
@@ -114,6 +118,9 @@ class RequestGate:
             raise
         account.finish(200, generation)
         elapsed = time.perf_counter() - account.started
+        self._copy_to_shadow(
+            ref, route, resolved, call.input, _answer_of(result, generation), elapsed
+        )
         return InferenceOutcome(resolved, result, generation, processing_time=elapsed)
 
     async def open(self, call: TaskCall, *, counted: bool = False) -> StreamOutcome:
@@ -277,8 +284,42 @@ class RequestGate:
 
         return OpenStream(resolved, handler, first, rest, on_error)
 
+    def _copy_to_shadow(
+        self, ref: ModelRef, route: Route, resolved: ResolvedModel, request: Any,
+        primary: Answer, elapsed: float,
+    ) -> None:  # fmt: skip
+        """After the caller's answer: a copy to the shadow the alias's version declares, if
+        this request is in its share (shadow.py); run off the path, never counted."""
+        if ref.alias is None or resolved.registry_version is None:
+            return
+        declared = shadow_of(resolved.tags, ref.alias, resolved.registry_version)
+        if declared is None or not self.shadow.sampled(declared[1]):
+            return
+        candidate = ModelRef(ref.name, version=declared[0])
+
+        async def copy() -> Answer:
+            async with asyncio.timeout(self.request_timeout_s):
+                model = await self.router.resolver.resolve(candidate, route.engine.name)
+                handler = route.spec.handler_for(model)
+                await self.router.capabilities.require(
+                    route.engine, model, route.spec.task, request
+                )
+                result, generation = await self._answer(route, handler, model, candidate, request)
+                return _answer_of(result, generation)
+
+        self.shadow.offer(f"{ref.name}@{ref.alias} -> {declared[0]}", primary, elapsed, copy)
+
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _answer_of(result: dict[str, Any], generation: Generation | None) -> Answer:
+    if generation is not None:
+        return Answer(generation.text)
+    vectors = result.get("embeddings")
+    if isinstance(vectors, list):
+        return Answer("", vectors)
+    return Answer(json.dumps(result, sort_keys=True, default=str))
 
 
 def _check_options(engine: Engine, request: Any) -> None:

@@ -88,11 +88,17 @@ async def clear_cache(services: ServicesDep) -> JSONResponse:
 
 @router.get("/stats")
 async def stats(services: ServicesDep) -> JSONResponse:
-    """Requests, registry lookups, cache hits and misses, executors, loaded models and the
-    capabilities of every model version read so far."""
+    """Requests, registry lookups, cache hits and misses, executors, loaded models, the
+    capabilities of every model version read so far, each version's health and the
+    shadow comparisons."""
     models = {name: stats.as_dict() for name, stats in services.pool.model_stats().items()}
     known = {name: d.as_dict() for name, d in services.router.capabilities.known().items()}
-    body = {**services.manager.stats(), "models": models, "capabilities": known}
+    body = {
+        **services.manager.stats(),
+        "models": models,
+        "capabilities": known,
+        "shadow": services.manager.gate.shadow.report(),  # alias -> candidate comparisons
+    }
     return JSONResponse({"success": True, "stats": body})
 
 
