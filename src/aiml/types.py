@@ -254,6 +254,8 @@ class ModelDetails:
     capabilities: tuple[str, ...] = ()
     #: The chat template renders the tools itself (it reads a ``tools`` variable).
     tools_in_template: bool = False
+    #: An embedding model's vector size, when its files or its server say it.
+    embedding_length: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +266,7 @@ class ModelDetails:
             "context_length": self.context_length,
             "capabilities": list(self.capabilities),
             "tools_in_template": self.tools_in_template,
+            "embedding_length": self.embedding_length,
         }
 
 

@@ -158,3 +158,25 @@ def test_the_cli_refuses_and_force_moves(
     forced = runner.invoke(app, [*move, "--force"])
     assert forced.exit_code == 0, forced.output
     assert _points_at(shared, "cli") == versions.no_template
+
+
+def test_a_move_to_embeddings_of_another_size_is_refused(
+    shared: Shared, model_files: ModelFiles
+) -> None:
+    registry = shared.registry
+    name = "widths"
+    minilm = registry.register_files(model_files.minilm, name, task="embeddings").version.version
+    tiny = registry.register_files(model_files.tiny_encoder, name, task="embeddings")
+    registry.client.set_registered_model_alias(name, "production", str(minilm))
+    refused = httpx.put(
+        f"{shared.aiml.url}/models/registered_in_mlflow/{name}/aliases/production",
+        json={"version": tiny.version.version},
+        timeout=60,
+    )
+    assert refused.status_code == 409, refused.text
+    missing = {item["name"]: item["reason"] for item in refused.json()["error"]["missing"]}
+    assert "384 dimensions" in missing["embedding dimensions"]
+    assert "32 dimensions" in missing["embedding dimensions"]
+    assert str(registry.client.get_model_version_by_alias(name, "production").version) == str(
+        minilm
+    )

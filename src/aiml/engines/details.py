@@ -52,6 +52,7 @@ def gguf_details(
         capabilities += ("chat", "tools") if template else ()
         capabilities += ("insert",) if has_fim else ()
     context = meta.get(f"{arch}.context_length", "")
+    width = meta.get(f"{arch}.embedding_length", "")
     return ModelDetails(
         family=arch,
         format="gguf",
@@ -61,6 +62,7 @@ def gguf_details(
         template=template,
         capabilities=capabilities,
         tools_in_template=bool(template) and tools_in_template,
+        embedding_length=int(width) if task == Task.EMBEDDINGS and width.isdigit() else None,
     )
 
 
@@ -75,12 +77,14 @@ def hf_details(folder: Path, task: str | None) -> ModelDetails:
     if "vision_config" in config and task not in (Task.EMBEDDINGS, Task.TEXT_CLASSIFICATION):
         capabilities += () if "vision" in capabilities else ("vision",)
     context = config.get("max_position_embeddings")
+    width = config.get("hidden_size")  # what the pooled sentence embedding is, without a head
     return ModelDetails(
         family=base.family,
         format="safetensors",
         context_length=context if isinstance(context, int) else None,
         template=template,
         capabilities=capabilities,
+        embedding_length=width if task == Task.EMBEDDINGS and isinstance(width, int) else None,
     )
 
 
@@ -91,6 +95,7 @@ def ollama_details(shown: Mapping[str, Any], fallback: ModelDetails) -> ModelDet
     info = shown.get("model_info") or shown.get("modelinfo") or {}
     arch = str(info.get("general.architecture", ""))
     context = info.get(f"{arch}.context_length")
+    width = info.get(f"{arch}.embedding_length")
     capabilities = tuple(shown.get("capabilities") or fallback.capabilities)
     if "completion" in capabilities and "chat" not in capabilities:
         capabilities += ("chat",)  # Ollama renders every completion model's template itself
@@ -102,6 +107,7 @@ def ollama_details(shown: Mapping[str, Any], fallback: ModelDetails) -> ModelDet
         context_length=context if isinstance(context, int) else None,
         template=str(shown.get("template", "")),
         capabilities=capabilities,
+        embedding_length=width if "embedding" in capabilities and isinstance(width, int) else None,
     )
 
 

@@ -181,6 +181,17 @@ class AliasMoves:
                 for capability in now.details.capabilities
                 if capability not in has
             ]
+            widths = (now.details.embedding_length, then.details.embedding_length)
+            if None not in widths and widths[0] != widths[1]:
+                missing.append(
+                    Missing(
+                        "capability",
+                        "embedding dimensions",
+                        f"version {target.version}'s embeddings have {widths[1]} dimensions, "
+                        f"version {current.version}'s {widths[0]} dimensions: vectors stored "
+                        "from one would not compare with the other's",
+                    )
+                )
         return missing
 
     async def _read(self, version: RegistryVersion) -> _Read:
