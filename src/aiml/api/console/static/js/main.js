@@ -1,13 +1,15 @@
-// The console's shell: asks for a key when aiml needs one, then the three pages.
+// The console's shell: asks for a key when aiml needs one, then the four pages.
 import { ApiError, get, getKey, setKey } from "./api.js";
 import { ModelsPage } from "./models.js";
 import { PlaygroundPage } from "./playground.js";
+import { RolloutsPage } from "./rollouts.js";
 import { TrafficPage } from "./traffic.js";
 import { html, mark, Notice, render, useEffect, useState } from "./ui.js";
 
 const PAGES = {
   models: { title: "Models", component: ModelsPage },
   traffic: { title: "Traffic", component: TrafficPage },
+  rollouts: { title: "Rollouts", component: RolloutsPage },
   playground: { title: "Playground", component: PlaygroundPage },
 };
 

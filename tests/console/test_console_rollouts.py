@@ -1,0 +1,153 @@
+"""The console's rollouts page in a real browser: per alias its versions and weights, each
+version's health side by side, shadow pairs; an admin starts a canary (a refused candidate
+is listed and can be forced), reweighs it, promotes it and stops one; a user key sees no
+action but sees the guard's trips; axe finds nothing."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import RunningAiml
+from tests.console.conftest import (
+    BROWSER_TESTS,
+    USER_KEY,
+    api,
+    keep,
+    open_console,
+    screenshot,
+)
+
+pytestmark = BROWSER_TESTS
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
+axe_sync = pytest.importorskip("axe_playwright_python.sync_playwright")
+expect = sync_api.expect
+
+MODEL, ALIAS = "rollout", "live"
+CANARY = f"/models/registered_in_mlflow/{MODEL}/aliases/{ALIAS}/canary"
+
+
+@pytest.fixture(scope="module")
+def registry(aiml: RunningAiml) -> MlflowClient:
+    """Versions 1 and 2 chat on the Ollama stand-in, 3 embeds (a candidate aiml refuses);
+    the alias on 1, which declares a shadow: every request copied to version 2."""
+    uri = aiml.services.settings.registry_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(MODEL)
+    for ollama_model, task in (
+        ("llama2:7b", "chat"), ("llama2:13b", "chat"), ("nomic-embed-text:latest", "embeddings"),
+    ):  # fmt: skip
+        tags = {"ollama_model_name": ollama_model, "inference_engine": "ollama",
+                "inference_task": task}  # fmt: skip
+        client.create_model_version(MODEL, source="unused", tags=tags)
+    client.set_registered_model_alias(MODEL, ALIAS, "1")
+    client.set_model_version_tag(MODEL, "1", f"aiml.shadow.{ALIAS}", "2:100")
+    return client
+
+
+def chat_as_users(aiml: RunningAiml, users: int) -> Counter[str]:
+    """A chat per user through the API; how many each version served."""
+    served: Counter[str] = Counter()
+    with api(aiml, USER_KEY) as client:
+        for i in range(users):
+            body = {"model": f"{MODEL}@{ALIAS}", "user": f"user-{i}",
+                    "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+            answer = client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
+            served[answer.headers["x-aiml-model-version"]] += 1
+    return served
+
+
+def test_an_admin_runs_a_canary_from_the_rollouts_page(
+    browser: Any, aiml: RunningAiml, registry: MlflowClient, artifacts: Path
+) -> None:
+    console = open_console(browser, aiml, "rollouts")
+    page = console.page
+    card = page.locator(f"section[data-rollout='{MODEL}@{ALIAS}']")
+    expect(card.locator("[data-canary]")).to_have_text("none")
+    expect(card.locator("[data-shadow='2']")).to_contain_text("100 %")
+
+    # A candidate that cannot serve the alias's chats: refused, listed, then forced.
+    card.get_by_label("Candidate version").select_option("3")
+    card.get_by_label("Weight (%)").fill("50")
+    card.get_by_role("button", name="Start canary").click()
+    refused = page.get_by_role("dialog", name="Start the canary anyway?")
+    expect(refused.locator("li[data-kind]").first).to_be_visible()
+    expect(card.get_by_role("alert")).to_contain_text("409")
+    refused.get_by_role("button", name="Start anyway").click()
+    expect(card.locator("[data-canary]")).to_have_text("version 3 at 50 %")
+    # Then the right candidate, checked and accepted.
+    card.get_by_label("Candidate version").select_option("2")
+    card.get_by_role("button", name="Update canary").click()
+    expect(card.locator("[data-canary]")).to_have_text("version 2 at 50 %")
+    expect(card.locator(".split li[data-version='1']")).to_contain_text("50 % of the callers")
+    with api(aiml) as client:
+        assert client.get(CANARY).json()["canary"] == {"version": 2, "weight": 50}
+
+    served = chat_as_users(aiml, 16)
+    assert set(served) == {f"{MODEL}/1", f"{MODEL}/2"}, served  # sticky hashes: both sides
+    page.get_by_role("button", name="Refresh").click()
+    for version, count in served.items():
+        cell = card.locator(f"td[data-version='{version}'][data-measure=requests]")
+        expect(cell).to_have_text(str(count))
+    p99 = card.locator(f"[data-chart$='-p99'] li[data-version='{MODEL}/2']")
+    expect(p99).not_to_have_attribute("data-last", "")
+    # The shadow copies run after each answer; the page's next reading shows them.
+    pair = card.locator("tr.pair").first
+    expect(pair).to_be_visible(timeout=15_000)
+    # The stand-in names the model that answered: the two answers differ.
+    expect(pair.locator("td.answer").first).to_have_text("llama2:7b heard: hi")
+    expect(pair.locator("td.answer").nth(1)).to_have_text("llama2:13b heard: hi")
+    expect(pair.locator("[data-match]")).to_have_text("differs")
+    found = axe_sync.Axe().run(page).response["violations"]
+    summary = [f"{v['id']}: {v['help']} ({len(v['nodes'])})" for v in found]
+    keep(artifacts, "console-axe-rollouts.json", json.dumps(summary, indent=2).encode())
+    assert summary == []
+    screenshot(page, artifacts, "rollouts")
+
+    card.get_by_role("button", name="Promote version 2…").click()
+    dialog = page.get_by_role("dialog", name="Promote the canary")
+    expect(dialog.locator(".change")).to_have_text(f"{MODEL}@{ALIAS}: version 1 → version 2")
+    dialog.get_by_role("button", name="Promote").click()
+    expect(card.get_by_text("now points at version 2; the canary ended.")).to_be_visible()
+    expect(card.locator("[data-canary]")).to_have_text("none")
+    with api(aiml) as client:
+        detail = client.get(f"/models/registered_in_mlflow/{MODEL}").json()
+        assert detail["model"]["aliases"][ALIAS] == 2
+        assert client.get(CANARY).json()["canary"] is None
+
+    card.get_by_label("Candidate version").select_option("1")
+    card.get_by_label("Weight (%)").fill("10")
+    card.get_by_role("button", name="Start canary").click()
+    expect(card.locator("[data-canary]")).to_have_text("version 1 at 10 %")
+    card.get_by_role("button", name="Stop canary").click()
+    expect(card.get_by_text("Canary stopped: every caller on version 2 again.")).to_be_visible()
+    expect(card.locator("[data-canary]")).to_have_text("none")
+    with api(aiml) as client:
+        assert client.get(CANARY).json()["canary"] is None
+    # The browser logs the refusal's 409 as a failed load: the one error this page expects.
+    console.problems[:] = [p for p in console.problems if "status of 409" not in p]
+    console.check()
+
+
+def test_a_user_key_sees_the_rollouts_and_guard_trips_but_no_action(
+    browser: Any, aiml: RunningAiml, registry: MlflowClient
+) -> None:
+    reason = "5xx ratio 0.60 against the stable's 0.00 over 30 s"  # as the guard writes it
+    registry.set_model_version_tag(MODEL, "3", f"aiml.guard.{ALIAS}", reason)
+    console = open_console(browser, aiml, "rollouts", key=USER_KEY)
+    page = console.page
+    card = page.locator(f"section[data-rollout='{MODEL}@{ALIAS}']")
+    expect(card.locator("[data-canary]")).to_be_visible()
+    expect(card.locator("table.health")).to_be_visible()
+    expect(card.locator(".guard li[data-candidate='3']")).to_contain_text(reason)
+    expect(page.get_by_role("button", name="Refresh")).to_be_visible()  # reading is for all
+    for admin_only in ("Start canary", "Update canary", "Promote", "Stop canary"):
+        expect(page.get_by_role("button", name=admin_only)).to_have_count(0)
+    expect(page.get_by_label("Candidate version")).to_have_count(0)
+    console.check()
