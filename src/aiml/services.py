@@ -86,6 +86,8 @@ class Services:
             self.changes.start()
 
     async def aclose(self) -> None:
+        if self.router.resolver.holds is not None:
+            self.router.resolver.holds.close()
         if self.changes is not None:
             await self.changes.aclose()
         # By now the server has cancelled what was still running; the pool waits for the
@@ -135,6 +137,9 @@ def build_services(
         wait_s=settings.resolve_wait_s,
         stats=stats,
         unavailable=unavailable,
+        # A move made in MLflow is checked as aiml's own moves are (the catalog's, built
+        # below); one that cannot serve is held off on the last good version.
+        vet=lambda current, target: catalog.moves.missing(current, target),
     )
     admission = {
         name: Admission(name, limit=settings.max_in_flight, queue=settings.max_queue)
@@ -147,6 +152,8 @@ def build_services(
         max_image_bytes=settings.max_image_bytes,
     )
     metrics.watch(stats, lambda: registry.calls, admission, pool)
+    if router.resolver.holds is not None:
+        metrics.watch_holds(router.resolver.holds.held)
     manager = InferenceManager(
         router,
         registry,

@@ -253,6 +253,8 @@ class InferenceManager:
             "in_flight": {name: gate.running for name, gate in self.admission.items()},
             "queued": {name: gate.waiting for name, gate in self.admission.items()},
             "executors": self.router.routes(),  # the routes' earlier name
+            # Aliases served at their last good version: the registry names one that cannot.
+            "held_aliases": holds.held.snapshot() if (holds := self.router.resolver.holds) else {},
         }
 
     async def health(self) -> HealthReport:

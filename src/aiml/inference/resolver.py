@@ -25,6 +25,8 @@ it, so a model resolved for ``chat`` is warm for ``text-generation`` and the ver
 * Invalidation wins: a lookup in flight when its name is invalidated (or the cache cleared)
   still answers the callers already waiting on it, but its result is not kept (nor the entry
   before it served in its stead), and later callers start a lookup of their own.
+* Given a ``vet``, an alias moved to a version that cannot serve what its last good version
+  serves stays on that one, loudly, until it names one that can (:mod:`.alias_holds`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from aiml.registry.calls import REGISTRY_RETRY_S
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import ModelRef, RegistryVersion, ResolvedModel
 
+from .alias_holds import AliasHolds, Vet
 from .canary import Canary, canary_of, chooses_candidate
 from .engine_models import direct_model, engine_of, registry_model
 
@@ -82,6 +85,7 @@ class ModelResolver:
         stale_s: float = 300.0,
         wait_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        vet: Vet | None = None,
     ) -> None:
         self._engines = engines
         self._registry = registry
@@ -98,6 +102,9 @@ class ModelResolver:
         self._refreshing: dict[ModelRef, asyncio.Future[None]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._tag_keys = tuple(sorted({k for e in engines.values() for k in e.model_tag_keys}))
+        #: Aliases' last good versions and their holds; ``None``: every move is served.
+        # A new version's check is waited for within half the lookup's own bound.
+        self.holds = AliasHolds(vet, wait_s=wait_s / 2) if vet is not None else None
 
     def __len__(self) -> int:
         return sum(len(entry.models) for entry in self._entries.values())
@@ -262,14 +269,27 @@ class ModelResolver:
             if old is not None and self._entries.get(ref) is old:
                 self._outage(old)
             raise
+        named = version
+        if self.holds is not None and ref.alias is not None and version is not None:
+            current = self._inflight.get((ref, None)) is asyncio.current_task()
+            version = await self.holds.serve(ref, version, current=current, revisit=self._revisit)
         entry = self._new_entry(ref, version)
         if old is not None and version == old.version:
             entry.models = dict(old.models)  # the same version: the engines' answers stand
-        if ref.alias is not None and version is not None:
+        if ref.alias is not None and version is not None and version is named:
+            # Held on its last good version, the alias has no canary: the registry's canary
+            # tag is on the version it names now (a move leaves the old one's tag behind).
             await self._add_canary(ref.alias, entry, old)
         if self._inflight.get((ref, None)) is asyncio.current_task():  # not invalidated since
             self._entries[ref] = entry
         return entry
+
+    def _revisit(self, ref: ModelRef) -> None:
+        """A new version of alias ``ref`` passed its check: look it up again now, so it
+        serves (a lookup in flight read the registry before the verdict: it is not kept)."""
+        if ref in self._entries:
+            self._inflight.pop((ref, None), None)
+            self._start((ref, None), lambda: self._lookup(ref))
 
     async def _add_canary(self, alias: str, entry: _Entry, old: _Entry | None) -> None:
         """The canary the alias's version declares, with its candidate's entry (kept from

@@ -18,6 +18,7 @@ from aiml.observability.stats import Stats
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import Task
 
+from .alias_holds import Vet
 from .capabilities import CapabilityBook
 from .resolver import ModelResolver
 from .tasks import TASK_SPECS, TaskSpec
@@ -53,12 +54,16 @@ class TaskRouter:
         stale_s: float = 300.0,
         wait_s: float = 1.0,
         unavailable: Mapping[str, str] | None = None,
+        vet: Vet | None = None,
     ) -> None:
         self._engines = dict(engines)
         self._unavailable = dict(unavailable or {})
+        # ``vet``: the alias-move check, so a move made in the registry that cannot serve
+        # is held off (alias_holds.py).
         self.resolver = ModelResolver(
-            self._engines, registry, ttl_s=ttl_s, stale_s=stale_s, wait_s=wait_s, stats=stats
-        )
+            self._engines, registry, ttl_s=ttl_s, stale_s=stale_s, wait_s=wait_s, stats=stats,
+            vet=vet,
+        )  # fmt: skip
         self.capabilities = CapabilityBook()
         self._table: dict[Task, tuple[str, ...]] = {
             task: tuple(name for name, engine in self._engines.items() if task in engine.tasks)

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from .sources import AdmissionGauges, PoolGauges
 
 if TYPE_CHECKING:
+    from .held_aliases import HeldAliases
     from .stats import Stats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -66,8 +67,34 @@ class Metrics:
     ) -> None:
         self.registry.register(_Live(stats, registry_calls, admission, pool))
 
+    def watch_holds(self, held: HeldAliases) -> None:
+        """The aliases held at their last good version (one series each, bounded)."""
+        self.registry.register(_Holds(held))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Holds(Collector):
+    def __init__(self, held: HeldAliases) -> None:
+        self._held = held
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "aiml_alias_held",
+            "1 while an alias is served at its last good version because the version the "
+            "registry names cannot serve (checked=false: the check could not run).",
+            labels=["model_alias", "serving_version", "refused_version", "checked"],
+        )
+        for hold in self._held:
+            labels = [hold.alias, str(hold.serving), str(hold.refused), str(hold.checked).lower()]
+            gauge.add_metric(labels, 1)
+        yield gauge
+        yield CounterMetricFamily(
+            "aiml_alias_move_refusals",
+            "Versions an alias was moved to in the registry and held off (each counted once).",
+            value=self._held.refusals,
+        )
 
 
 class _Live(Collector):

@@ -120,7 +120,18 @@ function AliasForm({ model, versions, onDone }) {
   </form>`;
 }
 
-function ModelCard({ model, detail, caps, loaded, admin, act, refresh }) {
+// An alias moved in MLflow to a version that cannot serve is held at its last good one
+// (/inference/stats' held_aliases): said beside the alias, with what the version lacks.
+function HeldNotes({ model, held }) {
+  const mine = Object.entries(held ?? {}).filter(([key]) => key.startsWith(`${model.name}@`));
+  return mine.map(([key, hold]) => html`<p class="notice error held" role="status" data-held=${key}>
+    <strong>@${key.slice(model.name.length + 1)} is held at v${hold.serving}:</strong>${" "}
+    the registry names v${hold.refused}, which ${hold.checked ? "cannot serve what it serves"
+      : "could not be checked"}: ${hold.missing.map((m) => m.reason).join("; ")}.
+    It serves again as soon as the alias names a version that can.</p>`);
+}
+
+function ModelCard({ model, detail, caps, loaded, held, admin, act, refresh }) {
   const versions = detail?.versions ?? [];
   const loadedOf = (v) =>
     loaded?.models.find((m) => m.registry_name === model.name && String(m.registry_version) === String(v));
@@ -132,6 +143,7 @@ function ModelCard({ model, detail, caps, loaded, admin, act, refresh }) {
       ${Object.entries(model.aliases).map(([alias, v]) =>
         html`<span class="chip alias" data-alias=${alias}>@${alias} → v${v}</span>${" "}`)}
     </p>
+    <${HeldNotes} model=${model} held=${held} />
     ${!detail
       ? html`<p class="muted">Reading versions…</p>`
       : html`<div class="scroll"><table class="versions">
@@ -170,6 +182,7 @@ export function ModelsPage({ admin }) {
   const [details, setDetails] = useState({});
   const [caps, setCaps] = useState({});
   const [loaded, setLoaded] = useState(null);
+  const [held, setHeld] = useState({});
   const [notice, setNotice] = useState(null);
   const [generation, setGeneration] = useState(0);
 
@@ -202,7 +215,9 @@ export function ModelsPage({ admin }) {
   }, 0, [generation]);
   usePoll(async () => {
     try {
+      const stats = get("/inference/stats");
       setLoaded(await get("/inference/loaded"));
+      setHeld((await stats).stats?.held_aliases ?? {});
     } catch (error) {
       setNotice({ error: true, text: `Reading loaded models failed: ${error.message}` });
     }
@@ -242,5 +257,5 @@ export function ModelsPage({ admin }) {
       : models.length === 0
         ? html`<p>No model is registered yet.</p>`
         : models.map((m) => html`<${ModelCard} key=${m.name} model=${m} detail=${details[m.name]}
-            caps=${caps} loaded=${loaded} admin=${admin} act=${act} refresh=${refresh} />`)}`;
+            caps=${caps} loaded=${loaded} held=${held} admin=${admin} act=${act} refresh=${refresh} />`)}`;
 }
