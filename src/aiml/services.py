@@ -17,6 +17,7 @@ from aiml.engines.pool import ModelPool
 from aiml.engines.table import build_engines
 from aiml.inference.admission import Admission
 from aiml.inference.catalog import ModelCatalog
+from aiml.inference.guard import CanaryGuard, GuardLimits
 from aiml.inference.limits import Limits
 from aiml.inference.manager import InferenceManager
 from aiml.inference.readiness import RequiredEngines
@@ -62,6 +63,8 @@ class Services:
     holders: Callable[[], Awaitable[dict[str, list[str]] | None]] | None = None
     #: MLflow's webhook deliveries, checked with AIML_MLFLOW_WEBHOOK_SECRET (``None``: off).
     webhooks: DeliveryVerifier | None = None
+    #: Takes a canary's candidate out when it does worse than the alias's version.
+    guard: CanaryGuard | None = None
 
     def registry_changed(self, name: str) -> None:
         """The registry changed for ``name``, through aiml or (a webhook says) elsewhere:
@@ -84,8 +87,13 @@ class Services:
         self.pool.start()
         if self.changes is not None:
             self.changes.start()
+        if self.guard is not None:
+            self.guard.start()
 
     async def aclose(self) -> None:
+        if self.guard is not None:
+            await self.guard.aclose()
+        await self.manager.gate.shadow.aclose()
         if self.router.resolver.holds is not None:
             self.router.resolver.holds.close()
         if self.changes is not None:
@@ -192,6 +200,19 @@ def build_services(
             settings.mlflow_webhook_secret, max_age_s=settings.webhook_max_age_s
         )
 
+    guard = CanaryGuard(
+        stats.versions,
+        router.resolver.canaries,
+        catalog.trip_canary,
+        limits=GuardLimits(
+            window_s=settings.guard_window_s,
+            min_requests=settings.guard_min_requests,
+            max_error_excess=settings.guard_max_error_excess,
+            max_p99_ratio=settings.guard_max_p99_ratio,
+        ),
+        check_every_s=settings.guard_check_s,
+    )
+
     services = Services(
         settings=settings,
         registry=registry,
@@ -210,5 +231,6 @@ def build_services(
             settings.home_dir / "responses.db", retention_s=settings.responses_retention_s
         ),
         webhooks=webhooks,
+        guard=guard,
     )
     return services

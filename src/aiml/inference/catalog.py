@@ -26,6 +26,7 @@ from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import validate_alias, validate_registry_name
 from aiml.types import ModelRef, RegistryVersion, Task
 
+from .alias_holds import forced_tag
 from .alias_moves import AliasMoves, Missing
 from .canary import Canary, canary_of, canary_tag
 from .capabilities import CapabilityBook
@@ -206,6 +207,8 @@ class ModelCatalog:
         if not force:
             current, target = await self._move(name, alias, version)
             await self.moves.check(alias, current, target)
+        else:  # so no front holds it off as a move it would refuse (alias_holds.py)
+            await self._registry.set_version_tag(name, version, forced_tag(alias), "true")
         await self._registry.set_alias(name, alias, version)
         self._changed(name)
 

@@ -6,8 +6,7 @@ registry said (the version, or "not registered") and, per engine, what that engi
 it, so a model resolved for ``chat`` is warm for ``text-generation`` and the version's
 ``inference_engine`` tag can pick the engine without another registry call.
 
-* Single-flight: concurrent requests for one reference share one registry lookup and, per
-  engine, one engine check.
+* Single-flight: concurrent requests for a reference share one lookup, and one check per engine.
 * A pinned version (``name/3``) never expires; an alias or "latest" is fresh for the TTL,
   and so are the engine results kept in its entry. An entry in use is looked up again in
   the background in the last fifth of its TTL (at most 5 s before expiry), so a steadily
@@ -49,7 +48,7 @@ from aiml.registry.mlflow import MlflowRegistry
 from aiml.types import ModelRef, RegistryVersion, ResolvedModel
 
 from .alias_holds import AliasHolds, Vet
-from .canary import Canary, canary_of, chooses_candidate
+from .canary import Canary, RunningCanary, canary_of, chooses_candidate
 from .engine_models import direct_model, engine_of, registry_model
 
 __all__ = ["ModelResolver"]
@@ -148,6 +147,15 @@ class ModelResolver:
                 param="model",
             )
         return engine
+
+    def canaries(self) -> list[RunningCanary]:
+        """The canaries of the aliases resolved here, as the guard watches them."""
+        found = [(ref, e.version, e.canary, e.candidate) for ref, e in self._entries.items()]
+        return [
+            RunningCanary(ref.name, ref.alias, v.version, c.version.version, canary.weight)
+            for ref, v, canary, c in found
+            if ref.alias and v and canary and c and c.version
+        ]
 
     def invalidate(self, ref: ModelRef) -> None:
         """Forget one reference (its model vanished from the engine, say)."""

@@ -98,6 +98,7 @@ async def stats(services: ServicesDep) -> JSONResponse:
         "models": models,
         "capabilities": known,
         "shadow": services.manager.gate.shadow.report(),  # alias -> candidate comparisons
+        "guard": services.guard.report() if services.guard is not None else [],
     }
     return JSONResponse({"success": True, "stats": body})
 
