@@ -168,3 +168,18 @@ def test_the_rollout_commands_drive_a_canary(
     assert promoted.exit_code == 0, promoted.output
     assert str(registry.client.get_model_version_by_alias("m", "production").version) == "2"
     assert "no canary" in runner.invoke(app, ["rollout", "status", "m", "production"]).output
+
+
+def test_a_version_past_what_the_registry_stores_is_refused_as_input(
+    registry: Registry, start_aiml: Callable[..., RunningAiml]
+) -> None:
+    """Found by the fuzzer: 2**63 + 1 reached sqlite and came back a 502."""
+    registry.register("m", "llama2:7b", task="chat", alias="production")
+    aiml = start_aiml()
+    route = "/models/registered_in_mlflow/m/aliases/production"
+    with aiml.client() as client:
+        for path, body in ((f"{route}/canary", {"version": 2**63 + 1, "weight": 1}),
+                           (route, {"version": 2**63 + 1})):  # fmt: skip
+            answer = client.put(path, json=body, params={"force": "true"})
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["error"]["param"].endswith("version")

@@ -71,10 +71,14 @@ class RegisterOllamaRequest(CleanText):
     description: str | None = Field(default=None, max_length=5000)
 
 
+#: A registry version number as MLflow stores it (a 32-bit integer column in SQL stores).
+MAX_VERSION = 2**31 - 1
+
+
 class AliasBody(CleanText):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class CanaryBody(CleanText):
@@ -82,5 +86,5 @@ class CanaryBody(CleanText):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     weight: float = Field(ge=0, le=100)
