@@ -132,6 +132,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -
         postgres.stop()
         shutil.rmtree(postgres.folder, ignore_errors=True)
         if ray.is_initialized():
+            # Serve's handles in this process (Cluster.stats) each run a thread that
+            # pushes metrics; serve.shutdown stops them, else they log errors into
+            # whichever test runs after ray.shutdown.
+            serve.shutdown()
             ray.shutdown()
         stop_ray()
 
