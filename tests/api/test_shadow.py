@@ -6,6 +6,7 @@ cosine of their vectors."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -81,3 +82,24 @@ def test_embeddings_are_compared_by_cosine(
         report = _shadow_report(client, "emb@production -> 2", lambda r: r["compared"] >= 1)
     assert report["pairs"][0]["cosine"] == 1.0  # the same model: the same vectors
     assert report["exact_match_ratio"] == 1.0
+
+
+def test_a_stream_is_copied_once_it_ended_and_compared_on_its_whole_text(
+    registry: Registry, start_aiml: Callable[..., RunningAiml]
+) -> None:
+    registry.register("streamed", "llama2:7b", task="chat", alias="production")
+    registry.register("streamed", "llama2:13b", task="chat")
+    registry.client.set_model_version_tag("streamed", "1", "aiml.shadow.production", "2:100")
+    aiml = start_aiml()
+    body = {"model": "streamed@production", "messages": CHAT, "stream": True}
+    with aiml.client() as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as answer:
+            assert answer.status_code == 200
+            events = [line.removeprefix("data: ") for line in answer.iter_lines() if line]
+        pieces = [json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]]
+        report = _shadow_report(client, "streamed@production -> 2", lambda r: r["compared"] >= 1)
+    pair = report["pairs"][0]
+    assert pair["primary"] == "".join(pieces)  # the stream's whole text, as the caller read it
+    assert pair["candidate"].startswith("llama2:13b")
+    assert pair["exact_match"] is False
+    assert report["failed"] == report["dropped"] == 0

@@ -145,7 +145,11 @@ class RequestGate:
         except BaseException as exc:
             account.settle(exc)
             raise
-        return StreamOutcome(opened, account, deadline_at, self.metrics)
+
+        def copy_to_shadow(generation: Generation, elapsed: float) -> None:
+            self._copy_to_shadow(ref, route, resolved, call.input, Answer(generation.text), elapsed)
+
+        return StreamOutcome(opened, account, deadline_at, self.metrics, on_finished=copy_to_shadow)
 
     async def gated(
         self,
@@ -288,8 +292,9 @@ class RequestGate:
         self, ref: ModelRef, route: Route, resolved: ResolvedModel, request: Any,
         primary: Answer, elapsed: float,
     ) -> None:  # fmt: skip
-        """After the caller's answer: a copy to the shadow the alias's version declares, if
-        this request is in its share (shadow.py); run off the path, never counted."""
+        """After the caller's answer (a whole one, or a stream's end): a copy to the shadow
+        the alias's version declares, if this request is in its share (shadow.py), run off
+        the path as a whole answer, never counted."""
         if ref.alias is None or resolved.registry_version is None:
             return
         declared = shadow_of(resolved.tags, ref.alias, resolved.registry_version)

@@ -1,5 +1,6 @@
 """Shadow traffic: a copy of a share of an alias's requests sent to a candidate version, off
-the request path, its answer compared with the one the caller got.
+the request path, its answer compared with the one the caller got. A stream is copied once
+it has ended well, as a whole answer, and compared on its whole text.
 
 Declared like a canary, as a version tag on the alias's version,
 ``aiml.shadow.<alias> = "<candidate version>:<percent>"``. The caller's answer is final

@@ -62,12 +62,23 @@ class OpenStream:
             await close()
 
 
+#: Called with a stream's whole generation and its duration once it ended well (the gate
+#: copies it to a shadow then, as it does a whole answer).
+Finished = Callable[[Generation, float], None]
+
+
 class StreamOutcome:
     """A started generation; iterate :meth:`chunks`, then read :attr:`final`. The stream's
     end, whatever it is, settles the call's accounting."""
 
     def __init__(
-        self, opened: OpenStream, account: Accounting, deadline_at: float, metrics: Metrics
+        self,
+        opened: OpenStream,
+        account: Accounting,
+        deadline_at: float,
+        metrics: Metrics,
+        *,
+        on_finished: Finished | None = None,
     ) -> None:
         self.resolved = opened.resolved
         self.final: Generation | None = None
@@ -75,6 +86,7 @@ class StreamOutcome:
         self._account = account
         self._deadline_at = deadline_at
         self._metrics = metrics
+        self._on_finished = on_finished
 
     @property
     def elapsed(self) -> float:
@@ -113,6 +125,8 @@ class StreamOutcome:
             raise
         else:
             self._account.finish(200, self.final)
+            if self._on_finished is not None and self.final is not None:
+                self._on_finished(self.final, self.elapsed)
         finally:
             await pieces.aclose()
 
