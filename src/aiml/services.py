@@ -16,12 +16,14 @@ from aiml.engines.local import LocalEngine
 from aiml.engines.pool import ModelPool
 from aiml.engines.table import build_engines
 from aiml.inference.admission import Admission
+from aiml.inference.canary_rollouts import CanaryRollouts
 from aiml.inference.catalog import ModelCatalog
 from aiml.inference.guard import CanaryGuard, GuardLimits
 from aiml.inference.limits import Limits
 from aiml.inference.manager import InferenceManager
 from aiml.inference.readiness import RequiredEngines
 from aiml.inference.response_store import ResponseStore
+from aiml.inference.rollout_plan import RolloutPlanner
 from aiml.inference.router import TaskRouter
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
@@ -56,6 +58,12 @@ class Services:
     metrics: Metrics
     #: The Responses API's stored responses (the file is opened on first use).
     responses: ResponseStore
+    #: Canaries started, stepped, stopped, promoted and tripped (registry writes).
+    rollouts: CanaryRollouts
+    #: Takes a canary's candidate out when it does worse than the alias's version; its
+    #: rounds also step staged canaries (``planner``).
+    guard: CanaryGuard
+    planner: RolloutPlanner
     unavailable: Mapping[str, str] = field(default_factory=dict)
     #: In cluster mode, the feed of registry changes made through other fronts.
     changes: ChangeFeed | None = None
@@ -63,8 +71,6 @@ class Services:
     holders: Callable[[], Awaitable[dict[str, list[str]] | None]] | None = None
     #: MLflow's webhook deliveries, checked with AIML_MLFLOW_WEBHOOK_SECRET (``None``: off).
     webhooks: DeliveryVerifier | None = None
-    #: Takes a canary's candidate out when it does worse than the alias's version.
-    guard: CanaryGuard | None = None
 
     def registry_changed(self, name: str) -> None:
         """The registry changed for ``name``, through aiml or (a webhook says) elsewhere:
@@ -87,12 +93,10 @@ class Services:
         self.pool.start()
         if self.changes is not None:
             self.changes.start()
-        if self.guard is not None:
-            self.guard.start()
+        self.guard.start()
 
     async def aclose(self) -> None:
-        if self.guard is not None:
-            await self.guard.aclose()
+        await self.guard.aclose()
         await self.manager.gate.shadow.aclose()
         if self.router.resolver.holds is not None:
             self.router.resolver.holds.close()
@@ -200,10 +204,11 @@ def build_services(
             settings.mlflow_webhook_secret, max_age_s=settings.webhook_max_age_s
         )
 
+    rollouts = CanaryRollouts(catalog, registry)
     guard = CanaryGuard(
         stats.versions,
         router.resolver.canaries,
-        catalog.trip_canary,
+        rollouts.trip,
         limits=GuardLimits(
             window_s=settings.guard_window_s,
             min_requests=settings.guard_min_requests,
@@ -212,6 +217,8 @@ def build_services(
         ),
         check_every_s=settings.guard_check_s,
     )
+    planner = RolloutPlanner(stats.versions, guard, router.resolver.canaries, rollouts.advance)
+    guard.then(planner.check)
 
     services = Services(
         settings=settings,
@@ -231,6 +238,8 @@ def build_services(
             settings.home_dir / "responses.db", retention_s=settings.responses_retention_s
         ),
         webhooks=webhooks,
+        rollouts=rollouts,
         guard=guard,
+        planner=planner,
     )
     return services

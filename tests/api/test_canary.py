@@ -128,7 +128,7 @@ def test_a_canary_through_the_admin_api_shows_in_mlflow_and_is_promoted(
         assert refused.json()["error"]["code"] == "unsafe_alias_move"
         started = client.put(route, json={"version": 2, "weight": 50})
         assert started.status_code == 200, started.text
-        assert started.json()["canary"] == {"version": 2, "weight": 50}
+        assert started.json()["canary"] == {"version": 2, "weight": 50, "plan": None}
         tags = registry.client.get_model_version("m", "1").tags
         assert tags["aiml.canary.production"] == "2:50"  # in MLflow, on the alias's version
         served = Counter(_served(client, f"user-{i}") for i in range(200))
@@ -168,6 +168,15 @@ def test_the_rollout_commands_drive_a_canary(
     assert promoted.exit_code == 0, promoted.output
     assert str(registry.client.get_model_version_by_alias("m", "production").version) == "2"
     assert "no canary" in runner.invoke(app, ["rollout", "status", "m", "production"]).output
+    staged = runner.invoke(
+        app, ["rollout", "canary", "m", "production", "1", "--plan", "5,50", "--dwell", "300"]
+    )
+    assert staged.exit_code == 0, staged.output
+    assert "5% to version 1 (plan 5% -> 50%, 300 s a step, then promoted)" in staged.output
+    tag = registry.client.get_model_version("m", "2").tags["aiml.canary.production"]
+    assert tag.startswith("1:5 plan=5,50 dwell=300 since="), tag
+    bad = runner.invoke(app, ["rollout", "canary", "m", "production", "1", "--plan", "5,x"])
+    assert bad.exit_code != 0 and "percents separated by commas" in bad.output
 
 
 def test_a_version_past_what_the_registry_stores_is_refused_as_input(

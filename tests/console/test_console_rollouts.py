@@ -87,7 +87,7 @@ def test_an_admin_runs_a_canary_from_the_rollouts_page(
     expect(card.locator("[data-canary]")).to_have_text("version 2 at 50 %")
     expect(card.locator(".split li[data-version='1']")).to_contain_text("50 % of the callers")
     with api(aiml) as client:
-        assert client.get(CANARY).json()["canary"] == {"version": 2, "weight": 50}
+        assert client.get(CANARY).json()["canary"] == {"version": 2, "weight": 50, "plan": None}
 
     served = chat_as_users(aiml, 16)
     assert set(served) == {f"{MODEL}/1", f"{MODEL}/2"}, served  # sticky hashes: both sides
@@ -130,6 +130,22 @@ def test_an_admin_runs_a_canary_from_the_rollouts_page(
     expect(card.locator("[data-canary]")).to_have_text("none")
     with api(aiml) as client:
         assert client.get(CANARY).json()["canary"] is None
+
+    # A staged canary: the plan's first step now, its next after the dwell.
+    card.get_by_label("Candidate version").select_option("1")
+    card.get_by_label("Or a plan (%, rising)").fill("5, 25")
+    expect(card.get_by_label("Weight (%)")).to_be_disabled()
+    card.get_by_label("Dwell per step (s)").fill("3600")
+    card.get_by_role("button", name="Start canary").click()
+    started = "gets 5 % of rollout@live's callers, then 25 % and promotion."
+    expect(card.get_by_text(started)).to_be_visible()
+    expect(card.locator("[data-canary]")).to_have_text("version 1 at 5 %")
+    expect(card.locator("[data-plan]")).to_contain_text("plan 5 % → 25 %, 3600 s a step: 25 % in")
+    with api(aiml) as client:
+        plan = client.get(CANARY).json()["canary"]["plan"]
+        assert (plan["steps"], plan["dwell_s"]) == ([5, 25], 3600)
+    card.get_by_role("button", name="Stop canary").click()
+    expect(card.locator("[data-canary]")).to_have_text("none")
     # The browser logs the refusal's 409 as a failed load: the one error this page expects.
     console.problems[:] = [p for p in console.problems if "status of 409" not in p]
     console.check()

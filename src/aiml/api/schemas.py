@@ -82,9 +82,13 @@ class AliasBody(CleanText):
 
 
 class CanaryBody(CleanText):
-    """A canary on an alias: ``weight`` percent of its callers to ``version``."""
+    """A canary on an alias: ``weight`` percent of its callers to ``version``; or a staged
+    one, stepping through ``plan``'s weights every ``dwell_s`` while the guard holds, then
+    promoted."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1, le=MAX_VERSION)
-    weight: float = Field(ge=0, le=100)
+    weight: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    plan: list[float] | None = Field(default=None, min_length=1, max_length=20)
+    dwell_s: float = Field(default=600.0, gt=0, le=30 * 86400, allow_inf_nan=False)

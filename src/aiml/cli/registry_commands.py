@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from aiml.inference.canary import Canary
+
 from .common import console, run
 
 __all__ = ["alias_app", "rollout_app", "webhook_app"]
@@ -62,15 +64,34 @@ def rollout_canary(
     name: Annotated[str, typer.Argument(help="Registered model")],
     alias: Annotated[str, typer.Argument(help="Alias, e.g. production")],
     version: Annotated[int, typer.Argument(help="The candidate version")],
-    weight: Annotated[float, typer.Option(help="Percent of the alias's callers")] = 5.0,
+    weight: Annotated[
+        float | None, typer.Option(help="Percent of the alias's callers (default 5)")
+    ] = None,
+    plan: Annotated[
+        str | None,
+        typer.Option(help="Staged: rising percents, e.g. 5,25,100, then promoted"),
+    ] = None,
+    dwell: Annotated[float, typer.Option(help="Seconds at least at each step of --plan")] = 600,
     force: Annotated[
         bool, typer.Option("--force", help="Start it even if VERSION lacks what the alias serves")
     ] = False,
 ) -> None:
     """Send WEIGHT percent of NAME@ALIAS's callers (each keeps its version) to VERSION, or
-    change the weight of the canary running; VERSION must serve what the alias serves."""
-    canary = run(lambda s: s.catalog.start_canary(name, alias, version, weight, force=force))
-    console.print(f"{name}@{alias}: {canary.weight:g}% to version {canary.version}")
+    change the weight of the canary running; with --plan, step through its percents every
+    --dwell seconds while the guard holds, then promote VERSION. VERSION must serve what
+    the alias serves."""
+    try:
+        steps = [float(step) for step in plan.split(",")] if plan else None
+    except ValueError:
+        raise typer.BadParameter("percents separated by commas, e.g. 5,25,100") from None
+    if steps is None and weight is None:
+        weight = 5.0
+    canary = run(
+        lambda s: s.rollouts.start(
+            name, alias, version, weight, plan=steps, dwell_s=dwell, force=force
+        )
+    )
+    console.print(f"{name}@{alias}: {_split(canary)}")
 
 
 @rollout_app.command("status")
@@ -79,9 +100,17 @@ def rollout_status(
     alias: Annotated[str, typer.Argument(help="Alias")],
 ) -> None:
     """NAME@ALIAS's version and its canary, if one runs."""
-    version, canary = run(lambda s: s.catalog.canary(name, alias))
-    split = "no canary" if canary is None else f"{canary.weight:g}% to version {canary.version}"
+    version, canary = run(lambda s: s.rollouts.current(name, alias))
+    split = "no canary" if canary is None else _split(canary)
     console.print(f"{name}@{alias} -> version {version}; {split}")
+
+
+def _split(canary: Canary) -> str:
+    split = f"{canary.weight:g}% to version {canary.version}"
+    if canary.plan is not None:
+        steps = " -> ".join(f"{step:g}%" for step in canary.plan.steps)
+        split += f" (plan {steps}, {canary.plan.dwell_s:g} s a step, then promoted)"
+    return split
 
 
 @rollout_app.command("promote")
@@ -91,7 +120,7 @@ def rollout_promote(
     force: Annotated[bool, typer.Option("--force", help="Move without checking")] = False,
 ) -> None:
     """Move NAME@ALIAS to its canary's candidate and end the canary."""
-    version = run(lambda s: s.catalog.promote_canary(name, alias, force=force))
+    version = run(lambda s: s.rollouts.promote(name, alias, force=force))
     console.print(f"{name}@{alias} -> version {version}; canary ended")
 
 
@@ -101,5 +130,5 @@ def rollout_stop(
     alias: Annotated[str, typer.Argument(help="Alias")],
 ) -> None:
     """End NAME@ALIAS's canary: every caller on the alias's version again."""
-    stopped = run(lambda s: s.catalog.stop_canary(name, alias))
+    stopped = run(lambda s: s.rollouts.stop(name, alias))
     console.print(f"{name}@{alias}: " + ("no canary ran" if stopped is None else "canary ended"))

@@ -13,11 +13,18 @@ The choice per request is sticky: a hash of the alias and the caller's affinity 
 OpenAI ``user`` field, an ``x-aiml-session`` header, else the API key, else the client's
 address) against the weight, so a caller keeps one version for a conversation, and a
 weight raised from 5 to 25 keeps the first 5%'s callers on the candidate.
+
+A staged canary carries its plan in the same tag: ``"7:25 plan=5,25,100 dwell=600
+since=1765130000"`` is at 25% since that time (Unix seconds), and steps up every 600 s
+while the guard holds (rollout_plan.py); the guard's trip writes ``"7:0"``, which ends the
+plan with the canary's traffic.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from dataclasses import dataclass
 
 from aiml.errors import InvalidRequest
@@ -26,6 +33,7 @@ from aiml.types import RegistryVersion
 __all__ = [
     "CANARY_TAG_PREFIX",
     "Canary",
+    "Plan",
     "RunningCanary",
     "canary_of",
     "canary_tag",
@@ -38,14 +46,36 @@ _BUCKETS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """A staged canary's weights, in order, each held ``dwell_s`` seconds at least; the
+    current step began at ``since`` (Unix seconds, so every front reads the same time)."""
+
+    steps: tuple[float, ...]
+    dwell_s: float
+    since: float
+
+    def after(self, weight: float) -> float | None:
+        """The step that follows ``weight``; ``None`` past the last (promotion is next)."""
+        return next((step for step in self.steps if step > weight), None)
+
+    def tag_suffix(self) -> str:
+        steps = ",".join(f"{step:g}" for step in self.steps)
+        since = f"{self.since:.3f}".rstrip("0").rstrip(".")  # to the millisecond
+        return f" plan={steps} dwell={self.dwell_s:g} since={since}"
+
+
+@dataclass(frozen=True, slots=True)
 class Canary:
-    """``weight`` percent (0-100) of an alias's callers go to ``version``."""
+    """``weight`` percent (0-100) of an alias's callers go to ``version``; a staged canary
+    has the ``plan`` its weight steps through."""
 
     version: int
     weight: float
+    plan: Plan | None = None
 
     def tag_value(self) -> str:
-        return f"{self.version}:{self.weight:g}"
+        suffix = self.plan.tag_suffix() if self.plan is not None else ""
+        return f"{self.version}:{self.weight:g}{suffix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +88,7 @@ class RunningCanary:
     stable: int
     candidate: int
     weight: float
+    plan: Plan | None = None
 
 
 def canary_tag(alias: str) -> str:
@@ -66,17 +97,49 @@ def canary_tag(alias: str) -> str:
 
 
 def parse_canary(value: str) -> Canary:
-    """``"7:5"`` as a :class:`Canary` (a 400 naming the tag's form otherwise)."""
-    version, sep, weight = value.partition(":")
+    """``"7:5"`` (or with a plan, ``"7:5 plan=5,25,100 dwell=600 since=1765130000"``) as a
+    :class:`Canary`; a 400 naming the tag's form otherwise."""
+    head, *fields = value.split()
+    version, sep, weight = head.partition(":") if head else ("", "", "")
     try:
-        canary = Canary(int(version), float(weight))
+        canary = Canary(int(version), float(weight), _parse_plan(fields) if fields else None)
     except ValueError:
         canary = None
     if not sep or canary is None or not 0 <= canary.weight <= 100 or canary.version < 1:
         raise InvalidRequest(
-            f"a canary tag is '<version>:<percent>' (e.g. '7:5'), not {value!r}", param="canary"
+            f"a canary tag is '<version>:<percent>' (e.g. '7:5'), optionally followed by "
+            f"'plan=5,25,100 dwell=<seconds> since=<unix time>', not {value!r}",
+            param="canary",
         )
     return canary
+
+
+def make_plan(steps: list[float], dwell_s: float, since: float) -> Plan:
+    """A plan from what a caller asked for: steps rising within (0, 100], a dwell above 0
+    (a 400 naming the rule otherwise)."""
+    rising = all(a < b for a, b in itertools.pairwise(steps))
+    if not steps or not rising or steps[0] <= 0 or steps[-1] > 100:
+        raise InvalidRequest(
+            "a plan's steps are percents rising within (0, 100], e.g. [5, 25, 100]",
+            param="plan",
+        )
+    if not 0 < dwell_s < math.inf:
+        raise InvalidRequest("a plan's dwell is a time above 0 seconds", param="dwell_s")
+    if not math.isfinite(since):
+        raise InvalidRequest("a plan's start is a Unix time", param="since")
+    return Plan(tuple(steps), dwell_s, since)
+
+
+def _parse_plan(fields: list[str]) -> Plan:
+    """``plan=5,25,100 dwell=600 since=1765130000``; a ValueError if it is not that."""
+    given = dict(field.partition("=")[::2] for field in fields)
+    if set(given) != {"plan", "dwell", "since"}:
+        raise ValueError(fields)
+    steps = [float(step) for step in given["plan"].split(",")]
+    try:
+        return make_plan(steps, float(given["dwell"]), float(given["since"]))
+    except InvalidRequest as exc:
+        raise ValueError(fields) from exc
 
 
 def canary_of(version: RegistryVersion, alias: str) -> Canary | None:

@@ -28,9 +28,7 @@ from aiml.types import ModelRef, RegistryVersion, Task
 
 from .alias_holds import forced_tag
 from .alias_moves import AliasMoves, Missing
-from .canary import Canary, canary_of, canary_tag
 from .capabilities import CapabilityBook
-from .guard import GUARD_TAG_PREFIX, GuardTrip
 from .listing import ModelListing
 
 __all__ = ["ModelCatalog", "Registration"]
@@ -71,7 +69,8 @@ class ModelCatalog:
         self._table = table
         self.listing = ModelListing(self._fetch_all, ttl_s=listing_ttl_s)
         self.moves = AliasMoves(engines, capabilities or CapabilityBook(), unavailable=unavailable)
-        self._tag_keys = tuple(sorted({k for e in engines.values() for k in e.model_tag_keys}))
+        #: The model tags the engines read, fetched with every version lookup.
+        self.tag_keys = tuple(sorted({k for e in engines.values() for k in e.model_tag_keys}))
 
     async def register_ollama(
         self,
@@ -110,7 +109,7 @@ class ModelCatalog:
         )
         if alias is not None:
             await self._registry.set_alias(registered_name, alias, version.version)
-        self._changed(registered_name)
+        self.changed(registered_name)
         return Registration(version=version, alias=alias)
 
     async def register_files(
@@ -171,7 +170,7 @@ class ModelCatalog:
             created = True
         if alias is not None:
             await self._registry.set_alias(registered_name, alias, version.version)
-        self._changed(registered_name)
+        self.changed(registered_name)
         return Registration(version, alias, created=created, skipped=tuple(skipped))
 
     async def list_models(
@@ -205,114 +204,45 @@ class ModelCatalog:
         validate_registry_name(name, param="name")
         validate_alias(alias)
         if not force:
-            current, target = await self._move(name, alias, version)
+            current, target = await self.alias_versions(name, alias, version)
             await self.moves.check(alias, current, target)
         else:  # so no front holds it off as a move it would refuse (alias_holds.py)
             await self._registry.set_version_tag(name, version, forced_tag(alias), "true")
         await self._registry.set_alias(name, alias, version)
-        self._changed(name)
+        self.changed(name)
 
     async def alias_move_problems(self, name: str, alias: str, version: int) -> list[Missing]:
         """What ``version`` lacks to serve what ``name@alias`` serves now (empty: it can
         take over), read from the registry as it is now; nothing is moved."""
-        current, target = await self._move(name, alias, version)
+        current, target = await self.alias_versions(name, alias, version)
         return await self.moves.missing(current, target)
 
-    async def _move(
+    async def alias_versions(
         self, name: str, alias: str, version: int
     ) -> tuple[RegistryVersion | None, RegistryVersion]:
-        """The version the alias points at now (``None``: a new alias) and the target."""
+        """The version the alias points at now (``None``: a new alias) and ``version``."""
         found = await self._registry.find_version(
-            ModelRef(name, version=version), model_tag_keys=self._tag_keys
+            ModelRef(name, version=version), model_tag_keys=self.tag_keys
         )
         if found is None:  # pragma: no cover - a pinned lookup raises when absent
             raise ModelNotFound(f"registered model {name!r} has no version {version}")
         try:
             current = await self._registry.find_version(
-                ModelRef(name, alias=alias), model_tag_keys=self._tag_keys
+                ModelRef(name, alias=alias), model_tag_keys=self.tag_keys
             )
         except ModelNotFound:
             current = None
         return current, found
 
-    async def start_canary(
-        self, name: str, alias: str, version: int, weight: float, *, force: bool = False
-    ) -> Canary:
-        """Send ``weight`` percent of ``name@alias``'s callers to ``version`` (or change the
-        weight of the canary already running). The candidate must serve what the alias
-        serves, as for a move (409 otherwise, unless ``force``); the canary is the version
-        tag of canary.py on the alias's version, so it shows in MLflow and ends when the
-        alias moves."""
-        validate_registry_name(name, param="name")
-        validate_alias(alias)
-        canary = Canary(version, weight)
-        if not 0 <= weight <= 100:
-            raise InvalidRequest("a canary's weight is a percent, 0 to 100", param="weight")
-        current, target = await self._move(name, alias, version)
-        if current is None:
-            raise ModelNotFound(f"registered model {name!r} has no alias {alias!r}", param="alias")
-        if current.version == version:
-            raise InvalidRequest(f"{name}@{alias} is version {version} already", param="version")
-        if not force:
-            await self.moves.check(alias, current, target)
-        await self._registry.set_version_tag(
-            name, current.version, canary_tag(alias), canary.tag_value()
-        )
-        self._changed(name)
-        return canary
-
-    async def canary(self, name: str, alias: str) -> tuple[int, Canary | None]:
-        """The version ``name@alias`` points to, and the canary it declares, if any."""
-        validate_registry_name(name, param="name")
-        validate_alias(alias)
-        current = await self._registry.find_version(
-            ModelRef(name, alias=alias), model_tag_keys=self._tag_keys
-        )
-        assert current is not None  # an alias lookup raises when absent
-        return current.version, canary_of(current, alias)
-
-    async def stop_canary(self, name: str, alias: str) -> int | None:
-        """End ``name@alias``'s canary (every caller on the alias's version again); the
-        candidate's version it sent callers to, or ``None`` when none ran."""
-        current, canary = await self.canary(name, alias)
-        if canary is None:
-            return None
-        await self._registry.delete_version_tag(name, current, canary_tag(alias))
-        self._changed(name)
-        return canary.version
-
-    async def promote_canary(self, name: str, alias: str, *, force: bool = False) -> int:
-        """Move ``name@alias`` to its canary's candidate (checked as any move) and end the
-        canary; the version the alias now points to."""
-        current, canary = await self.canary(name, alias)
-        if canary is None:
-            raise InvalidRequest(f"{name}@{alias} runs no canary to promote", param="alias")
-        await self.set_alias(name, alias, canary.version, force=force)
-        await self._registry.delete_version_tag(name, current, canary_tag(alias))
-        self._changed(name)
-        return canary.version
-
-    async def trip_canary(self, trip: GuardTrip) -> None:
-        """The guard's verdict: the canary's weight to 0, and why on the candidate version
-        (``aiml.guard.<alias>``), both in the registry, so every front and MLflow's UI see
-        them; the alias stays where it is."""
-        canary = trip.canary
-        weight_zero = Canary(canary.candidate, 0).tag_value()
-        await self._registry.set_version_tag(
-            canary.name, canary.stable, canary_tag(canary.alias), weight_zero
-        )
-        await self._registry.set_version_tag(
-            canary.name, canary.candidate, f"{GUARD_TAG_PREFIX}{canary.alias}", trip.reason[:5000]
-        )
-        self._changed(canary.name)
-
     async def delete_alias(self, name: str, alias: str) -> None:
         validate_registry_name(name, param="name")
         validate_alias(alias)
         await self._registry.delete_alias(name, alias)
-        self._changed(name)
+        self.changed(name)
 
-    def _changed(self, name: str) -> None:
+    def changed(self, name: str) -> None:
+        """After ``name``'s versions, aliases or tags changed: its caches go, here and on
+        every front (``on_change``)."""
         self.listing.invalidate()
         self._on_change(name)
 

@@ -75,6 +75,7 @@ class CanaryGuard:
         self._task: asyncio.Task[None] | None = None
         self._tripped: set[tuple[str, str, int]] = set()
         self.trips: list[GuardTrip] = []
+        self._followers: list[Callable[[], Awaitable[Any]]] = []
 
     def verdict(self, canary: RunningCanary) -> str | None:
         """Why ``canary``'s candidate must be taken out now, or ``None``."""
@@ -133,6 +134,11 @@ class CanaryGuard:
             del self.trips[:-100]  # the last hundred, for stats and the console
         return tripped
 
+    def then(self, follow: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``follow`` after each round (the rollout planner: it steps only canaries the
+        round has let stand)."""
+        self._followers.append(follow)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -154,7 +160,8 @@ class CanaryGuard:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._every_s)
-            try:
-                await self.check()
-            except Exception:  # the watch must outlive any one round
-                log.exception("canary guard: a round failed")
+            for work in (self.check, *self._followers):
+                try:
+                    await work()
+                except Exception:  # the watch must outlive any one round
+                    log.exception("canary guard: a round failed")

@@ -152,7 +152,9 @@ class ModelResolver:
         """The canaries of the aliases resolved here, as the guard watches them."""
         found = [(ref, e.version, e.canary, e.candidate) for ref, e in self._entries.items()]
         return [
-            RunningCanary(ref.name, ref.alias, v.version, c.version.version, canary.weight)
+            RunningCanary(
+                ref.name, ref.alias, v.version, c.version.version, canary.weight, canary.plan
+            )
             for ref, v, canary, c in found
             if ref.alias and v and canary and c and c.version
         ]

@@ -89,8 +89,8 @@ async def clear_cache(services: ServicesDep) -> JSONResponse:
 @router.get("/stats")
 async def stats(services: ServicesDep) -> JSONResponse:
     """Requests, registry lookups, cache hits and misses, executors, loaded models, the
-    capabilities of every model version read so far, each version's health and the
-    shadow comparisons."""
+    capabilities of every model version read so far, each version's health, the
+    shadow comparisons, the guard's trips and the staged canaries' steps."""
     models = {name: stats.as_dict() for name, stats in services.pool.model_stats().items()}
     known = {name: d.as_dict() for name, d in services.router.capabilities.known().items()}
     body = {
@@ -98,7 +98,8 @@ async def stats(services: ServicesDep) -> JSONResponse:
         "models": models,
         "capabilities": known,
         "shadow": services.manager.gate.shadow.report(),  # alias -> candidate comparisons
-        "guard": services.guard.report() if services.guard is not None else [],
+        "guard": services.guard.report(),  # candidates taken out, and why
+        "rollout_steps": services.planner.report(),  # staged canaries' steps and promotions
     }
     return JSONResponse({"success": True, "stats": body})
 

@@ -93,7 +93,7 @@ async def set_alias(
 @router.get("/registered_in_mlflow/{name}/aliases/{alias}/canary")
 async def get_canary(name: str, alias: str, services: ServicesDep) -> JSONResponse:
     """The alias's version and the canary it runs (``null``: none)."""
-    version, canary = await services.catalog.canary(name, alias)
+    version, canary = await services.rollouts.current(name, alias)
     return JSONResponse({"success": True, **_canary(name, alias, version, canary)})
 
 
@@ -106,22 +106,31 @@ async def start_canary(
     force: Annotated[bool, Query(description="Start it without checking the version")] = False,
 ) -> JSONResponse:
     """Send ``weight`` percent of the alias's callers (each keeps its version) to
-    ``version``, or change the weight of the canary running. The candidate must serve what
-    the alias serves (409 ``unsafe_alias_move``, as a move, unless ``force``)."""
+    ``version``, or change the weight of the canary running; with ``plan`` (rising
+    percents, e.g. ``[5, 25, 100]``), start at its first step and step up every
+    ``dwell_s`` while the guard holds and the candidate has traffic, then promote it. The
+    candidate must serve what the alias serves (409 ``unsafe_alias_move``, as a move,
+    unless ``force``)."""
     try:
-        canary = await services.catalog.start_canary(
-            name, alias, body.version, body.weight, force=force
+        canary = await services.rollouts.start(
+            name,
+            alias,
+            body.version,
+            body.weight,
+            plan=body.plan,
+            dwell_s=body.dwell_s,
+            force=force,
         )
     except UnsafeAliasMove as exc:
         return _unsafe(exc)
-    version, _ = await services.catalog.canary(name, alias)
+    version, _ = await services.rollouts.current(name, alias)
     return JSONResponse({"success": True, **_canary(name, alias, version, canary)})
 
 
 @router.delete("/registered_in_mlflow/{name}/aliases/{alias}/canary")
 async def stop_canary(name: str, alias: str, services: ServicesDep) -> JSONResponse:
     """End the alias's canary: every caller on the alias's version again."""
-    stopped = await services.catalog.stop_canary(name, alias)
+    stopped = await services.rollouts.stop(name, alias)
     return JSONResponse({"success": True, "name": name, "alias": alias, "stopped": stopped})
 
 
@@ -134,7 +143,7 @@ async def promote_canary(
 ) -> JSONResponse:
     """Move the alias to its canary's candidate (checked as any move) and end the canary."""
     try:
-        version = await services.catalog.promote_canary(name, alias, force=force)
+        version = await services.rollouts.promote(name, alias, force=force)
     except UnsafeAliasMove as exc:
         return _unsafe(exc)
     return JSONResponse({"success": True, "name": name, "alias": alias, "version": version})
@@ -146,7 +155,13 @@ def _unsafe(exc: UnsafeAliasMove) -> JSONResponse:
 
 
 def _canary(name: str, alias: str, version: int, canary: Canary | None) -> dict[str, Any]:
-    split = None if canary is None else {"version": canary.version, "weight": canary.weight}
+    split: dict[str, Any] | None = None
+    if canary is not None:
+        split = {"version": canary.version, "weight": canary.weight, "plan": None}
+        if canary.plan is not None:
+            plan = canary.plan
+            split["plan"] = {"steps": list(plan.steps), "dwell_s": plan.dwell_s,
+                             "step_since": plan.since}  # fmt: skip
     return {"name": name, "alias": alias, "version": version, "canary": split}
 
 

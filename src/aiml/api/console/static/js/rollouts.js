@@ -1,7 +1,8 @@
 // Rollouts: for each alias of each registered model, its version, its canary (candidate and
 // weight) and shadow; each version's health side by side (stable and candidate), charted
-// over this tab's readings of /inference/stats; a sample of shadow pairs; guard events;
-// and, for admin keys, the canary's actions (start or reweigh, promote, stop).
+// over this tab's readings of /inference/stats; a sample of shadow pairs; guard events and
+// a staged canary's steps; and, for admin keys, the canary's actions (start or reweigh, with
+// a plan or not; promote; stop).
 import { call, enc, get, put, registeredModels } from "./api.js";
 import { Confirm, html, mark, Notice, usePoll, useEffect, useRef, useState } from "./ui.js";
 
@@ -174,9 +175,12 @@ function Shadow({ declared, reports, alias }) {
     </div>`)}`;
 }
 
-function Guard({ events, tagged, alias }) {
-  if (!events.length && !tagged.length) return html`<p class="muted">No guard event.</p>`;
+function Guard({ events, tagged, steps, alias }) {
+  if (!events.length && !tagged.length && !steps.length) return html`<p class="muted">No guard event.</p>`;
   return html`<ul class="guard">
+    ${steps.map((e, i) => html`<li key=${`s${i}`} class="plan-step" data-candidate=${e.candidate} data-to=${e.to ?? "promoted"}>
+      ${e.promoted ? `Version ${e.candidate} promoted: the alias points to it (the plan's last step held)`
+        : `Version ${e.candidate} stepped from ${weight(e.from)} to ${weight(e.to)} (the guard held)`}</li>`)}
     ${events.map((e, i) => html`<li key=${`e${i}`} data-candidate=${e.candidate}>
       Version ${e.candidate} taken out (weight 0), version ${e.stable} serves: ${e.reason}</li>`)}
     ${tagged.map(([v, reason]) => html`<li key=${`t${v}`} data-candidate=${v}>
@@ -191,6 +195,8 @@ function Actions({ entry, versions, id, refresh, notice, setNotice }) {
   const others = versions.filter((v) => v.version !== version);
   const [candidate, setCandidate] = useState(String(canary?.version ?? others[0]?.version ?? ""));
   const [share, setShare] = useState(String(canary?.weight ?? 5));
+  const [plan, setPlan] = useState(""); // "5, 25, 100": staged; empty: a fixed weight
+  const [dwell, setDwell] = useState("600");
   useEffect(() => { // the registry's state, as read again after each change
     setCandidate(String(canary?.version ?? others[0]?.version ?? ""));
     setShare(String(canary?.weight ?? 5));
@@ -202,8 +208,12 @@ function Actions({ entry, versions, id, refresh, notice, setNotice }) {
     const query = force ? "?force=true" : "";
     try {
       if (what === "start") {
-        const answer = await put(path + query, { version: Number(candidate), weight: Number(share) });
-        setNotice({ text: `Version ${answer.canary.version} gets ${weight(answer.canary.weight)} of ${name}@${alias}'s callers.` });
+        const steps = plan.split(",").map((p) => p.trim()).filter(Boolean).map(Number);
+        const body = steps.length ? { version: Number(candidate), plan: steps, dwell_s: Number(dwell) }
+          : { version: Number(candidate), weight: Number(share) };
+        const answer = await put(path + query, body);
+        setNotice({ text: `Version ${answer.canary.version} gets ${weight(answer.canary.weight)} of ${name}@${alias}'s callers`
+          + (answer.canary.plan ? `, then ${answer.canary.plan.steps.slice(1).map(weight).join(", ")} and promotion.` : ".") });
       } else if (what === "promote") {
         const answer = await call("POST", `${path}/promote${query}`);
         setNotice({ text: `${name}@${alias} now points at version ${answer.version}; the canary ended.` });
@@ -231,8 +241,14 @@ function Actions({ entry, versions, id, refresh, notice, setNotice }) {
         ${others.map((v) => html`<option value=${String(v.version)}>${v.version}</option>`)}
       </select>
       <label for=${`${id}-weight`}>Weight (%)</label>
-      <input id=${`${id}-weight`} type="number" min="0" max="100" step="any" required value=${share}
-        onInput=${(e) => setShare(e.currentTarget.value)} />
+      <input id=${`${id}-weight`} type="number" min="0" max="100" step="any" required=${!plan.trim()}
+        disabled=${Boolean(plan.trim())} value=${share} onInput=${(e) => setShare(e.currentTarget.value)} />
+      <label for=${`${id}-plan`}>Or a plan (%, rising)</label>
+      <input id=${`${id}-plan`} type="text" inputmode="decimal" placeholder="5, 25, 100" pattern="[0-9., ]*"
+        value=${plan} onInput=${(e) => setPlan(e.currentTarget.value)} />
+      <label for=${`${id}-dwell`}>Dwell per step (s)</label>
+      <input id=${`${id}-dwell`} type="number" min="1" step="any" value=${dwell} disabled=${!plan.trim()}
+        onInput=${(e) => setDwell(e.currentTarget.value)} />
       <button type="submit">${canary ? "Update canary" : "Start canary"}</button>
     </form>`}
     ${canary && html`<div class="actions">
@@ -257,6 +273,14 @@ function Actions({ entry, versions, id, refresh, notice, setNotice }) {
       <p>The requests that need these fail on version ${target}.</p>
     <//>`}
   </div>`;
+}
+
+function planText(canary) {
+  const { steps, dwell_s: dwell, step_since: since } = canary.plan;
+  const left = Math.max(0, Math.round(since + dwell - Date.now() / 1000));
+  const next = steps.find((step) => step > canary.weight);
+  return `plan ${steps.map(weight).join(" → ")}, ${dwell} s a step: ${next == null ? "promotion" : weight(next)}`
+    + ` ${left ? `in ${left} s at the earliest` : "once the guard has seen enough traffic"}`;
 }
 
 function engineName(v) {
@@ -286,6 +310,7 @@ function Rollout({ entry, versions, stats, admin, index, refresh }) {
   const guard = stats?.guard;
   const events = (Array.isArray(guard) ? guard : []).filter((e) => e?.name === name && e?.alias === alias);
   const tagged = versions.filter((v) => v.tags[`aiml.guard.${alias}`]).map((v) => [v.version, v.tags[`aiml.guard.${alias}`]]);
+  const steps = (stats?.rollout_steps ?? []).filter((e) => e?.name === name && e?.alias === alias);
   const tripped = canary?.weight === 0 && tagged.some(([v]) => v === canary.version);
   const chartSeries = (measure) => columns.map((c, i) => ({ key: c.key, measure, label: `v${split[i].v}` }));
   return html`<section class="rollout" data-rollout=${`${name}@${alias}`} aria-labelledby=${`${id}-title`}>
@@ -294,6 +319,7 @@ function Rollout({ entry, versions, stats, admin, index, refresh }) {
       <strong>version ${s.v}</strong>${engineName(byNumber[s.v]) && html` (<code>${engineName(byNumber[s.v])}</code>)`}:
       ${" "}${weight(s.share)} of the callers${s.role === "candidate" ? ", the canary's candidate" : ""}</li>`)}</ul>
     <p>Canary: <span data-canary>${canary ? `version ${canary.version} at ${weight(canary.weight)}` : "none"}</span>
+      ${canary?.plan && canary.weight > 0 && html` <span data-plan>${planText(canary)}</span>`}
       ${tripped && html` <strong class="tripped">(taken out by the guard)</strong>`}
       ${entry.unread && html` <span class="muted">(not read: ${entry.unread})</span>`}</p>
     <h3>Health</h3>
@@ -305,7 +331,7 @@ function Rollout({ entry, versions, stats, admin, index, refresh }) {
     <h3>Shadow</h3>
     <${Shadow} declared=${shadow} reports=${reports} alias=${alias} />
     <h3>Guard</h3>
-    <${Guard} events=${events} tagged=${tagged} alias=${alias} />
+    <${Guard} events=${events} tagged=${tagged} steps=${steps} alias=${alias} />
     ${admin && html`<h3>Actions</h3>
       <${Actions} entry=${entry} versions=${versions} id=${id} refresh=${refresh} notice=${notice} setNotice=${setNotice} />`}
   </section>`;
