@@ -100,6 +100,7 @@ class Services:
         await self.manager.gate.shadow.aclose()
         if self.router.resolver.holds is not None:
             self.router.resolver.holds.close()
+        self.router.resolver.candidates.close()
         if self.changes is not None:
             await self.changes.aclose()
         # By now the server has cancelled what was still running; the pool waits for the

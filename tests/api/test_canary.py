@@ -100,6 +100,27 @@ def test_a_canary_that_cannot_split_serves_the_alias_version(
         assert {_served(client, f"user-{i}") for i in range(100)} == {"m/1"}
 
 
+def test_a_canary_declared_in_mlflow_on_a_version_that_cannot_serve_is_not_split(
+    registry: Registry, start_aiml: Callable[..., RunningAiml]
+) -> None:
+    """Through aiml such a canary is a 409; written with MlflowClient it is checked the
+    same way before any caller is sent to it (a 400 per chat would pass the guard by)."""
+    registry.register("m", "llama2:7b", task="chat", alias="production")
+    registry.register("m", "nomic-embed-text:latest", task="embeddings")  # no chat
+    registry.register("m", "llama2:13b", task="chat")
+    registry.client.set_model_version_tag("m", "1", "aiml.canary.production", "2:100")
+    aiml = start_aiml()
+    with aiml.client() as client:
+        assert {_served(client, f"user-{i}") for i in range(20)} == {"m/1"}
+        [refused] = client.get("/inference/stats").json()["stats"]["refused_canaries"]
+        assert (refused["stable"], refused["candidate"]) == (1, 2)
+        assert "chat" in {m["name"] for m in refused["missing"]}
+        # The pipeline names a version that can: taken at once (webhook or aiml's own write).
+        route = "/models/registered_in_mlflow/m/aliases/production/canary"
+        assert client.put(route, json={"version": 3, "weight": 100}).status_code == 200
+        assert {_served(client, f"user-{i}") for i in range(20)} == {"m/3"}
+
+
 def test_a_full_weight_canary_serves_the_candidate_and_a_pinned_version_is_never_split(
     registry: Registry, start_aiml: Callable[..., RunningAiml]
 ) -> None:

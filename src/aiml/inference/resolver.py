@@ -25,7 +25,9 @@ it, so a model resolved for ``chat`` is warm for ``text-generation`` and the ver
   still answers the callers already waiting on it, but its result is not kept (nor the entry
   before it served in its stead), and later callers start a lookup of their own.
 * Given a ``vet``, an alias moved to a version that cannot serve what its last good version
-  serves stays on that one, loudly, until it names one that can (:mod:`.alias_holds`).
+  serves stays on that one, loudly, until it names one that can (:mod:`.alias_holds`);
+  a canary's candidate takes its share only once it passed the same check
+  (:mod:`.canary_candidates`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from aiml.types import ModelRef, RegistryVersion, ResolvedModel
 
 from .alias_holds import AliasHolds, Vet
 from .canary import Canary, RunningCanary, canary_of, chooses_candidate
+from .canary_candidates import CanaryCandidates
 from .engine_models import direct_model, engine_of, registry_model
 
 __all__ = ["ModelResolver"]
@@ -104,6 +107,8 @@ class ModelResolver:
         #: Aliases' last good versions and their holds; ``None``: every move is served.
         # A new version's check is waited for within half the lookup's own bound.
         self.holds = AliasHolds(vet, wait_s=wait_s / 2) if vet is not None else None
+        #: A canary declared in the registry splits only once its candidate passed the same.
+        self.candidates = CanaryCandidates(vet, wait_s=wait_s / 2)
 
     def __len__(self) -> int:
         return sum(len(entry.models) for entry in self._entries.values())
@@ -289,7 +294,7 @@ class ModelResolver:
         if ref.alias is not None and version is not None and version is named:
             # Held on its last good version, the alias has no canary: the registry's canary
             # tag is on the version it names now (a move leaves the old one's tag behind).
-            await self._add_canary(ref.alias, entry, old)
+            await self._add_canary(ref, entry, old)
         if self._inflight.get((ref, None)) is asyncio.current_task():  # not invalidated since
             self._entries[ref] = entry
         return entry
@@ -301,31 +306,23 @@ class ModelResolver:
             self._inflight.pop((ref, None), None)
             self._start((ref, None), lambda: self._lookup(ref))
 
-    async def _add_canary(self, alias: str, entry: _Entry, old: _Entry | None) -> None:
+    async def _add_canary(self, ref: ModelRef, entry: _Entry, old: _Entry | None) -> None:
         """The canary the alias's version declares, with its candidate's entry (kept from
-        ``old`` while it names the same candidate). A candidate that is gone or is for
-        another engine is no canary: the alias serves its own version, and says why."""
+        ``old`` while it names the same candidate; else found and checked by
+        :class:`CanaryCandidates`, which says why one is no canary)."""
         assert entry.version is not None
-        canary = canary_of(entry.version, alias)
+        assert ref.alias is not None
+        canary = canary_of(entry.version, ref.alias)
         if canary is None:
             return
         kept = old.candidate if old is not None else None
         if kept is not None and kept.version is not None and kept.version.version == canary.version:
             entry.canary, entry.candidate = canary, kept  # a new weight, the same candidate
             return
-        name = entry.version.name
-        try:
-            candidate = await self._find(ModelRef(name, version=canary.version))
-        except ModelNotFound:
-            candidate = None
-        if candidate is None or engine_of(candidate) != engine_of(entry.version):
-            log.warning(
-                "the canary of %s@%s names version %d, which is %s: not split",
-                name, alias, canary.version,
-                "not registered" if candidate is None else "for another engine",
-            )  # fmt: skip
-            return
-        entry.canary, entry.candidate = canary, _Entry(candidate, math.inf, math.inf)
+        revisit = partial(self._revisit, ref)
+        found = await self.candidates.find(ref.alias, entry.version, canary, self._find, revisit)
+        if found is not None:
+            entry.canary, entry.candidate = canary, _Entry(found, math.inf, math.inf)
 
     def _outage(self, entry: _Entry) -> None:
         """The registry is unreachable: past expiry ``entry`` is served at once while the

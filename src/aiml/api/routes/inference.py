@@ -100,6 +100,8 @@ async def stats(services: ServicesDep) -> JSONResponse:
         "shadow": services.manager.gate.shadow.report(),  # alias -> candidate comparisons
         "guard": services.guard.report(),  # candidates taken out, and why
         "rollout_steps": services.planner.report(),  # staged canaries' steps and promotions
+        # Canaries declared in the registry whose candidate cannot serve: not split.
+        "refused_canaries": services.router.resolver.candidates.report(),
     }
     return JSONResponse({"success": True, "stats": body})
 
