@@ -71,6 +71,23 @@ def test_streams_the_session_header_and_other_surfaces_follow_the_same_choice(
                 "/v1/completions", json={"model": "m@production", "prompt": "x", "user": user}
             )
             assert completion.headers[HEADER] == version
+            tools = [{"type": "function", "function": {"name": "now", "parameters": {}}}]
+            with_tools = client.post(
+                "/v1/chat/completions",
+                json={"model": "m@production", "messages": CHAT, "user": user, "tools": tools},
+            )
+            assert with_tools.status_code == 200, with_tools.text
+            assert with_tools.headers[HEADER] == version
+            for field in ("safety_identifier", "user"):  # the Responses API's caller fields
+                body = {"model": "m@production", "input": "hi", field: user}
+                response = client.post("/v1/responses", json=body)
+                assert response.status_code == 200, response.text
+                assert response.headers[HEADER] == version
+                later = {"model": "m@production", "input": "and?", field: user,
+                         "previous_response_id": response.json()["id"], "stream": True}  # fmt: skip
+                with client.stream("POST", "/v1/responses", json=later) as streamed:
+                    streamed.read()
+                    assert streamed.headers[HEADER] == version  # the conversation stays
         sessions = Counter()
         for i in range(100):
             session = {"x-aiml-session": f"conversation-{i}"}

@@ -46,6 +46,9 @@ class ResponsesRequest(_Body):
     previous_response_id: str | None = Field(default=None, max_length=128)
     metadata: dict[str, str] | None = None
     seed: int | None = None
+    #: Who the caller is (OpenAI's field; ``user`` is its older name): a canary sticks to it.
+    safety_identifier: str | None = Field(default=None, max_length=512)
+    user: str | None = Field(default=None, max_length=512)
 
     def items(self) -> list[dict[str, Any]]:
         """The input as items (a string is one user message)."""

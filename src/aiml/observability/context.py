@@ -11,6 +11,7 @@ __all__ = [
     "request_id",
     "request_started",
     "response_headers",
+    "stick_to_user",
 ]
 
 #: The id of the request being served, for log lines (``-`` outside a request).
@@ -42,3 +43,11 @@ def note_response_header(name: str, value: str) -> None:
         key = name.encode("latin-1")
         headers[:] = [(k, v) for k, v in headers if k != key]
         headers.append((key, value.encode("latin-1", "replace")))
+
+
+def stick_to_user(user: str | None) -> None:
+    """A request body's caller field (OpenAI's ``user``, the Responses API's
+    ``safety_identifier``) names the caller a canary's choice sticks to, for this request
+    (the middleware puts the session, key or address back after it)."""
+    if user:
+        request_affinity.set("user:" + user)

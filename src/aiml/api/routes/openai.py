@@ -24,7 +24,7 @@ from aiml.inference.targets import openai_target
 from aiml.inference.tasks.chat import ChatInput
 from aiml.inference.tasks.embeddings import EmbeddingsInput
 from aiml.inference.tasks.text_generation import TextGenerationInput
-from aiml.observability.context import request_affinity
+from aiml.observability.context import stick_to_user
 from aiml.services import Services
 from aiml.types import Generation
 
@@ -74,7 +74,7 @@ async def get_model(model: str, services: ServicesDep) -> JSONResponse:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, services: ServicesDep) -> Response:
-    _stick_to(body.user)
+    stick_to_user(body.user)
     locate = _target(services, body.model)
     call = TaskCall("chat", locate, ChatInput(body.to_messages(), body.params()))
     reply = _Reply("chat.completion", body.model, body.include_usage)
@@ -83,18 +83,11 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep) -
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, services: ServicesDep) -> Response:
-    _stick_to(body.user)
+    stick_to_user(body.user)
     locate = _target(services, body.model)
     call = TaskCall("text-generation", locate, TextGenerationInput(body.text(), body.params()))
     reply = _Reply("text_completion", body.model, body.include_usage)
     return await _answer(services, call, reply, stream=body.stream)
-
-
-def _stick_to(user: str | None) -> None:
-    """The OpenAI ``user`` field names the caller a canary's choice sticks to (for this
-    request; the middleware puts the session, key or address back after it)."""
-    if user:
-        request_affinity.set("user:" + user)
 
 
 def _target(services: Services, model: str) -> Locate:
@@ -112,7 +105,7 @@ async def _answer(services: Services, call: TaskCall, reply: _Reply, *, stream: 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, services: ServicesDep) -> JSONResponse:
-    _stick_to(body.user)
+    stick_to_user(body.user)
     locate = _target(services, body.model)
     outcome = await services.manager.run(
         TaskCall("embeddings", locate, EmbeddingsInput(body.texts()))

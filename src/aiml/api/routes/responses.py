@@ -25,6 +25,7 @@ from aiml.inference.manager import StreamOutcome, TaskCall
 from aiml.inference.response_store import EVERY_OWNER, Viewer
 from aiml.inference.targets import openai_target
 from aiml.inference.tasks.chat import ChatInput
+from aiml.observability.context import stick_to_user
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation
 
@@ -44,6 +45,7 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=ThreadedJsonRoute)
 async def create_response(
     body: ResponsesRequest, services: ServicesDep, caller: CallerDep
 ) -> Response:
+    stick_to_user(body.safety_identifier or body.user)
     history: list[dict[str, Any]] = []
     if body.previous_response_id:
         stored = await services.responses.get(body.previous_response_id, _viewer(caller))
