@@ -14,10 +14,12 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .lifecycle_settings import LifecycleSettings
+
 __all__ = ["Settings"]
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, LifecycleSettings):
     """All knobs of the service. Field names map to ``AIML_<NAME>`` unless an alias says so."""
 
     model_config = SettingsConfigDict(
@@ -182,40 +184,6 @@ class Settings(BaseSettings):
     admin_keys: str = Field(
         default="",
         description="Comma-separated admin keys: register, aliases, cache, load, unload, pull.",
-    )
-    guard_window_s: PositiveFloat = Field(
-        default=60.0,
-        description="The canary guard compares a candidate with its alias's version over the "
-        "last this many seconds.",
-    )
-    guard_min_requests: PositiveInt = Field(
-        default=10, description="Requests a candidate serves in the window before a verdict."
-    )
-    guard_max_error_excess: float = Field(
-        default=0.10,
-        ge=0,
-        le=1,
-        description="A candidate whose 5xx ratio passes its stable version's by more is "
-        "taken out (weight 0).",
-    )
-    guard_max_p99_ratio: float = Field(
-        default=3.0,
-        gt=1,
-        description="A candidate whose p99 latency is more than this many times its stable "
-        "version's (and 0.5 s more) is taken out.",
-    )
-    guard_check_s: PositiveFloat = Field(
-        default=1.0, description="How often the canary guard looks (seconds)."
-    )
-    mlflow_webhook_secret: str = Field(
-        default="",
-        description="The secret MLflow signs its webhook deliveries with (HMAC-SHA256); "
-        "with none, POST /hooks/mlflow is off (404).",
-    )
-    webhook_max_age_s: PositiveFloat = Field(
-        default=300.0,
-        description="A webhook delivery whose timestamp is further than this from now, either "
-        "way, is refused (seconds); delivery ids are remembered as long, so none is replayed.",
     )
     max_body_bytes: PositiveInt = Field(
         default=16 << 20, description="Largest request body (uploads to /admin excepted)."
