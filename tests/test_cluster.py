@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -252,6 +253,100 @@ def test_an_alias_moved_through_one_front_is_seen_by_the_other_at_once(cluster: 
         assert time.monotonic() - moved_at < TTL_S / 2, "front 1 waited for its TTL"
 
 
+def chat(url: str, model: str, user: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1, "user": user}  # fmt: skip
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+
+def broken_template_copy(gguf: Path, folder: Path) -> Path:
+    """A copy of ``gguf`` whose chat template raises when rendered. The template is
+    overwritten in place with one of the same length, so the file's offsets hold: it loads,
+    reads and passes a canary's check as the original does (a chat template, the same
+    tasks), and every chat it serves fails (500), as a fine-tune with a bad template would.
+    (Files that do not load at all are refused by that check on a Ray cluster, which loads
+    a candidate on a replica to read it, so they never reach the guard.)"""
+    from aiml.engines.llamacpp.native import read_gguf
+
+    data = gguf.read_bytes()
+    template = read_gguf(gguf)[0]["tokenizer.chat_template"].encode()
+    assert data.count(template) == 1
+    head = b"{{ raise_exception('this chat template is broken') }}{#"
+    broken = head + b"x" * (len(template) - len(head) - 2) + b"#}"
+    path = folder / "SmolLM2-broken-template.gguf"
+    path.write_bytes(data.replace(template, broken))
+    return path
+
+
+def test_a_failing_candidate_is_rolled_back_by_the_guard_on_every_front(
+    cluster: Cluster, model_files: ModelFiles, tmp_path: Path
+) -> None:
+    client = cluster.registry.client
+    registry = MlflowRegistry(client, uri=cluster.registry.uri, artifact_location=None)
+    catalog = ModelCatalog(registry, {})
+    for source in (model_files.smollm2, broken_template_copy(model_files.smollm2, tmp_path)):
+        asyncio.run(catalog.register_files(source, "model-g", task="chat"))
+    client.set_registered_model_alias("model-g", "prod", "1")
+    # As a pipeline declares one: the canary's tag on the alias's version, in MLflow.
+    client.set_model_version_tag("model-g", "1", "aiml.canary.prod", "2:50")
+    users = (f"user-{n}" for n in itertools.count())
+
+    def split(front: int) -> str:
+        """Chat through ``front`` until the candidate has failed a chat (the canary splits)
+        and the stable version then served another; that chat's caller, who stays on it."""
+        deadline = time.monotonic() + 90  # the candidate is checked, loaded on a replica
+        failed, stable = False, None
+        while not failed or stable is None:
+            user = next(users)
+            answer = chat(cluster.url(front), "model-g@prod", user)
+            if answer.status_code == 500:
+                failed = True
+            else:
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["x-aiml-model-version"] == "model-g/1"
+                # Before its first failure the alias may not split yet (the candidate is
+                # checked first): only a caller kept on the stable version after it is.
+                stable = user if failed else None
+            assert time.monotonic() < deadline, f"front {front} never split model-g@prod"
+        return stable
+
+    # Both fronts split; front 1's candidate has failed a chat or a few, below the guard's
+    # minimum (AIML_GUARD_MIN_REQUESTS, 10): its own guard cannot take the candidate out.
+    on_stable = split(1)
+    split(0)
+    failing_since = time.monotonic()
+    while (tag := client.get_model_version("model-g", "1").tags["aiml.canary.prod"]) != "2:0":
+        assert chat(cluster.url(0), "model-g@prod", next(users)).status_code in (200, 500)
+        # Front 1 keeps its resolution warm (the canary at 50) with a caller on the stable
+        # version: what it serves after the trip is not a lookup its TTL forced.
+        assert chat(cluster.url(1), "model-g@prod", on_stable).status_code == 200
+        assert time.monotonic() - failing_since < 60, f"not tripped within the window: {tag}"
+    tripped = time.monotonic()
+    # Every front serves only the stable version at once, front 1 first: it hears of the
+    # trip through the change feed (the front that tripped publishes it), before its TTL.
+    for front in (1, 0):
+        stable_in_a_row = 0  # new callers, half of whom the canary sent to the candidate
+        while stable_in_a_row < 20:
+            answer = chat(cluster.url(front), "model-g@prod", next(users))
+            served = (answer.status_code, answer.headers.get("x-aiml-model-version"))
+            if served == (200, "model-g/1"):
+                stable_in_a_row += 1
+                continue
+            assert time.monotonic() - tripped < TTL_S / 2, f"front {front} still splits: {served}"
+            stable_in_a_row = 0
+    print(f"guard: weight 0 {tripped - failing_since:.2f} s after front 0 failed a chat")
+    deadline = time.monotonic() + 10  # the reason is written right after the weight
+    while "aiml.guard.prod" not in (tags := client.get_model_version("model-g", "2").tags):
+        assert time.monotonic() < deadline, tags
+    assert "5xx ratio" in tags["aiml.guard.prod"]
+    assert client.get_model_version_by_alias("model-g", "prod").version == "1"  # it stays
+    stats = [httpx.get(f"{cluster.url(f)}/inference/stats", timeout=30).json()["stats"]
+             for f in (0, 1)]  # fmt: skip
+    assert [trip["candidate"] for trip in stats[0]["guard"]] == [2]
+    assert stats[1]["guard"] == []  # front 1 was rolled back by front 0's trip
+    assert stats[1]["by_version"]["model-g/2"]["total"]["500"] < 10
+
+
 def test_a_registry_outage_keeps_warm_names_serving_and_recovers(cluster: Cluster) -> None:
     url = cluster.url(0)
     assert infer(url, "model-a", max_tokens=1).status_code == 200  # warm ("latest": has a TTL)
@@ -333,7 +428,9 @@ def kill_worker_node() -> None:
 def test_a_lost_worker_node_fails_what_it_held_and_the_rest_serve(cluster: Cluster) -> None:
     worker = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and WORKER in n["Resources"])
     on_worker = None
-    for model in ("model-a", "model-b", "model-c", "model-b@prod"):
+    # Models the module's tests loaded (any the worker's replica holds will do); Ray sends
+    # one that no replica holds to the replica holding the fewest, so some land there.
+    for model in ("model-a", "model-b", "model-c", "model-b@prod", "model-g@prod", "model-g"):
         answer = infer(cluster.url(0), model, max_tokens=1)
         assert answer.status_code == 200, answer.text
         resolved = answer.json()["resolved"]
