@@ -4,13 +4,16 @@ webhooks, traces of what each version serves. Part of :class:`~aiml.settings.Set
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 
 __all__ = ["LifecycleSettings"]
 
 
 class LifecycleSettings(BaseModel):
-    """Guard, webhooks and traces (read as ``AIML_<NAME>`` through Settings)."""
+    """Guard, webhooks and traces (read as ``AIML_<NAME>`` through Settings, the
+    OpenTelemetry exporter's as OTel names them)."""
 
     guard_window_s: PositiveFloat = Field(
         default=60.0,
@@ -46,3 +49,53 @@ class LifecycleSettings(BaseModel):
         description="A webhook delivery whose timestamp is further than this from now, either "
         "way, is refused (seconds); delivery ids are remembered as long, so none is replayed.",
     )
+    trace_sample: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="The share of served requests recorded as MLflow traces (0: none, 1: "
+        "all); traces need MLFLOW_TRACKING_URI to be an MLflow server, or an OTLP endpoint.",
+    )
+    trace_experiment: str = Field(
+        default="aiml-traces",
+        min_length=1,
+        description="The MLflow experiment aiml's traces go to (created if missing).",
+    )
+    trace_content: Literal["none", "truncated", "full"] = Field(
+        default="truncated",
+        description="What a trace keeps of a request's input and output: nothing, the first "
+        "AIML_TRACE_CONTENT_CHARS characters of each, or all.",
+    )
+    trace_content_chars: PositiveInt = Field(
+        default=2000, description="How much of an input or output a truncated trace keeps."
+    )
+    trace_queue: PositiveInt = Field(
+        default=10_000,
+        description="Traces waiting for export at most; past that, new ones are dropped "
+        "and counted (aiml_traces_dropped_total), never waited for.",
+    )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT",
+        description="An OpenTelemetry collector the same spans go to (OTLP/HTTP protobuf, "
+        "at this URL plus /v1/traces).",
+    )
+    otel_exporter_otlp_traces_endpoint: str = Field(
+        default="",
+        validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        description="The collector's traces URL as it is (over OTEL_EXPORTER_OTLP_ENDPOINT).",
+    )
+    otel_exporter_otlp_headers: str = Field(
+        default="",
+        validation_alias="OTEL_EXPORTER_OTLP_HEADERS",
+        description="Headers for the collector, 'key=value,key2=value2' (OTel's form).",
+    )
+
+    @property
+    def otlp_traces_url(self) -> str | None:
+        """Where an OpenTelemetry collector takes spans, per OTel's two variables."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None

@@ -6,6 +6,7 @@ singleton, so tests can build as many independent services as they like.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,8 +28,11 @@ from aiml.inference.rollout_plan import RolloutPlanner
 from aiml.inference.router import TaskRouter
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
+from aiml.observability.trace_export import TraceExporter
 from aiml.registry.artifacts import ArtifactCache
+from aiml.registry.feedback import TraceFeedback
 from aiml.registry.mlflow import MlflowRegistry
+from aiml.registry.trace_destinations import build_tracer
 from aiml.registry.webhooks import DeliveryVerifier
 from aiml.settings import Settings
 
@@ -60,6 +64,10 @@ class Services:
     responses: ResponseStore
     #: Canaries started, stepped, stopped, promoted and tripped (registry writes).
     rollouts: CanaryRollouts
+    #: Served requests' traces on their way to MLflow (``None``: none traced), and the
+    #: feedback callers give on them (``None``: no MLflow server to record it in).
+    traces: TraceExporter | None
+    feedback: TraceFeedback | None
     #: Takes a canary's candidate out when it does worse than the alias's version; its
     #: rounds also step staged canaries (``planner``).
     guard: CanaryGuard
@@ -109,6 +117,8 @@ class Services:
         for engine in self.engines.values():
             await engine.aclose()
         self.responses.close()
+        if self.traces is not None:  # what is queued is posted, for a few seconds at most
+            await asyncio.to_thread(self.traces.close)
 
 
 def build_services(
@@ -167,6 +177,9 @@ def build_services(
     metrics.watch(stats, lambda: registry.calls, admission, pool)
     if router.resolver.holds is not None:
         metrics.watch_holds(router.resolver.holds.held)
+    tracing = build_tracer(settings, settings.tracking_uri, replica=settings.replica_name)
+    if tracing is not None:
+        metrics.watch_traces(tracing[1])
     manager = InferenceManager(
         router,
         registry,
@@ -178,6 +191,7 @@ def build_services(
         required_engines=RequiredEngines(
             settings.required_engines, engines, registry, ttl_s=settings.resolve_ttl_s
         ),
+        tracer=tracing[0] if tracing is not None else None,
     )
     # The catalog (aiml's own changes) and the change feed (other fronts') call into the
     # services, built below, through these: one path for "the registry changed for name".
@@ -239,6 +253,12 @@ def build_services(
             settings.home_dir / "responses.db", retention_s=settings.responses_retention_s
         ),
         webhooks=webhooks,
+        traces=tracing[1] if tracing is not None else None,
+        feedback=(
+            TraceFeedback(settings.tracking_uri, tracing[1])
+            if tracing is not None and settings.tracking_uri.startswith(("http://", "https://"))
+            else None
+        ),
         rollouts=rollouts,
         guard=guard,
         planner=planner,

@@ -26,6 +26,7 @@ from .routes import (
     admin,
     audio,
     console,
+    feedback,
     health,
     hooks,
     inference,
@@ -114,6 +115,7 @@ def create_app(
             health.metrics_router,
             console.router,
             hooks.router,
+            feedback.router,
         ),
     )
     # Outermost last: the request id wraps everything, then the keys, then the body limit.

@@ -27,8 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiml.observability.context import (
     request_affinity,
+    request_caller,
     request_deadline,
     request_id,
+    request_path,
     request_started,
     response_headers,
 )
@@ -115,6 +117,7 @@ class RequestContext:
             await send(message)
 
         id_token = request_id.set(rid.decode())
+        path_token = request_path.set(scope["path"])
         headers_token = response_headers.set(noted)
         deadline_token = request_deadline.set(_seconds(timeout))
         started_token = request_started.set(asyncio.get_running_loop().time())
@@ -149,6 +152,7 @@ class RequestContext:
             request_started.reset(started_token)
             request_deadline.reset(deadline_token)
             response_headers.reset(headers_token)
+            request_path.reset(path_token)
             request_id.reset(id_token)
 
 
@@ -199,9 +203,12 @@ class Authentication:
         to it: a canary's version) in the request's context."""
         set_caller(scope, caller)
         token = request_affinity.set(_affinity(scope, caller))
+        # A key's name until keys are named: its digest's first 12 hex digits.
+        name = request_caller.set(f"key-{caller.key[:12]}" if caller.key else None)
         try:
             await self.app(scope, receive, send)
         finally:
+            request_caller.reset(name)
             request_affinity.reset(token)
 
 

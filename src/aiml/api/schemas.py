@@ -81,6 +81,17 @@ class AliasBody(CleanText):
     version: int = Field(ge=1, le=MAX_VERSION)
 
 
+class FeedbackBody(CleanText):
+    """Feedback on a served request's trace: thumbs up/down, a score or a label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trace_id: str = Field(pattern=r"^tr-[0-9a-f]{32}$")
+    value: bool | float | str = Field(union_mode="left_to_right")
+    name: str = Field(default="user_feedback", min_length=1, max_length=256)
+    comment: str | None = Field(default=None, max_length=10_000)
+
+
 class CanaryBody(CleanText):
     """A canary on an alias: ``weight`` percent of its callers to ``version``; or a staged
     one, stepping through ``plan``'s weights every ``dwell_s`` while the guard holds, then

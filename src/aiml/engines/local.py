@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -195,12 +197,17 @@ class MediaEngine(LocalEngine):
 
 
 async def collect(stream: AsyncIterator[GenerationChunk]) -> Generation:
-    """The final :class:`Generation` of a chunk stream."""
+    """The final :class:`Generation` of a chunk stream; when its first text came out (Unix
+    seconds: the wall clock, as it crosses to a cluster's front) is in its
+    ``engine_metadata["first_token_unix"]``, where a trace reads where prefill ended."""
     final: Generation | None = None
+    first_at: float | None = None
     # Closed on the way out, cancellation included: an abandoned generator would keep its
     # worker thread generating (and the model leased) until the garbage collector ran.
     try:
         async for chunk in stream:
+            if first_at is None and chunk.text:
+                first_at = time.time()
             if chunk.final is not None:
                 final = chunk.final
     finally:
@@ -209,7 +216,9 @@ async def collect(stream: AsyncIterator[GenerationChunk]) -> Generation:
             await close()
     if final is None:
         raise EngineError("the generation ended without a result")
-    return final
+    if first_at is None:
+        return final
+    return replace(final, engine_metadata={**final.engine_metadata, "first_token_unix": first_at})
 
 
 def _size(folder: Path) -> int:

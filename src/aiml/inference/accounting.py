@@ -18,9 +18,11 @@ from aiml.engines.threads import RunningThreads, request_threads
 from aiml.errors import AimlError, DeadlineExceeded
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
+from aiml.observability.tracing import RequestTrace, Tracer
 from aiml.types import Generation
 
 from .admission import Admission
+from .request_traces import complete
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -36,12 +38,24 @@ class Accounting:
     once the call is over and its worker threads (:attr:`threads`) have stopped."""
 
     def __init__(
-        self, stats: Stats, metrics: Metrics, task: str, *, tasks: Collection[str]
+        self,
+        stats: Stats,
+        metrics: Metrics,
+        task: str,
+        *,
+        tasks: Collection[str],
+        trace: RequestTrace | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        """``trace``: the call's, if it is traced; ``tracer`` takes it once it is complete."""
         self.task = task if task in tasks or task in OPERATIONS else "unknown"
         self.engine = "-"  # until the call's engine is known
         self.model = "-"  # until the call's model reference is known
-        self.started = time.perf_counter()
+        self.started = trace.start if trace is not None else time.perf_counter()
+        self.trace = trace
+        self._tracer = tracer
+        #: When the call was located, admitted, resolved (perf_counter; traced calls only).
+        self._marks: dict[str, float] = {}
         self._stats = stats
         self._metrics = metrics
         self._gate: Admission | None = None
@@ -64,9 +78,19 @@ class Accounting:
     def located(self, engine: str, engines: Collection[str], model: str = "-") -> None:
         self.engine = engine if engine in engines else "unknown"
         self.model = model
+        self._mark("locate")
 
     def admitted(self, gate: Admission) -> None:
         self._gate = gate
+        self._mark("queue")
+
+    def resolved(self) -> None:
+        """The model is found (and loaded): the engine is asked next."""
+        self._mark("resolve")
+
+    def _mark(self, step: str) -> None:
+        if self.trace is not None:
+            self._marks[step] = time.perf_counter()
 
     def served_by(self, version: str) -> None:
         """The registry version (``name/3``) answering the call: its health counts it."""
@@ -95,6 +119,13 @@ class Accounting:
             stats.versions.record(
                 self.version, status, elapsed, first_token_s=self.first_token_s, tokens=tokens
             )
+        if self.trace is not None and self._tracer is not None:
+            complete(
+                self.trace, task=self.task, engine=self.engine, model=self.model, status=status,
+                generation=generation, marks=self._marks, first_token_s=self.first_token_s,
+                end=self.started + elapsed, keep=self._tracer.keep,
+            )  # fmt: skip
+            self._tracer.submit(self.trace)
 
     def failed(self, exc: AimlError) -> None:
         if self._done:

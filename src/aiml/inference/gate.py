@@ -29,11 +29,13 @@ from aiml.observability.context import (
 )
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
+from aiml.observability.tracing import Tracer
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
 
 from .accounting import Accounting, deadline_error
 from .admission import Admission
 from .limits import Limits
+from .request_traces import begin, output_text, served
 from .router import Route, TaskRouter
 from .shadow import Answer, ShadowTraffic, shadow_of
 from .streams import OpenStream, StreamOutcome
@@ -86,6 +88,7 @@ class RequestGate:
         admission: Mapping[str, Admission],
         metrics: Metrics,
         request_timeout_s: float,
+        tracer: Tracer | None = None,
     ) -> None:
         self.router = router
         self.stats = stats
@@ -96,10 +99,12 @@ class RequestGate:
         self.draining = False
         #: Copies of a share of an alias's requests to a candidate, compared off the path.
         self.shadow = ShadowTraffic()
+        #: Which calls are traced (request_traces.py), and where their traces go.
+        self.tracer = tracer
 
     async def run(self, call: TaskCall, *, counted: bool = False) -> InferenceOutcome:
         """The whole answer: locate, admit and run the call, within the deadline."""
-        account, deadline_at = self._begin(call.task, counted)
+        account, deadline_at = self._begin(call, counted)
         try:
             with account.owning_threads():  # its slot is held until they stop
                 self._refuse_while_draining()
@@ -116,6 +121,8 @@ class RequestGate:
         except BaseException as exc:
             account.settle(exc)
             raise
+        if account.trace is not None and generation is None:
+            account.trace.output = self._keep(output_text(result))
         account.finish(200, generation)
         elapsed = time.perf_counter() - account.started
         self._copy_to_shadow(
@@ -126,7 +133,7 @@ class RequestGate:
     async def open(self, call: TaskCall, *, counted: bool = False) -> StreamOutcome:
         """A stream: locate and admit the call and start the generation; chunks follow,
         and the stream's end counts the call (:class:`StreamOutcome`)."""
-        account, deadline_at = self._begin(call.task, counted)
+        account, deadline_at = self._begin(call, counted)
         try:
             with account.owning_threads():  # and again for each chunk (StreamOutcome)
                 self._refuse_while_draining()
@@ -161,7 +168,7 @@ class RequestGate:
     ) -> T:
         """``work(engine, ref)`` (a lookup, a load) through the gate: draining, the deadline
         and accounting, and with ``admit`` a slot of the engine's admission."""
-        account, deadline_at = self._begin(operation, counted=False)
+        account, deadline_at = self._begin(None, counted=False, operation=operation)
         try:
             with account.owning_threads():
                 self._refuse_while_draining()
@@ -199,11 +206,24 @@ class RequestGate:
 
     # -- the steps, in the order the paths take them ---------------------------------------
 
-    def _begin(self, task: str, counted: bool) -> tuple[Accounting, float]:
+    def _begin(
+        self, call: TaskCall | None, counted: bool, operation: str = ""
+    ) -> tuple[Accounting, float]:
+        """A call's accounting, and its trace if it is served and sampled (named in the
+        response's headers at once: it is chosen before the answer starts)."""
         if not counted:  # else counted as started before it was validated (validated)
             self.stats.started += 1
-        account = Accounting(self.stats, self.metrics, task, tasks=_TASKS)
+        trace = None
+        if call is not None and self.tracer is not None:
+            trace = begin(self.tracer, call.task, call.input)
+        task = call.task if call is not None else operation
+        account = Accounting(
+            self.stats, self.metrics, task, tasks=_TASKS, trace=trace, tracer=self.tracer
+        )
         return account, self.deadline_at()
+
+    def _keep(self, text: str) -> str | None:
+        return self.tracer.keep(text) if self.tracer is not None else None
 
     def _refuse_while_draining(self) -> None:
         if self.draining:
@@ -236,8 +256,12 @@ class RequestGate:
             version = f"{resolved.registry_name}/{resolved.registry_version}"
             note_response_header(SERVED_VERSION_HEADER, version)
             account.served_by(version)
+            if account.trace is not None:  # which arm of a canary: the alias's own version?
+                stable = await self.router.resolver.version(ref) if ref.alias else None
+                served(account.trace, ref, resolved, stable)
         handler = route.spec.handler_for(resolved)
         await self.router.capabilities.require(route.engine, resolved, route.spec.task, request)
+        account.resolved()
         return resolved, handler
 
     async def _answer(

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from aiml.errors import AimlError
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
+from aiml.observability.tracing import Tracer
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.references import parse_reference
 from aiml.types import ModelDetails, ModelRef, ResolvedModel
@@ -117,6 +118,7 @@ class InferenceManager:
         metrics: Metrics,
         request_timeout_s: float,
         required_engines: RequiredEngines | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.router = router
         self.registry = registry
@@ -129,6 +131,7 @@ class InferenceManager:
             admission=admission,
             metrics=metrics,
             request_timeout_s=request_timeout_s,
+            tracer=tracer,
         )
         self._required_engines = required_engines
         self._started = time.monotonic()

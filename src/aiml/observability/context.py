@@ -7,8 +7,10 @@ from contextvars import ContextVar
 __all__ = [
     "note_response_header",
     "request_affinity",
+    "request_caller",
     "request_deadline",
     "request_id",
+    "request_path",
     "request_started",
     "response_headers",
     "stick_to_user",
@@ -24,6 +26,9 @@ request_started: ContextVar[float | None] = ContextVar("aiml_request_started", d
 #: ``user`` field, else an ``x-aiml-session`` header, else the API key's digest, else the
 #: client's address (``None`` outside a request: each choice is drawn afresh).
 request_affinity: ContextVar[str | None] = ContextVar("aiml_request_affinity", default=None)
+#: The request's path, and the name of the key that sent it (never the key), for traces.
+request_path: ContextVar[str | None] = ContextVar("aiml_request_path", default=None)
+request_caller: ContextVar[str | None] = ContextVar("aiml_request_caller", default=None)
 #: Headers deeper layers add to the response being prepared (which model replica served it).
 response_headers: ContextVar[list[tuple[bytes, bytes]] | None] = ContextVar(
     "aiml_response_headers", default=None

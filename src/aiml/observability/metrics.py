@@ -24,6 +24,7 @@ from .sources import AdmissionGauges, PoolGauges
 if TYPE_CHECKING:
     from .held_aliases import HeldAliases
     from .stats import Stats
+    from .trace_export import TraceExporter
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -71,8 +72,41 @@ class Metrics:
         """The aliases held at their last good version (one series each, bounded)."""
         self.registry.register(_Holds(held))
 
+    def watch_traces(self, exporter: TraceExporter) -> None:
+        """Traces exported, dropped (queue full) and lost (a destination refused them)."""
+        self.registry.register(_Traces(exporter))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Traces(Collector):
+    def __init__(self, exporter: TraceExporter) -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        exporter = self._exporter
+        exported = CounterMetricFamily(
+            "aiml_traces_exported", "Traces a destination took.", labels=["destination"]
+        )
+        failed = CounterMetricFamily(
+            "aiml_traces_failed",
+            "Traces lost because a destination refused them or did not answer.",
+            labels=["destination"],
+        )
+        for destination in exporter.destinations:
+            exported.add_metric([destination.name], exporter.exported[destination.name])
+            failed.add_metric([destination.name], exporter.failed[destination.name])
+        yield exported
+        yield failed
+        yield CounterMetricFamily(
+            "aiml_traces_dropped",
+            "Traces dropped because the export queue was full (AIML_TRACE_QUEUE).",
+            value=exporter.dropped,
+        )
+        yield GaugeMetricFamily(
+            "aiml_traces_queued", "Traces waiting for export.", value=exporter.queued
+        )
 
 
 class _Holds(Collector):

@@ -100,6 +100,7 @@ async def stats(services: ServicesDep) -> JSONResponse:
         "shadow": services.manager.gate.shadow.report(),  # alias -> candidate comparisons
         "guard": services.guard.report(),  # candidates taken out, and why
         "rollout_steps": services.planner.report(),  # staged canaries' steps and promotions
+        "traces": services.traces.report() if services.traces is not None else None,
         # Canaries declared in the registry whose candidate cannot serve: not split.
         "refused_canaries": services.router.resolver.candidates.report(),
     }

@@ -1,0 +1,220 @@
+"""Traces exported off the request path: a bounded queue, a thread, batches over OTLP/HTTP.
+
+The request's side is one ``deque.append`` (:meth:`TraceExporter.submit`); past
+``capacity`` traces waiting, a new one is dropped and counted, never waited for. A thread
+takes up to ``batch`` traces at a time, encodes them as one OTLP ``ExportTraceServiceRequest``
+(protobuf, OpenTelemetry's own message types) and posts it to each destination: MLflow's
+OTLP endpoint (``<tracking server>/v1/traces``, into aiml's experiment; MLflow stores the
+whole batch in one ``log_spans``), and an OpenTelemetry collector if one is configured. A
+destination that fails or is slow loses that batch (counted per destination), never blocks
+a request, and is tried again with the next one.
+
+Why not OpenTelemetry's SDK (``BatchSpanProcessor``): it drops spans past its queue with no
+public count, and makes each span a locked object on the request path; here a request's
+spans are known when it ends and are built once, in this thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from .tracing import AttributeValue, RequestTrace
+
+__all__ = ["Destination", "TraceExporter", "encode"]
+
+log = logging.getLogger("aiml.traces")
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """An OTLP/HTTP traces endpoint; ``headers`` is called before each post (MLflow's needs
+    the experiment's id, found once the server answers)."""
+
+    name: str
+    url: str
+    headers: Callable[[], Mapping[str, str]]
+
+
+class TraceExporter:
+    """Queues finished traces and posts them in batches from a thread of its own."""
+
+    def __init__(
+        self,
+        destinations: Iterable[Destination],
+        *,
+        resource: Mapping[str, str],
+        capacity: int = 10_000,
+        batch: int = 256,
+        every_s: float = 0.5,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.destinations = tuple(destinations)
+        self._resource = Resource(attributes=[_kv(k, v) for k, v in resource.items()])
+        self._capacity = capacity
+        self._batch = batch
+        self._every_s = every_s
+        self._queue: deque[RequestTrace] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._exporting = 0
+        self._closed = False
+        self._http = httpx.Client(timeout=timeout_s)
+        self.submitted = 0
+        self.dropped = 0  # past capacity: never queued
+        self.exported: Counter[str] = Counter()  # per destination
+        self.failed: Counter[str] = Counter()  # traces a destination did not take
+        self._thread = threading.Thread(target=self._run, name="aiml-traces", daemon=True)
+        self._thread.start()
+
+    def submit(self, trace: RequestTrace) -> None:
+        """Queue a finished trace (the request path: never blocks)."""
+        if len(self._queue) >= self._capacity:
+            self.dropped += 1
+            return
+        self.submitted += 1
+        self._queue.append(trace)
+        if len(self._queue) >= self._batch:
+            self._wake.set()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every trace queued so far was posted (or failed); whether it was."""
+        self._wake.set()
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: not self._queue and not self._exporting, timeout=timeout_s
+            )
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Post what is queued (for at most ``timeout_s``), then stop."""
+        self.flush(timeout_s)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout_s)
+        self._http.close()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def report(self) -> dict[str, object]:
+        return {
+            "submitted": self.submitted,
+            "queued": len(self._queue),
+            "dropped": self.dropped,
+            "exported": dict(self.exported),
+            "failed": dict(self.failed),
+        }
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._every_s)
+            self._wake.clear()
+            while self._queue:
+                with self._idle:
+                    take = min(self._batch, len(self._queue))
+                    batch = [self._queue.popleft() for _ in range(take)]
+                    self._exporting = len(batch)
+                try:
+                    self._post(batch)
+                finally:
+                    with self._idle:
+                        self._exporting = 0
+                        self._idle.notify_all()
+            with self._idle:
+                self._idle.notify_all()
+
+    def _post(self, batch: list[RequestTrace]) -> None:
+        try:
+            body = encode(batch, self._resource).SerializeToString()
+        except Exception:  # a bug here must not kill the thread
+            log.exception("encoding %d traces failed; they are lost", len(batch))
+            for destination in self.destinations:
+                self.failed[destination.name] += len(batch)
+            return
+        for destination in self.destinations:
+            try:
+                headers = {"content-type": "application/x-protobuf", **destination.headers()}
+                answer = self._http.post(destination.url, content=body, headers=headers)
+                answer.raise_for_status()
+            except Exception as exc:
+                self.failed[destination.name] += len(batch)
+                log.warning(
+                    "%d traces not taken by %s (%s): dropped",
+                    len(batch), destination.name, exc,
+                )  # fmt: skip
+            else:
+                self.exported[destination.name] += len(batch)
+
+
+def encode(traces: Iterable[RequestTrace], resource: Resource) -> ExportTraceServiceRequest:
+    """The traces as one OTLP request: a root span per request, its steps beneath it."""
+    spans: list[Span] = []
+    for trace in traces:
+        spans.append(_root(trace))
+        ids = {step.name: _step_id(trace, i) for i, step in enumerate(trace.spans)}
+        for i, step in enumerate(trace.spans):
+            spans.append(
+                Span(
+                    trace_id=trace.trace_id,
+                    span_id=_step_id(trace, i),
+                    parent_span_id=ids.get(step.parent or "", trace.span_id),
+                    name=step.name,
+                    kind=Span.SPAN_KIND_INTERNAL,
+                    start_time_unix_nano=trace.to_ns(step.start),
+                    end_time_unix_nano=trace.to_ns(step.end),
+                    attributes=[_kv(k, v) for k, v in step.attributes.items()],
+                )
+            )
+    scope = ScopeSpans(scope=InstrumentationScope(name="aiml"), spans=spans)
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=resource, scope_spans=[scope])]
+    )
+
+
+def _step_id(trace: RequestTrace, index: int) -> bytes:
+    """A step's span id: the root's with its index mixed in (unique within the trace, and
+    no random draw per span)."""
+    return (int.from_bytes(trace.span_id, "big") ^ (index + 1)).to_bytes(8, "big")
+
+
+def _root(trace: RequestTrace) -> Span:
+    attributes = [_kv(k, v) for k, v in trace.attributes.items()]
+    attributes += [_kv(f"mlflow.traceTag.{k}", v) for k, v in trace.tags.items()]
+    attributes.append(_kv("mlflow.spanType", json.dumps("LLM")))
+    if trace.input is not None:
+        attributes.append(_kv("mlflow.spanInputs", json.dumps(trace.input, ensure_ascii=False)))
+    if trace.output is not None:
+        attributes.append(_kv("mlflow.spanOutputs", json.dumps(trace.output, ensure_ascii=False)))
+    # OpenTelemetry's rule for server spans: 5xx is an error, 4xx the caller's (unset).
+    code = Status.STATUS_CODE_ERROR if trace.status >= 500 else Status.STATUS_CODE_UNSET
+    return Span(
+        trace_id=trace.trace_id,
+        span_id=trace.span_id,
+        name=trace.name,
+        kind=Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=trace.start_ns,
+        end_time_unix_nano=trace.to_ns(trace.end),
+        attributes=attributes,
+        status=Status(code=code),
+    )
+
+
+def _kv(key: str, value: AttributeValue) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
