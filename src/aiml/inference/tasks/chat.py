@@ -21,7 +21,11 @@ from .base import (
     parse_model,
 )
 
-__all__ = ["ChatInput", "ChatSpec"]
+__all__ = ["SYSTEM_PROMPT_TAG", "ChatInput", "ChatSpec"]
+
+#: A registry version's own system prompt (a version tag): a chat with no system message of
+#: its own gets it first, so a prompt change is a new version, canaried and evaluated as one.
+SYSTEM_PROMPT_TAG = "aiml.system_prompt"
 
 
 class _Message(StrictModel):
@@ -50,12 +54,13 @@ class _Chat(GenerativeHandler[ChatInput]):
     async def generate(
         self, engine: Engine, model: ResolvedModel, request: ChatInput
     ) -> Generation:
-        return await engine.chat(model, request.messages, request.params)
+        return await engine.chat(model, _with_system_prompt(model, request), request.params)
 
     def stream(
         self, engine: Engine, model: ResolvedModel, request: ChatInput
     ) -> AsyncIterator[GenerationChunk]:
-        return engine.stream_chat(model, request.messages, request.params)
+        messages = _with_system_prompt(model, request)
+        return engine.stream_chat(model, messages, request.params)
 
     def shape(self, model: ResolvedModel, generation: Generation) -> dict[str, Any]:
         return {
@@ -78,3 +83,10 @@ class ChatSpec(TaskSpec[ChatInput]):
     def handler_for(self, model: ResolvedModel) -> GenerativeHandler[ChatInput]:
         self.require_generative(model)
         return self._chat
+
+
+def _with_system_prompt(model: ResolvedModel, request: ChatInput) -> tuple[ChatMessage, ...]:
+    prompt = model.tags.get(SYSTEM_PROMPT_TAG)
+    if not prompt or any(m.role == "system" for m in request.messages):
+        return request.messages
+    return (ChatMessage("system", prompt), *request.messages)
