@@ -19,6 +19,7 @@ from rich.table import Table
 from aiml.settings import Settings
 
 from .common import console, err, run
+from .evaluate_command import evaluate
 from .registry_commands import alias_app, rollout_app, webhook_app
 
 __all__ = ["app"]
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.add_typer(alias_app, name="alias")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(webhook_app, name="webhook")
+app.command()(evaluate)
 
 
 @app.command()

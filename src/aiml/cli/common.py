@@ -20,12 +20,13 @@ console = Console()
 err = Console(stderr=True)
 
 
-def run(action: Callable[[Any], Awaitable[T]]) -> T:
-    """Build the services from the environment, run one action, report errors plainly."""
+def run(action: Callable[[Any], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Build the services from the environment (or ``settings``), run one action, report
+    errors plainly."""
     from aiml.services import build_services
 
     async def main() -> T:
-        services = build_services(Settings())
+        services = build_services(settings or Settings())
         try:
             return await action(services)
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiml.observability.context import note_response_header, request_caller, request_path
 from aiml.observability.tracing import TRACE_HEADER, RequestTrace, Tracer, TraceSpan
-from aiml.types import Generation, ModelRef, RegistryVersion, ResolvedModel
+from aiml.types import Generation, ModelRef, RegistryVersion, ResolvedModel, SamplingParams
 
 __all__ = ["begin", "complete", "input_of", "output_text", "served"]
 
@@ -74,16 +74,33 @@ def surface_of(path: str | None) -> str:
 def input_of(request: Any, keep: Callable[[str], str | None]) -> Any:
     """A request's input as a trace shows it (JSON-able; each text as much as ``keep``
     keeps, so a truncated input is still valid JSON): chat messages, a prompt, texts."""
+    found: dict[str, Any] = {"input": type(request).__name__}
     messages = getattr(request, "messages", None)
     if messages is not None:
-        return {"messages": [{"role": m.role, "content": keep(m.content)} for m in messages]}
+        found = {"messages": [{"role": m.role, "content": keep(m.content)} for m in messages]}
     for name in ("prompt", "inputs", "texts", "text"):
         value = getattr(request, name, None)
         if isinstance(value, str):
-            return {name: keep(value)}
-        if isinstance(value, (list, tuple)):
-            return {name: [keep(str(v)) for v in value[:100]]}
-    return {"input": type(request).__name__}
+            found = {name: keep(value)}
+        elif isinstance(value, (list, tuple)):
+            found = {name: [keep(str(v)) for v in value[:100]]}
+    params = getattr(request, "params", None)
+    if isinstance(params, SamplingParams):  # what a replay needs to ask the same
+        found["params"] = _params(params)
+    return found
+
+
+def _params(params: SamplingParams) -> dict[str, Any]:
+    kept: dict[str, Any] = {
+        name: getattr(params, name)
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "repeat_penalty")
+        if getattr(params, name) is not None
+    }
+    if params.stop:
+        kept["stop"] = list(params.stop)
+    if params.output_format is not None:
+        kept["output_format"] = {"schema": params.output_format.schema}
+    return kept
 
 
 def output_text(result: dict[str, Any]) -> str:

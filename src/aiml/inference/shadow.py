@@ -29,7 +29,7 @@ from aiml.errors import AimlError
 
 from .canary import parse_canary
 
-__all__ = ["SHADOW_TAG_PREFIX", "Answer", "ShadowTraffic", "shadow_of"]
+__all__ = ["SHADOW_TAG_PREFIX", "Answer", "ShadowTraffic", "cosine", "shadow_of"]
 
 log = logging.getLogger("aiml.shadow")
 SHADOW_TAG_PREFIX = "aiml.shadow."
@@ -142,9 +142,12 @@ class ShadowTraffic:
         totals.pairs.append(pair)
 
 
+def cosine(x: list[float], y: list[float]) -> float:
+    """The cosine of two vectors (0 for a zero vector)."""
+    norm = math.sqrt(sum(v * v for v in x)) * math.sqrt(sum(v * v for v in y))
+    return sum(p * q for p, q in zip(x, y, strict=False)) / norm if norm else 0.0
+
+
 def _mean_cosine(a: list[list[float]], b: list[list[float]]) -> float:
-    scores = []
-    for x, y in zip(a, b, strict=False):
-        norm = math.sqrt(sum(v * v for v in x)) * math.sqrt(sum(v * v for v in y))
-        scores.append(sum(p * q for p, q in zip(x, y, strict=False)) / norm if norm else 0.0)
+    scores = [cosine(x, y) for x, y in zip(a, b, strict=False)]
     return sum(scores) / len(scores) if scores else 0.0
