@@ -47,24 +47,13 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="aiml-bench-alias-"))
-    registry = mlflow_server(work / "mlflow")
-    registry.env |= {
-        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
-    }
-    registry.start()
+    registry = start_registry(work / "mlflow")
     ollama = OllamaStandIn()
     for name in VERSIONS.values():
         ollama.add(name)
     stand_in = ServerThread(ollama.app(), lifespan="off").start()
     url = registry.health_url.removesuffix("/health")
-    env = {
-        "MLFLOW_TRACKING_URI": url,
-        "OLLAMA_HOST": stand_in.url,
-        "AIML_RESOLVE_TTL_S": "300",
-        "AIML_MLFLOW_WEBHOOK_SECRET": SECRET,
-    }
+    env = front_env(url, stand_in.url)
     fronts: list[Process] = []
     try:
         mlflow = MlflowClient(tracking_uri=url)
@@ -81,6 +70,30 @@ def main() -> None:
         stand_in.stop()
         registry.stop()
     print(f"(machine: {os.cpu_count()} CPUs; work folder {work})")
+
+
+def start_registry(folder: Path) -> Process:
+    """A real ``mlflow server`` on sqlite that sends webhooks to loopback, its webhook list
+    cached 1 s (MLflow's default is 60 s)."""
+    registry = mlflow_server(folder)
+    registry.env |= {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    }
+    registry.start()
+    return registry
+
+
+def front_env(registry_url: str, ollama_url: str) -> dict[str, str]:
+    """A front's settings: the registry, the stand-in, a TTL of 300 s (only a webhook makes
+    a change seen sooner) and the webhooks' secret."""
+    return {
+        "MLFLOW_TRACKING_URI": registry_url,
+        "OLLAMA_HOST": ollama_url,
+        "AIML_RESOLVE_TTL_S": "300",
+        "AIML_MLFLOW_WEBHOOK_SECRET": SECRET,
+    }
 
 
 def start_front(folder: Path, env: dict[str, str]) -> Process:
