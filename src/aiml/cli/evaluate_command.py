@@ -84,9 +84,11 @@ async def _evaluate(
     from aiml.errors import InvalidRequest
     from aiml.inference.replay import replay
     from aiml.registry.evaluation_runs import Side, log_evaluation, recorded_inputs, user_scorer
+    from aiml.registry.references import validate_registry_name
     from aiml.types import ModelRef
 
     settings: Settings = services.settings
+    validate_registry_name(name, param="name")  # it goes into a search filter
     extra = [user_scorer(path) for path in scorers]
     base_ref = ModelRef(name, alias=baseline[1:]) if baseline.startswith("@") else None
     if base_ref is None and not baseline.isdigit():
