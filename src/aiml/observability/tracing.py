@@ -16,11 +16,10 @@ version's traffic: ``tags.`aiml.model_version` = 'm/3'``.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,17 +68,6 @@ class RequestTrace:
     def mlflow_id(self) -> str:
         """The trace's id as MLflow names it."""
         return "tr-" + self.trace_id.hex()
-
-    @contextlib.contextmanager
-    def span(self, name: str) -> Iterator[TraceSpan]:
-        """A span around the block, kept however the block ends."""
-        started = time.perf_counter()
-        span = TraceSpan(name, started, started)
-        try:
-            yield span
-        finally:
-            span.end = time.perf_counter()
-            self.spans.append(span)
 
     def add(self, span: TraceSpan) -> None:
         self.spans.append(span)
