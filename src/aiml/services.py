@@ -33,6 +33,7 @@ from aiml.registry.artifacts import ArtifactCache
 from aiml.registry.feedback import TraceFeedback
 from aiml.registry.mlflow import MlflowRegistry
 from aiml.registry.trace_destinations import build_tracer
+from aiml.registry.trace_records import TraceRecords
 from aiml.registry.webhooks import DeliveryVerifier
 from aiml.settings import Settings
 
@@ -79,6 +80,8 @@ class Services:
     holders: Callable[[], Awaitable[dict[str, list[str]] | None]] | None = None
     #: MLflow's webhook deliveries, checked with AIML_MLFLOW_WEBHOOK_SECRET (``None``: off).
     webhooks: DeliveryVerifier | None = None
+    #: Served requests' traces read back from MLflow (``None``: none recorded there).
+    trace_records: TraceRecords | None = None
 
     def registry_changed(self, name: str) -> None:
         """The registry changed for ``name``, through aiml or (a webhook says) elsewhere:
@@ -256,6 +259,11 @@ def build_services(
         traces=tracing[1] if tracing is not None else None,
         feedback=(
             TraceFeedback(settings.tracking_uri, tracing[1])
+            if tracing is not None and settings.tracking_uri.startswith(("http://", "https://"))
+            else None
+        ),
+        trace_records=(
+            TraceRecords(settings.tracking_uri, settings.trace_experiment)
             if tracing is not None and settings.tracking_uri.startswith(("http://", "https://"))
             else None
         ),

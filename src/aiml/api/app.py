@@ -34,6 +34,7 @@ from .routes import (
     ollama,
     openai,
     responses,
+    traces,
 )
 
 __all__ = ["create_app"]
@@ -116,6 +117,7 @@ def create_app(
             console.router,
             hooks.router,
             feedback.router,
+            traces.router,
         ),
     )
     # Outermost last: the request id wraps everything, then the keys, then the body limit.

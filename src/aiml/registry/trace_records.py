@@ -1,0 +1,133 @@
+"""A registry version's recent traces, read back from aiml's trace experiment in MLflow,
+with the feedback given on them and a link to each in MLflow's UI.
+
+The version is a trace tag (``aiml.model_version``, request_traces.py), so MLflow's own
+search finds its traffic, newest first. Who made a trace is its root span's attribute
+``aiml.key_name``: MLflow's search matches span attributes only as text inside the stored
+span (``LIKE``), so the match is made exact by checking each root span found.
+
+A trace's page in MLflow's UI is the experiment's traces tab with the trace selected:
+``<server>/#/experiments/<id>/traces?selectedEvaluationId=<trace>&traceId=<trace>``, the
+link MLflow's own notebook renderer makes (MLflow 3.0's tab reads the first parameter,
+later ones the second).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from urllib.parse import urlencode
+
+from mlflow import MlflowClient
+from mlflow.entities import Feedback, Trace
+from mlflow.exceptions import MlflowException
+
+from aiml.errors import RegistryError, RegistryUnavailable
+from aiml.urls import redact
+
+__all__ = ["TraceRecords", "ui_url"]
+
+_TAGS = {"model_version": "aiml.model_version", "alias": "aiml.alias", "arm": "aiml.arm"}
+_ROOT_ATTRIBUTES = {
+    "key_name": "aiml.key_name",
+    "surface": "aiml.surface",
+    "status_code": "http.response.status_code",
+    "input_tokens": "gen_ai.usage.input_tokens",
+    "output_tokens": "gen_ai.usage.output_tokens",
+}
+_INVALID = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
+
+
+def ui_url(server: str, experiment_id: str, trace_id: str | None = None) -> str:
+    """The experiment's traces tab in MLflow's UI, on ``trace_id`` if given."""
+    page = f"{redact(server).rstrip('/')}/#/experiments/{experiment_id}/traces"
+    if trace_id is None:
+        return page
+    return f"{page}?{urlencode({'selectedEvaluationId': trace_id, 'traceId': trace_id})}"
+
+
+class TraceRecords:
+    """Reads aiml's traces from the MLflow server at ``tracking_uri`` (blocking: call it in
+    a thread); the experiment ``experiment`` is looked up until it exists, then kept."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self._uri = tracking_uri
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._experiment = experiment
+        self._id: str | None = None
+        self._lock = threading.Lock()
+
+    def experiment_id(self) -> str | None:
+        """The trace experiment's id; ``None`` while no trace has created it."""
+        with self._lock:
+            if self._id is None:
+                found = self._call(self._client.get_experiment_by_name, self._experiment)
+                self._id = found.experiment_id if found is not None else None
+            return self._id
+
+    def recent(
+        self, model_version: str, *, max_results: int, key_name: str | None
+    ) -> tuple[str | None, list[dict[str, Any]]]:
+        """The experiment's id and the newest ``max_results`` traces of ``model_version``
+        (``name/3``), each as the API shows it; only those ``key_name`` made, if given."""
+        experiment = self.experiment_id()
+        if experiment is None:
+            return None, []
+        clauses = [f"tags.`aiml.model_version` = '{model_version}'"]
+        if key_name is not None:
+            # The stored span is JSON whose attribute values are JSON again:
+            # "aiml.key_name": "\"key-…\"". ``_`` stands for each backslash, which LIKE
+            # would read as an escape on PostgreSQL and as itself on sqlite.
+            clauses.append(f"span.attributes.`aiml.key_name` LIKE ': \"_\"{key_name}_\"\"'")
+        found = self._call(
+            self._client.search_traces,
+            locations=[experiment],
+            filter_string=" AND ".join(clauses),
+            order_by=["timestamp_ms DESC"],
+            max_results=max_results,
+        )
+        records = [record(trace, self._uri, experiment) for trace in found]
+        if key_name is not None:
+            records = [r for r in records if r["key_name"] == key_name]
+        return experiment, records
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            if exc.error_code in _INVALID:
+                raise RegistryError(f"MLflow refused the traces search: {exc.message}") from exc
+            raise RegistryUnavailable(f"MLflow did not answer about traces: {exc.message}") from exc
+
+
+def record(trace: Trace, server: str, experiment_id: str) -> dict[str, Any]:
+    """One trace as ``GET /v1/traces`` shows it."""
+    info = trace.info
+    root = next((s for s in trace.data.spans if s.parent_id is None), None)
+    attributes = root.attributes if root is not None else {}
+    shown: dict[str, Any] = {
+        "trace_id": info.trace_id,
+        "timestamp_ms": info.request_time,
+        "state": str(info.state.value if hasattr(info.state, "value") else info.state),
+        "execution_ms": info.execution_duration,
+        "name": info.tags.get("mlflow.traceName"),
+        "request_preview": info.request_preview,
+        "response_preview": info.response_preview,
+        **{field: info.tags.get(tag) for field, tag in _TAGS.items()},
+        **{field: attributes.get(key) for field, key in _ROOT_ATTRIBUTES.items()},
+        "feedback": [
+            {
+                "assessment_id": a.assessment_id,
+                "name": a.name,
+                "value": a.value,
+                "rationale": a.rationale,
+                "source_type": a.source.source_type if a.source is not None else None,
+                "source_id": a.source.source_id if a.source is not None else None,
+                "timestamp_ms": a.create_time_ms,
+            }
+            for a in info.assessments
+            if isinstance(a, Feedback) and a.valid is not False  # an overridden one is not
+        ],
+        "ui_url": ui_url(server, experiment_id, info.trace_id),
+    }
+    return shown
