@@ -26,6 +26,7 @@ from .routes import (
     admin,
     audio,
     console,
+    evaluations,
     feedback,
     health,
     hooks,
@@ -118,6 +119,7 @@ def create_app(
             hooks.router,
             feedback.router,
             traces.router,
+            evaluations.router,
         ),
     )
     # Outermost last: the request id wraps everything, then the keys, then the body limit.
