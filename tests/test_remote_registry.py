@@ -71,7 +71,10 @@ def test_aiml_serve_against_a_remote_registry(
                       "task": "chat", "alias": "production"},
             )  # fmt: skip
             assert created.status_code == 201, created.text
-            assert mlflow.get_model_version("llama2-7b-chat", "1").source.startswith("runs:/")
+            # On a server the version's source is its logged model, as MLflow 3 links them.
+            source = mlflow.get_model_version("llama2-7b-chat", "1").source
+            assert source.startswith("models:/m-")
+            assert mlflow.get_logged_model(source.removeprefix("models:/")).status == "READY"
             second = client.post(
                 "/models/register_ollama",
                 json={"local_model_name": "llama2:13b", "registered_name": "llama2-7b-chat"},

@@ -98,6 +98,8 @@ class RegistryVersion:
     model_tags: Mapping[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     source: str | None = None
+    #: The MLflow 3 logged model it was registered from, where it has one.
+    logged_model: str | None = None
 
     def tag(self, key: str) -> str | None:
         """A version tag, falling back to the registered model's tag of the same key."""
@@ -120,6 +122,8 @@ class ResolvedModel:
     declared_task: str | None = None
     #: The registry version's tags (the registered model's as fallback); empty when direct.
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: The version's MLflow 3 logged model, where it has one: its traces are linked to it.
+    logged_model: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -32,7 +32,11 @@ def test_register_ollama_then_infer_by_alias(
     # The version is a real registry version that the earlier system's tags describe.
     mv = registry.client.get_model_version_by_alias("llama2-7b-chat", "production")
     assert mv.tags["ollama_model_name"] == "llama2:7b"
-    assert mv.source.startswith("runs:/")
+    # Registered as MLflow 3 does: a logged model made by a run, its pointer the model's file
+    # (a local store's source is the model's folder; on a server, test_remote_registry).
+    (logged,) = registry.client.search_logged_models([mv_experiment(registry, mv.run_id)])
+    assert (logged.status, logged.source_run_id) == ("READY", mv.run_id)
+    assert (logged.name, mv.source) == ("llama2-7b-chat", logged.artifact_location)
     assert aiml.infer("llama2-7b-chat@production", task="chat").status_code == 200
 
 
@@ -145,3 +149,7 @@ def test_listings_are_kept_and_show_changes_made_through_aiml_at_once(
         before = aiml.spy.total
         listed()
         assert aiml.spy.total == before
+
+
+def mv_experiment(registry: Registry, run_id: str) -> str:
+    return str(registry.client.get_run(run_id).info.experiment_id)

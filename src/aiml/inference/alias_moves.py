@@ -23,6 +23,7 @@ is a 409 (:class:`~aiml.errors.UnsafeAliasMove`) listing each lack; ``force`` sk
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -206,6 +207,7 @@ class AliasMoves:
             registry_version=version.version,
             declared_task=version.tag("inference_task"),
             tags=version.merged_tags(),
+            logged_model=version.logged_model,
         )
         if declared is None:
             reason = f"{label} has no inference_engine tag, so no engine can serve it"
@@ -220,15 +222,7 @@ class AliasMoves:
             return _Read(None, model, None, (Missing("engine", declared, reason),))
         try:
             engine_model = await engine.model_for_version(version)
-            model = ResolvedModel(
-                engine=model.engine,
-                engine_model=engine_model,
-                source=model.source,
-                registry_name=model.registry_name,
-                registry_version=model.registry_version,
-                declared_task=model.declared_task,
-                tags=model.tags,
-            )
+            model = dataclasses.replace(model, engine_model=engine_model)
             details = await self._capabilities.details(engine, model)
         except AimlError as exc:
             if exc.status_code >= 502:  # unreachable, timed out: it tells nothing of the version

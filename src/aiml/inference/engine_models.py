@@ -59,4 +59,5 @@ async def registry_model(version: RegistryVersion, engine: Engine) -> ResolvedMo
         registry_version=version.version,
         declared_task=version.tag("inference_task"),
         tags=version.merged_tags(),
+        logged_model=version.logged_model,
     )

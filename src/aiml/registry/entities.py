@@ -35,7 +35,21 @@ def registry_version(
         model_tags=dict(model_tags),
         aliases=tuple(sorted(aliases if aliases is not None else (mv.aliases or ()))),
         source=mv.source,
+        logged_model=logged_model_of(mv),
     )
+
+
+def logged_model_of(mv: Any) -> str | None:
+    """The MLflow 3 logged model a version was registered from: its ``model_id`` where the
+    store reports one, else the id in a ``models:/<model id>`` source (the SQL store keeps
+    the link only there)."""
+    found = getattr(mv, "model_id", None)
+    if found:
+        return str(found)
+    source = mv.source or ""
+    if source.startswith("models:/m-") and "/" not in source[len("models:/") :]:
+        return source[len("models:/") :]
+    return None
 
 
 def model_info(model: Any) -> RegisteredModelInfo:

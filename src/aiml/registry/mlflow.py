@@ -13,7 +13,10 @@ only when the version lacks a tag that may live on the registered model instead.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import posixpath
+import tempfile
 import threading
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -158,12 +161,12 @@ class MlflowRegistry:
     ) -> RegistryVersion:
         """Register a new version whose artifact is a small JSON pointer to an engine's model.
 
-        The pointer is logged to a run (``runs:/<id>/model``) because ``mlflow server``
-        refuses sources such as ``ollama://...`` or a bare ``models:/`` URI.
+        The pointer is a logged model's file because ``mlflow server`` refuses sources such
+        as ``ollama://...``.
         """
 
-        def log(run_id: str) -> None:
-            self._call(self._client.log_dict, run_id, dict(pointer), "model/aiml_pointer.json")
+        def log(model_id: str) -> None:
+            self._log_text(model_id, json.dumps(dict(pointer), indent=2), "aiml_pointer.json")
 
         return await self._runner.run(
             lambda: self._record(name, tags, description, log), bounded=False
@@ -181,19 +184,18 @@ class MlflowRegistry:
     ) -> RegistryVersion:
         """Log model files (relpath -> local file) and their manifest as a new version."""
 
-        def log(run_id: str) -> None:
+        def log(model_id: str) -> None:
             total = sum(path.stat().st_size for path in files.values())
             done = 0
             for rel, path in sorted(files.items()):
-                folder = posixpath.dirname(rel)
-                target = f"model/{folder}" if folder else "model"
+                folder = posixpath.dirname(rel) or None
                 if path.name != posixpath.basename(rel):
                     raise ValueError(f"{path} must be logged under its own name, not {rel}")
-                self._call(self._client.log_artifact, run_id, str(path), target)
+                self._call(self._client.log_model_artifact, model_id, str(path), folder)
                 done += path.stat().st_size
                 if progress is not None:
                     progress("uploading", done, total)
-            self._call(self._client.log_text, run_id, manifest_json, "model/aiml_manifest.json")
+            self._log_text(model_id, manifest_json, "aiml_manifest.json")
 
         return await self._runner.run(
             lambda: self._record(name, tags, description, log), bounded=False
@@ -206,23 +208,52 @@ class MlflowRegistry:
         description: str | None,
         log: Callable[[str], None],
     ) -> RegistryVersion:
-        """A new version of ``name``: a finished run whose ``model/`` folder ``log`` filled."""
+        """A new version of ``name``: an MLflow 3 logged model, made by a finished run, whose
+        files ``log`` wrote.
+
+        On an MLflow server the version's source is ``models:/<model id>``, MLflow's link
+        from a version to its logged model (served traces are linked to it too,
+        request_traces.py). A local store is given the model's artifact location instead:
+        MLflow's SQL registry looks a ``models:/`` source up through the process-wide
+        tracking URI, not the client's, and fails for any other (its own TODO); traces,
+        which need a server, are not linked there anyway.
+        """
         experiment_id = self._registration_experiment()
         run = self._call(self._client.create_run, experiment_id, run_name=f"register-{name}")
         run_id = run.info.run_id
-        log(run_id)
+        model = self._call(
+            self._client.create_logged_model, experiment_id, name=name, source_run_id=run_id
+        )
+        try:
+            log(model.model_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the upload's own error is the one to say
+                self._call(self._client.finalize_logged_model, model.model_id, "FAILED")
+                self._call(self._client.set_terminated, run_id, "FAILED")
+            raise
+        self._call(self._client.finalize_logged_model, model.model_id, "READY")
         self._call(self._client.set_terminated, run_id)
         self._ensure_registered_model(name)
+        on_server = self._client.tracking_uri.startswith(("http://", "https://"))
         mv = self._call(
             self._client.create_model_version,
             name,
-            f"runs:/{run_id}/model",
+            f"models:/{model.model_id}" if on_server else model.artifact_location,
             run_id=run_id,
             tags=dict(tags),
             description=description,
             await_creation_for=0,
+            model_id=model.model_id,
         )
         return registry_version(mv, {})
+
+    def _log_text(self, model_id: str, text: str, file_name: str) -> None:
+        """``text`` as the logged model's file ``file_name`` (MLflow's client has no
+        ``log_text`` for logged models)."""
+        with tempfile.TemporaryDirectory(prefix="aiml-log-") as folder:
+            path = Path(folder) / file_name
+            path.write_text(text, encoding="utf-8")
+            self._call(self._client.log_model_artifact, model_id, str(path))
 
     async def find_version_with_tag(
         self, name: str, key: str, value: str
