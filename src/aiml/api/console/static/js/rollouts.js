@@ -1,9 +1,10 @@
 // Rollouts: for each alias of each registered model, its version, its canary (candidate and
 // weight) and shadow; each version's health side by side (stable and candidate), charted
 // over this tab's readings of /inference/stats; a sample of shadow pairs; guard events and
-// a staged canary's steps; and, for admin keys, the canary's actions (start or reweigh, with
-// a plan or not; promote; stop).
+// a staged canary's steps; the canary's evaluation (evaluation.js); and, for admin keys, the
+// canary's actions (start or reweigh, with a plan or not; promote; stop).
 import { call, enc, get, put, registeredModels } from "./api.js";
+import { Evaluation } from "./evaluation.js";
 import { Confirm, html, mark, Notice, usePoll, useEffect, useRef, useState } from "./ui.js";
 
 const STATS_EVERY_MS = 5000;
@@ -293,7 +294,7 @@ function declaredShadow(tags, alias) {
   return match && Number(match[2]) > 0 ? { version: Number(match[1]), weight: Number(match[2]) } : null;
 }
 
-function Rollout({ entry, versions, stats, admin, index, refresh }) {
+function Rollout({ entry, versions, stats, admin, index, refresh, generation }) {
   const { name, alias, version, canary } = entry;
   const id = `rollout-${index}`;
   const [notice, setNotice] = useState(null); // kept here: the actions re-read the registry
@@ -332,6 +333,9 @@ function Rollout({ entry, versions, stats, admin, index, refresh }) {
     <${Shadow} declared=${shadow} reports=${reports} alias=${alias} />
     <h3>Guard</h3>
     <${Guard} events=${events} tagged=${tagged} steps=${steps} alias=${alias} />
+    <h3>Evaluation</h3>
+    <${Evaluation} name=${name} alias=${alias} stable=${version} candidate=${canary?.version ?? null}
+      versions=${versions} generation=${generation} />
     ${admin && html`<h3>Actions</h3>
       <${Actions} entry=${entry} versions=${versions} id=${id} refresh=${refresh} notice=${notice} setNotice=${setNotice} />`}
   </section>`;
@@ -383,5 +387,6 @@ export function RolloutsPage({ admin }) {
       : entries.length === 0
         ? html`<p>No registered model has an alias yet: a rollout starts from one (see Models).</p>`
         : entries.map((e, i) => html`<${Rollout} key=${`${e.name}@${e.alias}`} entry=${e} index=${i}
-            versions=${details[e.name]?.versions ?? []} stats=${stats} admin=${admin} refresh=${refresh} />`)}`;
+            versions=${details[e.name]?.versions ?? []} stats=${stats} admin=${admin} refresh=${refresh}
+            generation=${generation} />`)}`;
 }
