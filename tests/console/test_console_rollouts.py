@@ -1,18 +1,25 @@
 """The console's rollouts page in a real browser: per alias its versions and weights, each
 version's health side by side, shadow pairs; an admin starts a canary (a refused candidate
 is listed and can be forced), reweighs it, promotes it and stops one; a user key sees no
-action but sees the guard's trips; axe finds nothing."""
+action but sees the guard's trips; beside the controls, the canary's evaluation against the
+alias's version (an ``aiml evaluate`` run) or the command that makes one; axe finds
+nothing."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from aiml.registry.evaluation_records import experiment_name
+from aiml.registry.evaluation_runs import Recorded, Side, log_evaluation
 from tests.conftest import RunningAiml
 from tests.console.conftest import (
     BROWSER_TESTS,
@@ -166,4 +173,104 @@ def test_a_user_key_sees_the_rollouts_and_guard_trips_but_no_action(
     for admin_only in ("Start canary", "Update canary", "Promote", "Stop canary"):
         expect(page.get_by_role("button", name=admin_only)).to_have_count(0)
     expect(page.get_by_label("Candidate version")).to_have_count(0)
+    console.check()
+
+
+JUDGED = "judged"
+INPUTS = [
+    Recorded("t1", "chat", {"messages": [{"role": "user", "content": "Name a colour."}]}),
+    Recorded("t2", "chat", {"messages": [{"role": "user", "content": "Say hello."}]}),
+]
+
+
+def log(aiml: RunningAiml, baseline: Side, candidate: Side) -> str:
+    """An evaluation run of ``JUDGED`` as ``aiml evaluate`` logs it, in this aiml's MLflow;
+    MLflow's process-wide tracking URI and experiment, which the logging sets (the command's
+    process is its own), are put back after."""
+    settings = aiml.services.settings
+    fluent, tracking = mlflow.tracking.fluent, mlflow.tracking._tracking_service.utils
+    before = tracking._tracking_uri, fluent._active_experiment_id
+    with pytest.MonkeyPatch.context() as env:
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
+            env.setenv(variable, os.environ.get(variable, ""))  # restored, or unset, after
+        run_id, _ = log_evaluation(
+            settings.tracking_uri, experiment_name(settings.trace_experiment), JUDGED, INPUTS,
+            baseline, candidate,
+        )  # fmt: skip
+    tracking._tracking_uri, fluent._active_experiment_id = before
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def judged(aiml: RunningAiml) -> dict[str, str]:
+    """Three chat versions, the alias on 1; version 2 evaluated against 1, then version 3
+    against 2 (the newest run, but not against the alias's version)."""
+    uri = aiml.services.settings.registry_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(JUDGED)
+    for ollama_model in ("llama2:7b", "llama2:13b", "llama2:7b"):
+        tags = {"ollama_model_name": ollama_model, "inference_engine": "ollama",
+                "inference_task": "chat"}  # fmt: skip
+        client.create_model_version(JUDGED, source="unused", tags=tags)
+    client.set_registered_model_alias(JUDGED, ALIAS, "1")
+    one = Side(1, ["red", "hello"], [0.10, 0.20], [2, 4])
+    two = Side(2, ["red", "bonjour"], [0.30, 0.50], [3, 5])
+    three = Side(3, ["rouge", "bonjour"], [0.30, 0.50], [3, 5])
+    return {"2 vs 1": log(aiml, one, two), "3 vs 2": log(aiml, two, three)}
+
+
+def test_the_canarys_evaluation_is_shown_beside_its_controls(
+    browser: Any, aiml: RunningAiml, judged: dict[str, str], artifacts: Path
+) -> None:
+    with api(aiml) as client:
+        path = f"/models/registered_in_mlflow/{JUDGED}/aliases/{ALIAS}/canary"
+        started = client.put(path, json={"version": 2, "weight": 10})
+        assert started.status_code == 200, started.text
+    console = open_console(browser, aiml, "rollouts")
+    page = console.page
+
+    # This aiml's tracking URI is an sqlite file, which has no UI to link to: its answers
+    # get the link an MLflow server's would carry (tests/api/test_evaluations.py checks it).
+    def linked(route: Any) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for e in body["evaluations"]:
+            e["run_url"] = (
+                f"http://mlflow.test/#/experiments/{e['experiment_id']}/runs/{e['run_id']}"
+            )
+        route.fulfill(response=answer, json=body)
+
+    page.route("**/v1/evaluations?*", linked)
+    page.reload()
+    card = page.locator(f"section[data-rollout='{JUDGED}@{ALIAS}']")
+    evaluation = card.locator(".evaluation")
+    expect(card.locator("[data-canary]")).to_have_text("version 2 at 10 %")
+    expect(evaluation).to_have_attribute("data-evaluation", judged["2 vs 1"])
+    expect(card.locator(".evaluation + h3 + .rollout-actions")).to_have_count(1)  # beside them
+    expect(evaluation).to_contain_text("Version 2 against version 1 on 2 recorded inputs")
+    for measure, baseline, candidate, delta in (
+        ("latency_p50_s", "150 ms", "400 ms", "+250 ms"),
+        ("completion_tokens_mean", "3", "4", "+1"),
+        ("failed", "0", "0", "no change"),
+    ):
+        for side, text in (("baseline", baseline), ("candidate", candidate), ("delta", delta)):
+            cell = evaluation.locator(f"td[data-side={side}][data-measure={measure}]")
+            expect(cell).to_have_text(text)
+    expect(evaluation.locator("[data-score=exact_match]")).to_have_text("50.0 %")
+    link = evaluation.get_by_role("link", name="The run in MLflow")
+    expect(link).to_have_attribute("href", re.compile(f"/runs/{judged['2 vs 1']}$"))
+    found = axe_sync.Axe().run(page).response["violations"]
+    assert [f"{v['id']}: {v['help']}" for v in found] == []
+    keep(artifacts, "console-rollouts-evaluation.png", card.screenshot())
+
+    # Version 3's only run is against version 2: as the canary of version 1, not evaluated.
+    card.get_by_label("Candidate version").select_option("3")
+    card.get_by_role("button", name="Update canary").click()
+    expect(card.locator("[data-canary]")).to_have_text("version 3 at 10 %")
+    command = f"aiml evaluate {JUDGED} --candidate 3 --baseline @{ALIAS}"
+    expect(evaluation.locator("[data-not-evaluated] code")).to_have_text(command)
+    # No canary: the newest evaluation of any version against the alias's.
+    card.get_by_role("button", name="Stop canary").click()
+    expect(card.locator("[data-canary]")).to_have_text("none")
+    expect(evaluation).to_have_attribute("data-evaluation", judged["2 vs 1"])
     console.check()
