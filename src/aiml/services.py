@@ -263,7 +263,11 @@ def build_services(
             else None
         ),
         trace_records=(
-            TraceRecords(settings.tracking_uri, settings.trace_experiment)
+            TraceRecords(
+                settings.tracking_uri,
+                settings.trace_experiment,
+                timeout_s=settings.registry_timeout_s,
+            )
             if tracing is not None and settings.tracking_uri.startswith(("http://", "https://"))
             else None
         ),

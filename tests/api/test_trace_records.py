@@ -13,9 +13,10 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from aiml.registry.trace_records import TraceRecords
 from tests.conftest import Registry, RunningAiml, RunningOllama, launch_aiml, standard_stand_in
 from tests.fakes.processes import Process, mlflow_server
-from tests.fakes.servers import ServerThread
+from tests.fakes.servers import ServerThread, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -144,9 +145,7 @@ def test_a_versions_traces_with_their_feedback_each_key_its_own(aiml: RunningAim
     assert [t["trace_id"] for t in everyone["traces"]] == [admins, b_only, a_second, a_first]
     assert [t["key_name"] for t in everyone["traces"]] == [
         key_name(ADMIN), key_name(USER_B), key_name(USER_A), key_name(USER_A)]  # fmt: skip
-    assert [t["trace_id"] for t in listed(aiml, ADMIN, max_results=1).json()["traces"]] == [
-        admins
-    ]
+    assert [t["trace_id"] for t in listed(aiml, ADMIN, max_results=1).json()["traces"]] == [admins]
 
 
 def test_unknown_versions_are_empty_and_malformed_ones_refused(aiml: RunningAiml) -> None:
@@ -162,7 +161,27 @@ def test_unknown_versions_are_empty_and_malformed_ones_refused(aiml: RunningAiml
         assert too_many.status_code == 400, too_many.text
         assert c.get("/v1/traces", params={"model_version": f"{MODEL}/1"}).status_code == 200
     with aiml.client() as anonymous:  # a user route: a key is needed
-        assert anonymous.get("/v1/traces", params={"model_version": f"{MODEL}/1"}).status_code == 401
+        assert (
+            anonymous.get("/v1/traces", params={"model_version": f"{MODEL}/1"}).status_code == 401
+        )
+
+
+def test_before_the_first_trace_none_and_with_mlflow_down_503(
+    aiml: RunningAiml, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = aiml.services.settings.tracking_uri
+    unwritten = TraceRecords(uri, "never-written", timeout_s=5)
+    monkeypatch.setattr(aiml.services, "trace_records", unwritten)
+    empty = listed(aiml, ADMIN)
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["experiment_id"] is None and empty.json()["experiment_url"] is None
+    assert empty.json()["traces"] == []
+    # Waited for at most the timeout, whatever MLflow's own retries would take.
+    down = TraceRecords(f"http://127.0.0.1:{free_port()}", "records", timeout_s=2)
+    monkeypatch.setattr(aiml.services, "trace_records", down)
+    refused = listed(aiml, ADMIN)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "registry_unavailable"
 
 
 def test_with_tracing_off_the_traces_are_not_found(

@@ -1,21 +1,29 @@
 """A registry version's recent traces, read back from aiml's trace experiment in MLflow,
 with the feedback given on them and a link to each in MLflow's UI.
 
-The version is a trace tag (``aiml.model_version``, request_traces.py), so MLflow's own
-search finds its traffic, newest first. Who made a trace is its root span's attribute
-``aiml.key_name``: MLflow's search matches span attributes only as text inside the stored
-span (``LIKE``), so the match is made exact by checking each root span found.
+The version is a trace tag (``aiml.model_version``, inference/request_traces.py), so
+MLflow's own search finds its traffic, newest first. Who made a trace is its root span's
+attribute ``aiml.key_name``: MLflow's search matches span attributes only as text inside
+the stored span (``LIKE``), so the match is made exact by checking each root span found.
 
 A trace's page in MLflow's UI is the experiment's traces tab with the trace selected:
-``<server>/#/experiments/<id>/traces?selectedEvaluationId=<trace>&traceId=<trace>``, the
-link MLflow's own notebook renderer makes (MLflow 3.0's tab reads the first parameter,
-later ones the second).
+``<server>/#/experiments/<id>/traces?selectedEvaluationId=<trace>&traceId=<trace>`` (the
+tab has read the first parameter since MLflow 3.0; the second is for later ones).
+
+The reads have their own small thread pool, so a slow MLflow never holds up the registry
+calls that serve requests, and each is waited for at most the registry timeout, the first
+one too (registry/calls.py waits for a first call without a bound, for a sqlite store's
+schema; here the store is always a server): a stalled read is left to finish in its
+thread, at most ``threads`` of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from mlflow import MlflowClient
@@ -25,7 +33,9 @@ from mlflow.exceptions import MlflowException
 from aiml.errors import RegistryError, RegistryUnavailable
 from aiml.urls import redact
 
-__all__ = ["TraceRecords", "ui_url"]
+from .calls import short
+
+__all__ = ["TraceRecords", "record", "ui_url"]
 
 _TAGS = {"model_version": "aiml.model_version", "alias": "aiml.alias", "arm": "aiml.arm"}
 _ROOT_ATTRIBUTES = {
@@ -35,7 +45,9 @@ _ROOT_ATTRIBUTES = {
     "input_tokens": "gen_ai.usage.input_tokens",
     "output_tokens": "gen_ai.usage.output_tokens",
 }
-_INVALID = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
+#: MLflow's answers that refuse the search itself (not the server being away).
+_REFUSED = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
+T = TypeVar("T")
 
 
 def ui_url(server: str, experiment_id: str, trace_id: str | None = None) -> str:
@@ -47,40 +59,71 @@ def ui_url(server: str, experiment_id: str, trace_id: str | None = None) -> str:
 
 
 class TraceRecords:
-    """Reads aiml's traces from the MLflow server at ``tracking_uri`` (blocking: call it in
-    a thread); the experiment ``experiment`` is looked up until it exists, then kept."""
+    """Reads aiml's traces from the MLflow server at ``tracking_uri``; the experiment
+    ``experiment`` is looked up until it exists (the first exported trace creates it),
+    then kept."""
 
-    def __init__(self, tracking_uri: str, experiment: str) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment: str, *, timeout_s: float, threads: int = 2
+    ) -> None:
         self._uri = tracking_uri
         self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="aiml-traces")
         self._experiment = experiment
         self._id: str | None = None
         self._lock = threading.Lock()
 
-    def experiment_id(self) -> str | None:
-        """The trace experiment's id; ``None`` while no trace has created it."""
+    async def recent(
+        self, model_version: str, *, max_results: int, key_name: str | None
+    ) -> tuple[str | None, list[dict[str, Any]]]:
+        """The experiment's id (``None`` while no trace has created it) and the newest
+        ``max_results`` traces of ``model_version`` (``name/3``), each as the API shows it;
+        only those ``key_name`` made, if given. ``model_version`` goes into MLflow's filter
+        as it is: the caller has checked that it holds no quote."""
+        return await self._run(self._recent, model_version, max_results, key_name)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        where = redact(self._uri)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await future
+        except TimeoutError:
+            raise RegistryUnavailable(
+                f"MLflow at {where} did not answer about traces within {self._timeout_s:g} s"
+            ) from None
+        except MlflowException as exc:
+            if exc.error_code in _REFUSED:
+                raise RegistryError(f"MLflow refused the traces search: {short(exc)}") from exc
+            raise RegistryUnavailable(f"MLflow at {where} is unavailable: {short(exc)}") from exc
+
+    def experiment_url(self, experiment_id: str | None) -> str | None:
+        """The experiment's traces tab in MLflow's UI (``None`` for no experiment)."""
+        return ui_url(self._uri, experiment_id) if experiment_id is not None else None
+
+    def _experiment_id(self) -> str | None:
         with self._lock:
             if self._id is None:
-                found = self._call(self._client.get_experiment_by_name, self._experiment)
+                found = self._client.get_experiment_by_name(self._experiment)
                 self._id = found.experiment_id if found is not None else None
             return self._id
 
-    def recent(
-        self, model_version: str, *, max_results: int, key_name: str | None
+    def _recent(
+        self, model_version: str, max_results: int, key_name: str | None
     ) -> tuple[str | None, list[dict[str, Any]]]:
-        """The experiment's id and the newest ``max_results`` traces of ``model_version``
-        (``name/3``), each as the API shows it; only those ``key_name`` made, if given."""
-        experiment = self.experiment_id()
+        experiment = self._experiment_id()
         if experiment is None:
             return None, []
         clauses = [f"tags.`aiml.model_version` = '{model_version}'"]
         if key_name is not None:
             # The stored span is JSON whose attribute values are JSON again:
             # "aiml.key_name": "\"key-…\"". ``_`` stands for each backslash, which LIKE
-            # would read as an escape on PostgreSQL and as itself on sqlite.
-            clauses.append(f"span.attributes.`aiml.key_name` LIKE ': \"_\"{key_name}_\"\"'")
-        found = self._call(
-            self._client.search_traces,
+            # reads as an escape on PostgreSQL and as itself on sqlite. Matching in the
+            # search (not only below) keeps other callers' newer traces from using up
+            # ``max_results``.
+            clauses.append(f'span.attributes.`aiml.key_name` LIKE \': "_"{key_name}_""\'')
+        found = self._client.search_traces(
             locations=[experiment],
             filter_string=" AND ".join(clauses),
             order_by=["timestamp_ms DESC"],
@@ -91,24 +134,16 @@ class TraceRecords:
             records = [r for r in records if r["key_name"] == key_name]
         return experiment, records
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MlflowException as exc:
-            if exc.error_code in _INVALID:
-                raise RegistryError(f"MLflow refused the traces search: {exc.message}") from exc
-            raise RegistryUnavailable(f"MLflow did not answer about traces: {exc.message}") from exc
-
 
 def record(trace: Trace, server: str, experiment_id: str) -> dict[str, Any]:
     """One trace as ``GET /v1/traces`` shows it."""
     info = trace.info
     root = next((s for s in trace.data.spans if s.parent_id is None), None)
     attributes = root.attributes if root is not None else {}
-    shown: dict[str, Any] = {
+    return {
         "trace_id": info.trace_id,
         "timestamp_ms": info.request_time,
-        "state": str(info.state.value if hasattr(info.state, "value") else info.state),
+        "state": str(getattr(info.state, "value", info.state)),
         "execution_ms": info.execution_duration,
         "name": info.tags.get("mlflow.traceName"),
         "request_preview": info.request_preview,
@@ -130,4 +165,3 @@ def record(trace: Trace, server: str, experiment_id: str) -> dict[str, Any]:
         ],
         "ui_url": ui_url(server, experiment_id, info.trace_id),
     }
-    return shown

@@ -8,13 +8,11 @@ configured) sees every caller's. 404 when this aiml records no traces in MLflow
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from aiml.errors import NotFound
-from aiml.registry.trace_records import ui_url
 
 from ..deps import CallerDep, ServicesDep
 from ..responses import JSONResponse
@@ -23,8 +21,9 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
-#: ``name/version``; no quote or backslash, which would end MLflow's filter string.
-_VERSION = r"^[^'\\`]+/[1-9][0-9]{0,9}$"
+#: ``name/version`` with a name aiml can serve (registry/references.py): no quote or
+#: backslash, which would end the MLflow filter string it goes into.
+_VERSION = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*/[1-9][0-9]{0,9}$"
 
 
 @router.get("/traces")
@@ -45,17 +44,15 @@ async def traces(
         raise NotFound(
             "tracing is off here (AIML_TRACE_SAMPLE, an MLflow server)", param="model_version"
         )
-    own = None if caller.admin or caller.key is None else f"key-{caller.key[:12]}"
-    experiment, found = await asyncio.to_thread(
-        records.recent, model_version, max_results=max_results, key_name=own
-    )
+    # A key's name as the trace holds it (api/middleware.py); without a key and not an
+    # admin, no trace is the caller's.
+    own = None if caller.admin else f"key-{caller.key[:12]}" if caller.key else "anonymous"
+    experiment, found = await records.recent(model_version, max_results=max_results, key_name=own)
     return JSONResponse({
         "success": True,
         "model_version": model_version,
         "scope": "all" if own is None else "own",
         "experiment_id": experiment,
-        "experiment_url": (
-            ui_url(services.settings.tracking_uri, experiment) if experiment is not None else None
-        ),
+        "experiment_url": records.experiment_url(experiment),
         "traces": found,
     })  # fmt: skip
