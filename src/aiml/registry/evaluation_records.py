@@ -53,11 +53,15 @@ def evaluation_records(tracking_uri: str, trace_experiment: str) -> EvaluationRe
 
 class EvaluationRecords:
     """Reads aiml's evaluation runs from MLflow at ``tracking_uri`` (blocking: call it in a
-    thread); the experiment ``experiment`` is looked up until it exists, then kept."""
+    thread); the experiment ``experiment`` is looked up until it exists, then kept.
+
+    The client is made on first use, in that thread: on an sqlite URI making it opens the
+    database (seconds, the first time), which must not happen on the event loop.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         self._uri = tracking_uri
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._client: MlflowClient | None = None
         self._experiment = experiment
         self._id: str | None = None
         self._lock = threading.Lock()
@@ -66,7 +70,7 @@ class EvaluationRecords:
         """The evaluations experiment's id; ``None`` while no evaluation has created it."""
         with self._lock:
             if self._id is None:
-                found = self._call(self._client.get_experiment_by_name, self._experiment)
+                found = self._call(self._mlflow().get_experiment_by_name, self._experiment)
                 self._id = found.experiment_id if found is not None else None
             return self._id
 
@@ -90,7 +94,7 @@ class EvaluationRecords:
         if baseline is not None:
             clauses.append(f"tags.`aiml.baseline_version` = '{int(baseline)}'")
         runs = self._call(
-            self._client.search_runs,
+            self._mlflow().search_runs,
             experiment_ids=[experiment],
             filter_string=" AND ".join(clauses),
             order_by=["attributes.start_time DESC"],
@@ -98,6 +102,11 @@ class EvaluationRecords:
         )
         shown = (record(run, self._uri) for run in runs)
         return experiment, [r for r in shown if r is not None]
+
+    def _mlflow(self) -> MlflowClient:
+        if self._client is None:  # first made by experiment_id(), under its lock
+            self._client = MlflowClient(tracking_uri=self._uri)
+        return self._client
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
