@@ -247,7 +247,7 @@ def test_the_canarys_evaluation_is_shown_beside_its_controls(
     expect(card.locator("[data-canary]")).to_have_text("version 2 at 10 %")
     expect(evaluation).to_have_attribute("data-evaluation", judged["2 vs 1"])
     expect(card.locator(".evaluation + h3 + .rollout-actions")).to_have_count(1)  # beside them
-    expect(evaluation).to_contain_text("Version 2 against version 1 on 2 recorded inputs")
+    expect(evaluation).to_contain_text("Version 2 against version 1 on 2 recorded inputs (")
     for measure, baseline, candidate, delta in (
         ("latency_p50_s", "150 ms", "400 ms", "+250 ms"),
         ("completion_tokens_mean", "3", "4", "+1"),

@@ -2,7 +2,8 @@
 // run of the canary's version against the alias's version (GET /v1/evaluations), both
 // sides' metrics with the change, the scorers' means and a link to the run in MLflow's UI;
 // or, where there is none, the command that makes one. Without a canary: the newest
-// evaluation of any candidate against the alias's version.
+// evaluation of any candidate against the alias's version. A run replayed recorded inputs on
+// both versions, or compared a shadow's recorded pairs (`aiml evaluate --shadow`).
 import { get } from "./api.js";
 import { html, usePoll, useState } from "./ui.js";
 
@@ -32,8 +33,10 @@ function Run({ run }) {
   const { sides, delta, scores } = run;
   const when = new Date(run.start_time_ms).toLocaleString();
   const shown = (side, key, show) => (sides[side]?.[key] == null ? "–" : show(sides[side][key]));
-  return html`<p>Version ${run.candidate_version} against version ${run.baseline_version} on
-      ${" "}${run.recorded_inputs ?? "?"} recorded inputs, ${when}${run.status !== "FINISHED" ? ` (${run.status})` : ""}.</p>
+  const inputs = run.kind === "shadow" ? "of the shadow's copies (both answers as served)"
+    : "recorded inputs (replayed on both)";
+  return html`<p data-kind=${run.kind}>Version ${run.candidate_version} against version ${run.baseline_version} on
+      ${" "}${run.recorded_inputs ?? "?"} ${inputs}, ${when}${run.status !== "FINISHED" ? ` (${run.status})` : ""}.</p>
     <div class="scroll"><table class="health evaluation-table">
       <caption>Evaluation run ${run.run_name ?? run.run_id}: each version's answers to the same recorded inputs</caption>
       <thead><tr><th scope="col">Measure</th>
