@@ -9,6 +9,10 @@ whole batch in one ``log_spans``), and an OpenTelemetry collector if one is conf
 destination that fails or is slow loses that batch (counted per destination), never blocks
 a request, and is tried again with the next one.
 
+``posters`` threads post at once (MLflow's store spends most of a post waiting on its
+database, per trace: see docs/benchmarks.md); a partial batch is posted only by a thread
+that finds no other posting, so under load every post is a full one.
+
 Why not OpenTelemetry's SDK (``BatchSpanProcessor``): it drops spans past its queue with no
 public count, and makes each span a locked object on the request path; here a request's
 spans are known when it ends and are built once, in this thread.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -58,6 +63,7 @@ class TraceExporter:
         batch: int = 256,
         every_s: float = 0.5,
         timeout_s: float = 10.0,
+        posters: int = 1,
     ) -> None:
         self.destinations = tuple(destinations)
         self._resource = Resource(attributes=[_kv(k, v) for k, v in resource.items()])
@@ -67,15 +73,20 @@ class TraceExporter:
         self._queue: deque[RequestTrace] = deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
-        self._exporting = 0
+        self._exporting = 0  # traces in posts now
+        self._posting = 0  # posts now
         self._closed = False
         self._http = httpx.Client(timeout=timeout_s)
         self.submitted = 0
         self.dropped = 0  # past capacity: never queued
         self.exported: Counter[str] = Counter()  # per destination
         self.failed: Counter[str] = Counter()  # traces a destination did not take
-        self._thread = threading.Thread(target=self._run, name="aiml-traces", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"aiml-traces-{i}", daemon=True)
+            for i in range(max(1, posters))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, trace: RequestTrace) -> None:
         """Queue a finished trace (the request path: never blocks)."""
@@ -97,16 +108,18 @@ class TraceExporter:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Post what is queued (for at most ``timeout_s``), then stop; what is still queued
-        then is dropped and counted. The HTTP client is closed only once the thread has
-        stopped (a post still in flight keeps it; the thread is a daemon)."""
+        then is dropped and counted. The HTTP client is closed only once the threads have
+        stopped (a post still in flight keeps it; the threads are daemons)."""
         self.flush(timeout_s)
         self._closed = True
         self._wake.set()
         with self._idle:
             self.dropped += len(self._queue)
             self._queue.clear()
-        self._thread.join(timeout_s)
-        if not self._thread.is_alive():
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in self._threads):
             self._http.close()
 
     @property
@@ -126,27 +139,37 @@ class TraceExporter:
         while not self._closed:
             self._wake.wait(self._every_s)
             self._wake.clear()
-            while self._queue and not self._closed:
-                with self._idle:
-                    take = min(self._batch, len(self._queue))
-                    batch = [self._queue.popleft() for _ in range(take)]
-                    self._exporting = len(batch)
+            while batch := self._take():
                 try:
                     self._post(batch)
                 finally:
                     with self._idle:
-                        self._exporting = 0
+                        self._posting -= 1
+                        self._exporting -= len(batch)
                         self._idle.notify_all()
             with self._idle:
                 self._idle.notify_all()
+
+    def _take(self) -> list[RequestTrace]:
+        """The next batch to post, or none: a partial one waits while another thread posts
+        (it fills meanwhile, and MLflow's cost a trace is least in full batches)."""
+        with self._idle:
+            waiting = len(self._queue)
+            if self._closed or not waiting or (waiting < self._batch and self._posting):
+                return []
+            batch = [self._queue.popleft() for _ in range(min(self._batch, waiting))]
+            self._posting += 1
+            self._exporting += len(batch)
+            return batch
 
     def _post(self, batch: list[RequestTrace]) -> None:
         try:
             body = encode(batch, self._resource).SerializeToString()
         except Exception:  # a bug here must not kill the thread
             log.exception("encoding %d traces failed; they are lost", len(batch))
-            for destination in self.destinations:
-                self.failed[destination.name] += len(batch)
+            with self._idle:
+                for destination in self.destinations:
+                    self.failed[destination.name] += len(batch)
             return
         for destination in self.destinations:
             try:
@@ -154,13 +177,15 @@ class TraceExporter:
                 answer = self._http.post(destination.url, content=body, headers=headers)
                 answer.raise_for_status()
             except Exception as exc:
-                self.failed[destination.name] += len(batch)
+                with self._idle:  # counters shared by the posting threads
+                    self.failed[destination.name] += len(batch)
                 log.warning(
                     "%d traces not taken by %s (%s): dropped",
                     len(batch), destination.name, exc,
                 )  # fmt: skip
             else:
-                self.exported[destination.name] += len(batch)
+                with self._idle:
+                    self.exported[destination.name] += len(batch)
 
 
 def encode(traces: Iterable[RequestTrace], resource: Resource) -> ExportTraceServiceRequest:
