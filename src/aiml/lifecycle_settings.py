@@ -74,6 +74,18 @@ class LifecycleSettings(BaseModel):
         description="Traces waiting for export at most; past that, new ones are dropped "
         "and counted (aiml_traces_dropped_total), never waited for.",
     )
+    trace_batch: PositiveInt = Field(
+        default=256,
+        description="Traces per post to MLflow (and the collector): MLflow stores a post in "
+        "one transaction, and its cost a trace falls with fuller posts.",
+    )
+    trace_posters: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Posts to MLflow in flight at once (threads); more help where MLflow's "
+        "server has workers and cores to spare (a PostgreSQL backend, mlflow server --workers).",
+    )
     otel_exporter_otlp_endpoint: str = Field(
         default="",
         validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT",

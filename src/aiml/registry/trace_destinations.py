@@ -50,7 +50,13 @@ def build_tracer(
         )  # fmt: skip
         return None
     resource = {"service.name": "aiml", "service.instance.id": replica}
-    exporter = TraceExporter(destinations, resource=resource, capacity=settings.trace_queue)
+    exporter = TraceExporter(
+        destinations,
+        resource=resource,
+        capacity=settings.trace_queue,
+        batch=settings.trace_batch,
+        posters=settings.trace_posters,
+    )
     tracer = Tracer(
         settings.trace_sample,
         exporter.submit,
