@@ -1,4 +1,4 @@
-"""Traces exported off the request path: a bounded queue, a thread, batches over OTLP/HTTP.
+"""Traces exported off the request path: a bounded queue, posting threads, OTLP/HTTP batches.
 
 The request's side is one ``deque.append`` (:meth:`TraceExporter.submit`); past
 ``capacity`` traces waiting, a new one is dropped and counted, never waited for. A thread
@@ -9,9 +9,12 @@ whole batch in one ``log_spans``), and an OpenTelemetry collector if one is conf
 destination that fails or is slow loses that batch (counted per destination), never blocks
 a request, and is tried again with the next one.
 
-``posters`` threads post at once (MLflow's store spends most of a post waiting on its
-database, per trace: see docs/benchmarks.md); a partial batch is posted only by a thread
-that finds no other posting, so under load every post is a full one.
+A post may take seconds (``timeout_s``, 30): MLflow on PostgreSQL stores ~100 traces a
+second, and a post given up on is lost here though the server may still store it.
+
+``posters`` threads post at once (MLflow's endpoint stores each post in a thread of its
+own, and in another process with ``mlflow server --workers``); a partial batch is posted
+only by a thread that finds no other posting, so under load every post is a full one.
 
 Why not OpenTelemetry's SDK (``BatchSpanProcessor``): it drops spans past its queue with no
 public count, and makes each span a locked object on the request path; here a request's
@@ -62,7 +65,7 @@ class TraceExporter:
         capacity: int = 10_000,
         batch: int = 256,
         every_s: float = 0.5,
-        timeout_s: float = 10.0,
+        timeout_s: float = 30.0,
         posters: int = 1,
     ) -> None:
         self.destinations = tuple(destinations)
