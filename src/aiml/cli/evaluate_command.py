@@ -44,10 +44,18 @@ def evaluate(
     scorer: Annotated[
         list[str] | None, typer.Option(help="An MLflow scorer, module:attribute (repeatable)")
     ] = None,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            help="Log what NAME's shadow of the candidate recorded instead of replaying "
+            "(the baseline is the version its copies were made beside)"
+        ),
+    ] = False,
 ) -> None:
     """Replay NAME's recorded requests (its traces in AIML_TRACE_EXPERIMENT) on the
     baseline and on the candidate version and log the comparison as an MLflow evaluation
-    run: exact match, JSON validity, similarity, latency and tokens per version."""
+    run: exact match, JSON validity, similarity, latency and tokens per version. With
+    --shadow, nothing is replayed: the shadow's recorded pairs are compared."""
     since_ms = None
     if since is not None:
         match = re.fullmatch(r"(\d+)([smhd])", since)
@@ -59,7 +67,7 @@ def evaluate(
     run_id, metrics = run(
         lambda services: _evaluate(
             services, name, candidate, baseline, traces, since_ms, rate, embedding_model,
-            scorer or [],
+            scorer or [], shadow,
         ),
         settings,
     )  # fmt: skip
@@ -80,16 +88,57 @@ async def _evaluate(
     rate: float,
     embedding_model: str | None,
     scorers: list[str],
+    shadow: bool,
 ) -> tuple[str, dict[str, float]]:
     from aiml.errors import InvalidRequest
-    from aiml.inference.replay import replay
-    from aiml.registry.evaluation_runs import Side, log_evaluation, recorded_inputs, user_scorer
+    from aiml.registry.evaluation_records import experiment_name
+    from aiml.registry.evaluation_runs import log_evaluation, shadow_pairs, user_scorer
     from aiml.registry.references import validate_registry_name
-    from aiml.types import ModelRef
 
     settings: Settings = services.settings
     validate_registry_name(name, param="name")  # it goes into a search filter
     extra = [user_scorer(path) for path in scorers]
+    if shadow:
+        recorded, *sides = await asyncio.to_thread(
+            shadow_pairs, settings.tracking_uri, settings.trace_experiment, name, candidate,
+            limit=limit, since_ms=since_ms,
+        )  # fmt: skip
+        if not recorded:
+            raise InvalidRequest(
+                f"no recorded shadow copy of {name!r} version {candidate} with its input "
+                "(a shadow tag, AIML_TRACE_SAMPLE, AIML_TRACE_CONTENT)",
+                param="name",
+            )
+    else:
+        recorded, sides = await _replayed(
+            services, name, candidate, baseline, limit, since_ms, rate
+        )
+    similarity = None
+    if embedding_model is not None:
+        similarity = await _similarity(services, embedding_model, sides)
+    return await asyncio.to_thread(
+        log_evaluation, settings.tracking_uri, experiment_name(settings.trace_experiment),
+        name, recorded, sides[0], sides[1], similarity=similarity, extra=extra,
+        source="shadow" if shadow else "recorded",
+    )  # fmt: skip
+
+
+async def _replayed(
+    services: Any,
+    name: str,
+    candidate: int,
+    baseline: str,
+    limit: int,
+    since_ms: int | None,
+    rate: float,
+) -> tuple[list[Any], list[Any]]:
+    """The recorded inputs of ``name`` and both versions' answers to them, asked again."""
+    from aiml.errors import InvalidRequest
+    from aiml.inference.replay import replay
+    from aiml.registry.evaluation_runs import Side, recorded_inputs
+    from aiml.types import ModelRef
+
+    settings: Settings = services.settings
     base_ref = ModelRef(name, alias=baseline[1:]) if baseline.startswith("@") else None
     if base_ref is None and not baseline.isdigit():
         raise InvalidRequest("--baseline is @alias or a version number", param="baseline")
@@ -113,13 +162,7 @@ async def _evaluate(
         texts = [a.text for a in answers]
         latencies = [a.latency_s for a in answers]
         sides.append(Side(version, texts, latencies, [a.completion_tokens for a in answers]))
-    similarity = None
-    if embedding_model is not None:
-        similarity = await _similarity(services, embedding_model, sides)
-    return await asyncio.to_thread(
-        log_evaluation, settings.tracking_uri, f"{settings.trace_experiment}-evaluations",
-        name, recorded, sides[0], sides[1], similarity=similarity, extra=extra,
-    )  # fmt: skip
+    return recorded, sides
 
 
 async def _similarity(services: Any, model: str, sides: list[Any]) -> Any:

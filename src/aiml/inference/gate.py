@@ -29,13 +29,13 @@ from aiml.observability.context import (
 )
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
-from aiml.observability.tracing import Tracer
+from aiml.observability.tracing import RequestTrace, Tracer
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
 
 from .accounting import Accounting, deadline_error
 from .admission import Admission
 from .limits import Limits
-from .request_traces import begin, output_text, served
+from .request_traces import begin, output_text, served, shadow_recorder
 from .router import Route, TaskRouter
 from .shadow import Answer, ShadowTraffic, shadow_of
 from .streams import OpenStream, StreamOutcome
@@ -126,8 +126,9 @@ class RequestGate:
         account.finish(200, generation)
         elapsed = time.perf_counter() - account.started
         self._copy_to_shadow(
-            ref, route, resolved, call.input, _answer_of(result, generation), elapsed
-        )
+            ref, route, resolved, call.input, _answer_of(result, generation), elapsed,
+            account.trace,
+        )  # fmt: skip
         return InferenceOutcome(resolved, result, generation, processing_time=elapsed)
 
     async def open(self, call: TaskCall, *, counted: bool = False) -> StreamOutcome:
@@ -154,7 +155,8 @@ class RequestGate:
             raise
 
         def copy_to_shadow(generation: Generation, elapsed: float) -> None:
-            self._copy_to_shadow(ref, route, resolved, call.input, Answer(generation.text), elapsed)
+            answer = Answer(generation.text, tokens=generation.completion_tokens)
+            self._copy_to_shadow(ref, route, resolved, call.input, answer, elapsed, account.trace)
 
         return StreamOutcome(opened, account, deadline_at, self.metrics, on_finished=copy_to_shadow)
 
@@ -314,11 +316,11 @@ class RequestGate:
 
     def _copy_to_shadow(
         self, ref: ModelRef, route: Route, resolved: ResolvedModel, request: Any,
-        primary: Answer, elapsed: float,
+        primary: Answer, elapsed: float, trace: RequestTrace | None,
     ) -> None:  # fmt: skip
         """After the caller's answer (a whole one, or a stream's end): a copy to the shadow
         the alias's version declares, if this request is in its share (shadow.py), run off
-        the path as a whole answer, never counted."""
+        the path as a whole answer, never counted; traced when the caller's request was."""
         if ref.alias is None or resolved.registry_version is None:
             return
         declared = shadow_of(resolved.tags, ref.alias, resolved.registry_version)
@@ -336,7 +338,13 @@ class RequestGate:
                 result, generation = await self._answer(route, handler, model, candidate, request)
                 return _answer_of(result, generation)
 
-        self.shadow.offer(f"{ref.name}@{ref.alias} -> {declared[0]}", primary, elapsed, copy)
+        record = None
+        if trace is not None and self.tracer is not None:
+            record = shadow_recorder(
+                self.tracer, trace, declared[0], resolved.registry_version, primary, elapsed
+            )
+        key = f"{ref.name}@{ref.alias} -> {declared[0]}"
+        self.shadow.offer(key, primary, elapsed, copy, record)
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -344,7 +352,7 @@ class RequestGate:
 
 def _answer_of(result: dict[str, Any], generation: Generation | None) -> Answer:
     if generation is not None:
-        return Answer(generation.text)
+        return Answer(generation.text, tokens=generation.completion_tokens)
     vectors = result.get("embeddings")
     if isinstance(vectors, list):
         return Answer("", vectors)

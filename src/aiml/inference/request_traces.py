@@ -18,7 +18,9 @@ from aiml.observability.context import note_response_header, request_caller, req
 from aiml.observability.tracing import TRACE_HEADER, RequestTrace, Tracer, TraceSpan
 from aiml.types import Generation, ModelRef, RegistryVersion, ResolvedModel, SamplingParams
 
-__all__ = ["begin", "complete", "input_of", "output_text", "served"]
+from .shadow import Answer, Record
+
+__all__ = ["begin", "complete", "input_of", "output_text", "served", "shadow_recorder"]
 
 #: The task as GenAI's ``gen_ai.operation.name`` says it.
 _OPERATIONS = {"chat": "chat", "text-generation": "text_completion", "embeddings": "embeddings"}
@@ -37,6 +39,7 @@ def begin(tracer: Tracer, task: str, request: Any) -> RequestTrace | None:
     trace.attributes["aiml.surface"] = surface_of(request_path.get())
     if (caller := request_caller.get()) is not None:
         trace.attributes["aiml.key_name"] = caller
+        trace.attributes["user.id"] = caller  # OpenTelemetry's; MLflow shows it as the user
     return trace
 
 
@@ -58,6 +61,58 @@ def served(
         tags["aiml.arm"] = "stable" if on_stable else "candidate"
     trace.tags.update(tags)
     trace.attributes.update(tags)
+    trace.logged_model = resolved.logged_model
+
+
+def shadow_recorder(
+    tracer: Tracer, primary: RequestTrace, candidate: int, primary_version: int,
+    primary_answer: Answer, primary_s: float,
+) -> Record:  # fmt: skip
+    """What records a shadow's copy of the traced request ``primary``: a trace of its own,
+    made when the copy ends, for the candidate's version (tag ``aiml.arm`` = ``shadow``,
+    ``aiml.shadow_of`` the primary's trace), holding the pair an evaluation compares: the
+    input, the candidate's answer as output, and what the caller got (its version, answer,
+    seconds and tokens) as attributes. It carries ``aiml.shadowed_model``, not
+    ``aiml.registered_model``: a copy is not traffic to replay (evaluation_runs.py)."""
+    name = primary.tags.get("aiml.registered_model", "")
+    keep = tracer.keep
+
+    def record(answer: Answer | None, seconds: float, status: int) -> None:
+        trace = RequestTrace(primary.name)
+        trace.end, trace.start = trace.start, trace.start - seconds  # it ended just now
+        trace.start_ns -= int(seconds * 1e9)
+        trace.status = status
+        trace.input = primary.input
+        tags = {
+            "aiml.model_version": f"{name}/{candidate}",
+            "aiml.shadowed_model": name,
+            "aiml.alias": primary.tags.get("aiml.alias", ""),
+            "aiml.arm": "shadow",
+            "aiml.shadow_of": primary.mlflow_id,
+        }
+        trace.tags.update(tags)
+        attributes = trace.attributes
+        attributes.update(tags)
+        for key in ("aiml.task", "gen_ai.operation.name", "gen_ai.provider.name"):
+            if key in primary.attributes:
+                attributes[key] = primary.attributes[key]
+        attributes.update({
+            "aiml.surface": "shadow",
+            "http.response.status_code": status,
+            "aiml.primary.version": primary_version,
+            "aiml.primary.latency_s": round(primary_s, 6),
+        })  # fmt: skip
+        if (kept := keep(primary_answer.text)) is not None:
+            attributes["aiml.primary.output"] = kept
+        if primary_answer.tokens is not None:
+            attributes["aiml.primary.output_tokens"] = primary_answer.tokens
+        if answer is not None:
+            trace.output = keep(answer.text)
+            if answer.tokens is not None:
+                attributes["gen_ai.usage.output_tokens"] = answer.tokens
+        tracer.submit(trace)
+
+    return record
 
 
 def surface_of(path: str | None) -> str:

@@ -51,14 +51,18 @@ def shadow_of(tags: dict[str, str] | Any, alias: str, served: int) -> tuple[int,
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What a copy is compared on: the text, and an embedding's vectors."""
+    """What a copy is compared on: the text, and an embedding's vectors (and, not compared,
+    the tokens it took)."""
 
     text: str
     vectors: list[list[float]] | None = None
+    tokens: int | None = field(default=None, compare=False)
 
 
 #: The candidate's answer to the copied request.
 Copy = Callable[[], Awaitable[Answer]]
+#: Told each copy's end: its answer (``None``: it failed), its seconds and HTTP status.
+Record = Callable[[Answer | None, float, int], None]
 
 
 @dataclass(slots=True)
@@ -82,15 +86,18 @@ class ShadowTraffic:
     def sampled(self, percent: float) -> bool:
         return random.random() * 100 < percent  # a sample, not a secret
 
-    def offer(self, key: str, primary: Answer, primary_s: float, copy: Copy) -> bool:
+    def offer(
+        self, key: str, primary: Answer, primary_s: float, copy: Copy, record: Record | None = None
+    ) -> bool:
         """Run ``copy`` (the candidate's answer) in the background and compare it with the
-        primary's; ``False`` when it was dropped (``capacity`` copies running)."""
+        primary's, and tell ``record`` how it went (the copy's trace); ``False`` when it was
+        dropped (``capacity`` copies running)."""
         totals = self._totals.setdefault(key, _Totals(pairs=deque(maxlen=self._keep)))
         if len(self._running) >= self._capacity:
             totals.dropped += 1
             return False
         task = asyncio.get_running_loop().create_task(
-            self._compare(totals, primary, primary_s, copy)
+            self._compare(totals, primary, primary_s, copy, record)
         )
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -109,13 +116,17 @@ class ShadowTraffic:
             for key, t in sorted(self._totals.items())
         }
 
+    async def settled(self) -> None:
+        """Until the copies running now have ended."""
+        await asyncio.gather(*self._running, return_exceptions=True)
+
     async def aclose(self) -> None:
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _compare(
-        self, totals: _Totals, primary: Answer, primary_s: float, copy: Copy
+        self, totals: _Totals, primary: Answer, primary_s: float, copy: Copy, record: Record | None
     ) -> None:
         started = time.perf_counter()
         try:
@@ -125,8 +136,11 @@ class ShadowTraffic:
         except Exception as exc:  # the copy's failure is the candidate's, never the caller's
             totals.failed += 1
             log.info("shadow copy failed: %s", exc)
+            status = exc.status_code if isinstance(exc, AimlError) else 500
+            _told(record, None, time.perf_counter() - started, status)
             return
         seconds = time.perf_counter() - started
+        _told(record, answer, seconds, 200)
         totals.compared += 1
         matched = answer == primary
         totals.matched += matched
@@ -140,6 +154,15 @@ class ShadowTraffic:
         if primary.vectors and answer.vectors:
             pair["cosine"] = round(_mean_cosine(primary.vectors, answer.vectors), 6)
         totals.pairs.append(pair)
+
+
+def _told(record: Record | None, answer: Answer | None, seconds: float, status: int) -> None:
+    if record is None:
+        return
+    try:
+        record(answer, seconds, status)
+    except Exception:  # a copy's trace is never worth a failure
+        log.exception("a shadow copy's trace was not recorded")
 
 
 def cosine(x: list[float], y: list[float]) -> float:

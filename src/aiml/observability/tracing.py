@@ -46,8 +46,8 @@ class RequestTrace:
     """One request's trace, as far as it has come."""
 
     __slots__ = (
-        "attributes", "end", "input", "name", "output", "span_id", "spans", "start",
-        "start_ns", "status", "tags", "trace_id",
+        "attributes", "end", "input", "logged_model", "name", "output", "span_id", "spans",
+        "start", "start_ns", "status", "tags", "trace_id",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -63,6 +63,8 @@ class RequestTrace:
         self.spans: list[TraceSpan] = []
         self.input: Any = None  # JSON-able; None: not kept
         self.output: str | None = None
+        #: The served version's MLflow 3 logged model, where it has one (trace_links.py).
+        self.logged_model: str | None = None
 
     @property
     def mlflow_id(self) -> str:

@@ -8,6 +8,9 @@ deterministic scorers here (and any MLflow scorer the user names), in a run whos
 both versions; the candidate version gets a tag naming the run, so MLflow's UI leads from
 the version to its evaluation. Latency and token counts of both sides are the run's metrics.
 
+A shadow's comparisons are logged the same way (``aiml.evaluation`` = ``shadow``), from the
+traces of its copies, each holding the input and both answers (:func:`shadow_pairs`).
+
 ``mlflow.genai.evaluate`` reads the process's tracking URI, so :func:`log_evaluation` sets
 it: it is for the ``aiml evaluate`` command's own process, not the service's.
 """
@@ -28,7 +31,9 @@ from mlflow.genai.scorers import Scorer, scorer
 
 from aiml.errors import InvalidRequest, NotFound
 
-__all__ = ["Recorded", "Side", "log_evaluation", "recorded_inputs", "user_scorer"]
+__all__ = [
+    "Recorded", "Side", "log_evaluation", "recorded_inputs", "shadow_pairs", "user_scorer",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,67 @@ def recorded_inputs(
     return recorded
 
 
+def shadow_pairs(
+    tracking_uri: str, experiment: str, name: str, candidate: int, *, limit: int,
+    since_ms: int | None = None,
+) -> tuple[list[Recorded], Side, Side]:  # fmt: skip
+    """What ``name``'s shadow recorded of ``candidate``: the last ``limit`` copies' traces
+    (since ``since_ms``; request_traces.shadow_recorder), oldest first, with the caller's
+    answers as the baseline side; only copies made beside the newest copy's version, so a
+    run compares two versions. Nothing is asked again: both answers were recorded."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise NotFound(f"no trace experiment {experiment!r}: nothing was recorded", param="name")
+    where = (
+        f"tags.`aiml.shadowed_model` = '{name}' AND "
+        f"tags.`aiml.model_version` = '{name}/{candidate}'"
+    )
+    if since_ms is not None:
+        where += f" AND timestamp_ms > {since_ms}"
+    traces = client.search_traces(
+        locations=[found.experiment_id], filter_string=where, max_results=limit,
+        order_by=["timestamp_ms DESC"],
+    )  # fmt: skip
+    pairs = [(trace, _root_attributes(trace)) for trace in traces if trace.data.request]
+    baseline = next((int(a["aiml.primary.version"]) for _, a in pairs), 0)
+    pairs = [(t, a) for t, a in reversed(pairs) if a.get("aiml.primary.version") == baseline]
+    recorded = [
+        Recorded(t.info.trace_id, str(a.get("aiml.task")), json.loads(t.data.request))
+        for t, a in pairs
+    ]
+    primary = Side(
+        baseline,
+        [a.get("aiml.primary.output") for _, a in pairs],
+        [float(a.get("aiml.primary.latency_s", math.nan)) for _, a in pairs],
+        [a.get("aiml.primary.output_tokens") for _, a in pairs],
+    )
+    copies = Side(
+        candidate,
+        [_text(t.data.response) if a.get("http.response.status_code") == 200 else None
+         for t, a in pairs],
+        [(t.info.execution_duration or 0) / 1000 for t, _ in pairs],
+        [a.get("gen_ai.usage.output_tokens") for _, a in pairs],
+    )  # fmt: skip
+    return recorded, primary, copies
+
+
+def _root_attributes(trace: Any) -> dict[str, Any]:
+    root = next((s for s in trace.data.spans if s.parent_id is None), None)
+    return dict(root.attributes) if root is not None else {}
+
+
+def _text(response: str | None) -> str | None:
+    """A trace's output as the text it was (the exporter writes it as JSON)."""
+    if response is None:
+        return None
+    try:
+        value = json.loads(response)
+    except ValueError:
+        return response
+    return value if isinstance(value, str) else response
+
+
 def user_scorer(path: str) -> Scorer:
     """An MLflow scorer named ``module:attribute`` (a scorer, or a class made into one)."""
     module, _, attribute = path.partition(":")
@@ -98,8 +164,10 @@ def log_evaluation(
     *,
     similarity: Callable[[str, str], float] | None = None,
     extra: Sequence[Scorer] = (),
+    source: str = "recorded",
 ) -> tuple[str, dict[str, float]]:
-    """Log the comparison; the run's id and its metrics."""
+    """Log the comparison; the run's id and its metrics. ``source``: how the answers were
+    had, ``recorded`` (inputs replayed on both) or ``shadow`` (both recorded as served)."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
     rows = [
@@ -117,7 +185,7 @@ def log_evaluation(
         "aiml.registered_model": name,
         "aiml.baseline_version": str(baseline.version),
         "aiml.candidate_version": str(candidate.version),
-        "aiml.evaluation": "recorded",
+        "aiml.evaluation": source,
     }
     run_name = f"{name} v{candidate.version} vs v{baseline.version}"
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
