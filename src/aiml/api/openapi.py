@@ -122,6 +122,12 @@ _RAISES: dict[tuple[str, str], tuple[type[AimlError], ...]] = {
     ("POST", "/models/registered_in_mlflow/{name}/aliases/{alias}/canary/promote"): _MOVE,
     # 404: tracing off, or no such trace in MLflow; 503: MLflow did not take it.
     ("POST", "/v1/feedback"): (errors.NotFound, errors.RegistryUnavailable),
+    ("GET", "/v1/evaluations"): (
+        errors.InvalidRequest,
+        errors.RegistryUnavailable,
+        errors.RegistryError,
+    ),
+    ("GET", "/v1/traces"): (errors.NotFound, errors.RegistryUnavailable, errors.RegistryError),
     ("POST", "/hooks/mlflow"): (  # off (404) without AIML_MLFLOW_WEBHOOK_SECRET
         errors.NotFound,
         webhooks.BadSignature,
