@@ -59,6 +59,10 @@ def test_a_chat_streams_into_the_page_and_stop_frees_the_model(
     screenshot(page, artifacts, "playground-chat")
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("li.msg.assistant[data-state=stopped]")).to_have_count(1)
+    # This aiml traces nothing: no thumbs under the answer, and the page says why.
+    untraced = page.locator("li.msg.assistant [data-feedback=untraced]")
+    expect(untraced).to_contain_text("Not traced")
+    expect(page.get_by_role("button", name="Thumbs down")).to_have_count(0)
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
     deadline = time.monotonic() + 10
     while metric(aiml, "aiml_requests_cancelled_total") <= cancelled_before or metric(

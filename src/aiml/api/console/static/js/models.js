@@ -1,6 +1,8 @@
 // Models: every registered model, its versions, aliases and tags, what is loaded; admin
-// actions through aiml's admin API (aliases, load, unload, clear the resolution cache).
+// actions through aiml's admin API (aliases, load, unload, clear the resolution cache);
+// per version, its recent traces and their feedback (traces.js).
 import { enc, get, post, put, registeredModels } from "./api.js";
+import { VersionTraces } from "./traces.js";
 import { bytes, Confirm, html, mark, Notice, seconds, usePoll, useState } from "./ui.js";
 
 // The version tags that hold an engine's own name for the model (engines/table.py).
@@ -132,6 +134,7 @@ function HeldNotes({ model, held }) {
 }
 
 function ModelCard({ model, detail, caps, loaded, held, admin, act, refresh }) {
+  const [traced, setTraced] = useState(null); // the version whose traces are shown
   const versions = detail?.versions ?? [];
   const loadedOf = (v) =>
     loaded?.models.find((m) => m.registry_name === model.name && String(m.registry_version) === String(v));
@@ -151,6 +154,7 @@ function ModelCard({ model, detail, caps, loaded, held, admin, act, refresh }) {
           <th scope="col">Version</th><th scope="col">Task</th><th scope="col">Engine</th>
           <th scope="col">The engine's name</th><th scope="col">Capabilities</th>
           <th scope="col">Other tags</th><th scope="col">Loaded</th>
+          <th scope="col">Traces</th>
           ${admin && html`<th scope="col"><span class="sr-only">Actions</span></th>`}
         </tr></thead>
         <tbody>${versions.map((v) => {
@@ -167,12 +171,15 @@ function ModelCard({ model, detail, caps, loaded, held, admin, act, refresh }) {
             <td>${other.map(([k, val]) => html`<span class="chip">${k}=${val}</span> `)}</td>
             <td>${here ? `${bytes(here.size_bytes)}, ${here.in_use} in flight`
               : loaded?.replicas?.[ref] ? `on ${loaded.replicas[ref].join(", ")}` : "no"}</td>
+            <td><button type="button" aria-expanded=${traced === ref ? "true" : "false"}
+              aria-label=${`Traces of ${ref}`} onClick=${() => setTraced(traced === ref ? null : ref)}>Traces</button></td>
             ${admin && html`<td class="row-actions">${engine && (here
               ? html`<button type="button" onClick=${() => act("unload", engine, ref)} aria-label=${`Unload ${ref}`}>Unload</button>`
               : html`<button type="button" onClick=${() => act("load", engine, ref)} aria-label=${`Load ${ref}`}>Load</button>`)}</td>`}
           </tr>`;
         })}</tbody>
       </table></div>`}
+    ${traced && html`<${VersionTraces} key=${traced} version=${traced} onClose=${() => setTraced(null)} />`}
     ${admin && detail && versions.length > 0 && html`<${AliasForm} model=${model} versions=${versions} onDone=${refresh} />`}
   </section>`;
 }

@@ -1,8 +1,10 @@
 // Playground: chat with streaming (Stop cancels the generation: aborting the fetch closes
 // the connection, and aiml stops the engine), embeddings with a similarity matrix, speech
-// to text, and aiml's other tasks; each shows its request as curl and Python.
+// to text, and aiml's other tasks; each shows its request as curl and Python. Under each
+// chat answer, thumbs up/down and a comment, recorded on its trace (traces.js).
 import { ApiError, base, errorMessage, get, headers, post, sseData } from "./api.js";
 import { Snippets } from "./snippets.js";
+import { AnswerFeedback } from "./traces.js";
 import { html, Notice, useEffect, useRef, useState } from "./ui.js";
 
 // aiml's own tasks whose input is a file, and the field of ``data`` it goes in.
@@ -77,6 +79,9 @@ function Chat({ models }) {
         replica: response.headers.get("x-aiml-replica"),
         modelReplica: response.headers.get("x-aiml-model-replica"),
       };
+      // The answer's trace (only when it is traced), for the feedback under it.
+      const traceId = response.headers.get("x-aiml-trace-id");
+      update(() => ({ traceId }));
       setInfo({ ...served, state: "streaming" });
       let usage = null;
       for await (const data of sseData(response)) {
@@ -127,7 +132,9 @@ function Chat({ models }) {
       ${messages.map((m, i) => html`<li key=${i} class=${`msg ${m.role}`} data-role=${m.role}
           data-state=${m.streaming ? "streaming" : m.stopped ? "stopped" : m.failed ? "failed" : "done"}>
         <span class="role">${m.role}${m.stopped ? " (stopped)" : ""}</span>
-        <div class="content">${m.content}</div></li>`)}
+        <div class="content">${m.content}</div>
+        ${m.role === "assistant" && !m.streaming && !m.failed
+          && html`<${AnswerFeedback} key=${m.traceId ?? "untraced"} traceId=${m.traceId} />`}</li>`)}
     </ol>
     <label for="chat-message">Message</label>
     <textarea id="chat-message" rows="3" value=${text} onInput=${(e) => setText(e.currentTarget.value)}
