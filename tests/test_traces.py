@@ -52,10 +52,14 @@ def _register(aiml: RunningAiml, name: str) -> None:
     assert created.status_code == 201, created.text
 
 
-def _traces(mlflow: MlflowClient, experiment: str, ids: set[str]) -> dict[str, Any]:
-    found = mlflow.get_experiment_by_name(experiment)
+def _experiment(mlflow: MlflowClient, name: str) -> str:
+    found = mlflow.get_experiment_by_name(name)
     assert found is not None
-    traces = mlflow.search_traces(locations=[found.experiment_id], max_results=500)
+    return str(found.experiment_id)
+
+
+def _traces(mlflow: MlflowClient, experiment: str, ids: set[str]) -> dict[str, Any]:
+    traces = mlflow.search_traces(locations=[_experiment(mlflow, experiment)], max_results=500)
     return {t.info.trace_id: t for t in traces if t.info.trace_id in ids}
 
 
@@ -109,6 +113,11 @@ def test_requests_on_every_surface_are_traces_with_their_version(
         assert "hello there" in trace.info.request_preview
         assert "llama2:7b" in trace.info.response_preview  # the stand-in names its model
     assert surfaces == {"openai", "ollama", "aiml"}
+    # Linked to the version's logged model (MLflow 3's link): the model's traces are these.
+    model_id = mlflow.get_model_version("traced", "1").source.removeprefix("models:/")
+    assert {t.info.trace_metadata.get("mlflow.modelId") for t in traces.values()} == {model_id}
+    linked = mlflow.search_traces(locations=[_experiment(mlflow, "surfaces")], model_id=model_id)
+    assert {t.info.trace_id for t in linked} == ids
     streamed_trace = traces[streamed.headers[HEADER]]
     names = {s.name for s in streamed_trace.data.spans}
     assert {"prefill", "generation"} <= names  # a stream's first token splits its engine span

@@ -30,6 +30,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -39,19 +40,32 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from .tracing import AttributeValue, RequestTrace
 
-__all__ = ["Destination", "TraceExporter", "encode"]
+__all__ = ["Destination", "FollowUp", "TraceExporter", "encode"]
 
 log = logging.getLogger("aiml.traces")
+
+
+class FollowUp(Protocol):
+    """What a destination does with the traces of a batch it took, that OTLP cannot say
+    (MLflow's link from a trace to its logged model: registry/trace_links.py); counted
+    under its own ``name``."""
+
+    name: str
+
+    def wanted(self, trace: RequestTrace) -> bool: ...
+
+    def send(self, batch: list[RequestTrace]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Destination:
     """An OTLP/HTTP traces endpoint; ``headers`` is called before each post (MLflow's needs
-    the experiment's id, found once the server answers)."""
+    the experiment's id, found once the server answers); ``then`` follows a batch it took."""
 
     name: str
     url: str
     headers: Callable[[], Mapping[str, str]]
+    then: FollowUp | None = None
 
 
 class TraceExporter:
@@ -189,6 +203,22 @@ class TraceExporter:
             else:
                 with self._idle:
                     self.exported[destination.name] += len(batch)
+                if destination.then is not None:
+                    self._follow(destination.then, batch)
+
+    def _follow(self, then: FollowUp, batch: list[RequestTrace]) -> None:
+        wanted = [trace for trace in batch if then.wanted(trace)]
+        if not wanted:
+            return
+        try:
+            then.send(wanted)
+        except Exception as exc:
+            with self._idle:
+                self.failed[then.name] += len(wanted)
+            log.warning("%d traces not followed up by %s (%s)", len(wanted), then.name, exc)
+        else:
+            with self._idle:
+                self.exported[then.name] += len(wanted)
 
 
 def encode(traces: Iterable[RequestTrace], resource: Resource) -> ExportTraceServiceRequest:

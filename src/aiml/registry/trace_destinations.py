@@ -21,6 +21,8 @@ from aiml.lifecycle_settings import LifecycleSettings
 from aiml.observability.trace_export import Destination, TraceExporter
 from aiml.observability.tracing import Tracer
 
+from .trace_links import TraceLinks
+
 __all__ = ["build_tracer"]
 
 log = logging.getLogger("aiml.traces")
@@ -35,9 +37,9 @@ def build_tracer(
     destinations = []
     if tracking_uri.startswith(("http://", "https://")):
         experiment = _Experiment(tracking_uri, settings.trace_experiment)
-        destinations.append(
-            Destination("mlflow", tracking_uri.rstrip("/") + "/v1/traces", experiment.headers)
-        )
+        links = TraceLinks(tracking_uri, experiment.experiment_id)
+        url = tracking_uri.rstrip("/") + "/v1/traces"
+        destinations.append(Destination("mlflow", url, experiment.headers, then=links))
     collector = settings.otlp_traces_url
     if collector:
         headers = _otel_headers(settings.otel_exporter_otlp_headers)
@@ -76,13 +78,16 @@ class _Experiment:
         self._id: str | None = None
         self._lock = threading.Lock()
 
-    def headers(self) -> Mapping[str, str]:
+    def experiment_id(self) -> str:
         with self._lock:
             if self._id is None:
                 client = MlflowClient(tracking_uri=self._uri)
                 found = client.get_experiment_by_name(self._name)
                 self._id = found.experiment_id if found else client.create_experiment(self._name)
-        return {"x-mlflow-experiment-id": self._id, **_mlflow_auth()}
+            return self._id
+
+    def headers(self) -> Mapping[str, str]:
+        return {"x-mlflow-experiment-id": self.experiment_id(), **_mlflow_auth()}
 
 
 def _mlflow_auth() -> dict[str, str]:
