@@ -2,9 +2,10 @@
 with the feedback given on them and a link to each in MLflow's UI.
 
 The version is a trace tag (``aiml.model_version``, inference/request_traces.py), so
-MLflow's own search finds its traffic, newest first. Who made a trace is its root span's
-attribute ``aiml.key_name``: MLflow's search matches span attributes only as text inside
-the stored span (``LIKE``), so the match is made exact by checking each root span found.
+MLflow's own search finds its traffic, newest first. Who made a trace is the caller's key
+name as OpenTelemetry's ``user.id``, which MLflow keeps as the trace's metadata
+``mlflow.trace.user``: an exact match in the same search (traces from before aiml set it
+are found for admins only).
 
 A trace's page in MLflow's UI is the experiment's traces tab with the trace selected:
 ``<server>/#/experiments/<id>/traces?selectedEvaluationId=<trace>&traceId=<trace>`` (the
@@ -116,23 +117,17 @@ class TraceRecords:
         if experiment is None:
             return None, []
         clauses = [f"tags.`aiml.model_version` = '{model_version}'"]
-        if key_name is not None:
-            # The stored span is JSON whose attribute values are JSON again:
-            # "aiml.key_name": "\"key-…\"". ``_`` stands for each backslash, which LIKE
-            # reads as an escape on PostgreSQL and as itself on sqlite. Matching in the
-            # search (not only below) keeps other callers' newer traces from using up
+        if key_name is not None:  # "key-" and hex digits, or "anonymous": no quote
+            # In the search, not after it: other callers' newer traces would use up
             # ``max_results``.
-            clauses.append(f'span.attributes.`aiml.key_name` LIKE \': "_"{key_name}_""\'')
+            clauses.append(f"metadata.`mlflow.trace.user` = '{key_name}'")
         found = self._client.search_traces(
             locations=[experiment],
             filter_string=" AND ".join(clauses),
             order_by=["timestamp_ms DESC"],
             max_results=max_results,
         )
-        records = [record(trace, self._uri, experiment) for trace in found]
-        if key_name is not None:
-            records = [r for r in records if r["key_name"] == key_name]
-        return experiment, records
+        return experiment, [record(trace, self._uri, experiment) for trace in found]
 
 
 def record(trace: Trace, server: str, experiment_id: str) -> dict[str, Any]:
