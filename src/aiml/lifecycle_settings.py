@@ -80,11 +80,12 @@ class LifecycleSettings(BaseModel):
         "one transaction, and its cost a trace falls with fuller posts.",
     )
     trace_posters: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=16,
-        description="Posts to MLflow in flight at once (threads); more help where MLflow's "
-        "server has workers and cores to spare (a PostgreSQL backend, mlflow server --workers).",
+        description="Posts to MLflow in flight at once (threads), so the server's waits on its "
+        "database overlap another post's work; more help where it has workers and cores to "
+        "spare (a PostgreSQL backend, mlflow server --workers).",
     )
     otel_exporter_otlp_endpoint: str = Field(
         default="",
