@@ -7,11 +7,11 @@ serve`` fronts on one stub and one sqlite registry, differing only in tracing: `
 ``off2`` (0: the noise floor between two processes), ``sink`` (1.0, a null OTLP endpoint),
 ``sqlite``, ``postgres`` (1.0, into an ``mlflow server`` on each); sequential chats, one to
 each front in turn. ``load``: ``wrk -t1 -c16`` on each front in turn, with what its
-exporter did meanwhile (its /metrics). ``export``: a ``TraceExporter`` alone: a burst
-(traces/s, CPU, then counted in MLflow) and a paced offer (``--rate`` a second, queue
-10,000), into the sink and each MLflow in turn. Each interleaved; runs as:
+exporter did meanwhile (its /metrics). ``export``, ``paced``, ``store``: a ``TraceExporter``
+alone into the sink and each MLflow (``--pg-workers``: also PostgreSQL behind that many
+server processes), and MLflow's store alone (bench/trace_ingest.py). Each interleaved; as:
 
-    .venv/bin/python -m bench.traces --phases micro  (then latency,load; then export)
+    .venv/bin/python -m bench.traces --phases micro  (then latency,load; then export,store)
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ from aiml.observability.tracing import TRACE_HEADER, RequestTrace, Tracer
 from aiml.types import ChatMessage as Msg
 from aiml.types import Generation, ModelRef, RegistryVersion, ResolvedModel, SamplingParams
 from aiml.types import Source as Src
+from bench import trace_ingest
 from bench.alias_move import base, quantile
-from bench.gateway import _TICKS, Target, _uvicorn, _wrk
+from bench.gateway import Target, _uvicorn, _wrk
+from bench.trace_ingest import Sinks, group_cpu
 from tests.fakes.postgres import PostgresCluster, postgres_bin
 from tests.fakes.processes import Process, aiml_serve, mlflow_server
 
@@ -58,7 +60,6 @@ INPUT = ChatInput((Msg("user", "hello there"),), SamplingParams(max_tokens=64))
 ANSWER = Generation("Hello! How can I help you today?", "stop", 8, 9)
 RESOURCE = {"service.name": "aiml", "service.instance.id": "bench"}
 BODY = b'{"model": "traced@production", "messages": [{"role": "user", "content": "hello there"}]}'
-Sinks = dict[str, tuple[str, dict[str, str]]]  # name -> (OTLP traces URL, headers)
 Fronts = dict[str, Process]
 Clients = dict[str, httpx.Client]
 
@@ -80,25 +81,41 @@ def main() -> None:
         "--rounds": (4000, "latency: rounds of one call per front"), "--load-rounds": (3, ""),
         "--load-seconds": (8, ""), "--queue": (2000, "the fronts' AIML_TRACE_QUEUE"),
         "--burst": (2000, "export: traces a burst (the sink: x5)"), "--export-rounds": (2, ""),
-        "--batch": (256, "export: the exporter's batch"), "--seconds": (15, "export: paced"),
-        "--rate": (1300, "export: traces offered a second"),
+        "--batch": (256, "paced: the exporter's batch"), "--posters": (1, "paced: threads"),
+        "--seconds": (15, "paced"), "--rate": (1300, "paced: traces offered a second"),
+        "--pg-workers": (0, "export: also PostgreSQL behind this many server processes"),
     }  # fmt: skip
     for flag, (default, what) in numbers.items():
         parser.add_argument(flag, type=int, default=default, help=what or None)
+    parser.add_argument("--configs", default="256x1,256x2,1024x1,1024x2",
+                        help="export: batch x posting threads, comma-separated")  # fmt: skip
     args = parser.parse_args()
     phases = set(args.phases.split(","))
     if "micro" in phases:
         micro(args)
     with contextlib.ExitStack() as stack:
-        sinks, servers = start_sinks(stack) if phases - {"micro"} else ({}, [])
+        sinks, named, databases = start_sinks(stack, args) if phases - {"micro"} else ({}, {}, {})
+        servers = list(named.values())
         fronts = start_fronts(stack, sinks, args) if phases & {"latency", "load"} else {}
         clients = {n: httpx.Client(base_url=base(f)) for n, f in fronts.items()}
         if "latency" in phases:
             latency(fronts, clients, servers, args)
         if "load" in phases:
             load(fronts, clients, servers, args)
+        if "store" in phases:
+            stores = {k: v for k, v in databases.items() if k != "postmaster"}
+            trace_ingest.store(stores, args, synthetic, RESOURCE)
         if "export" in phases:
-            export(sinks, servers, args)
+            pid = int(databases["postmaster"]) if "postmaster" in databases else None
+            trace_ingest.export(sinks, named, args, synthetic, RESOURCE,
+                                lambda: settled({}, servers),
+                                lambda: trace_ingest.tree_cpu(pid))  # fmt: skip
+        if "paced" in phases:
+            for name, (url, headers) in sinks.items():
+                settled({}, servers)
+                destination = Destination(name, url, lambda h=headers: h)  # type: ignore[misc]
+                line = trace_ingest.paced(destination, args, synthetic, RESOURCE)
+                print(f"  paced {name:<12} {args.batch}x{args.posters}: {line}", flush=True)
     print(f"(machine: {os.cpu_count()} CPUs)")
 
 
@@ -167,22 +184,33 @@ def synthetic(count: int) -> list[RequestTrace]:
     return made
 
 
-def start_sinks(stack: contextlib.ExitStack) -> tuple[Sinks, list[Process]]:
-    """The null sink and the MLflow servers (each with an experiment for aiml's traces)."""
+def start_sinks(
+    stack: contextlib.ExitStack, args: Namespace
+) -> tuple[Sinks, dict[str, Process], dict[str, str]]:
+    """The null sink and the MLflow servers (each with an experiment for aiml's traces),
+    and databases of each kind for the store alone."""
     work = Path(tempfile.mkdtemp(prefix="aiml-bench-traces-"))
     null = started(stack, _uvicorn("bench.traces:sink", work / "sink", health="/health"))
     sinks: Sinks = {"sink": (null.health_url.removesuffix("/health") + "/v1/traces", {})}
     servers = {"sqlite": mlflow_server(work / "mlflow-sqlite")}
+    databases = {"sqlite": f"sqlite:///{work / 'store.db'}"}
     if postgres_bin() is not None:  # its folder apart: the server runs as nobody under root
         cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="aiml-bench-pg-"))).start()
         stack.callback(cluster.stop)
         servers["postgres"] = mlflow_server(work / "pg", backend=cluster.create_database("m"))
+        if args.pg_workers:
+            name = f"postgres-w{args.pg_workers}"
+            servers[name] = mlflow_server(work / name, backend=cluster.create_database("mw"))
+            argv = servers[name].argv
+            argv[argv.index("--workers") + 1] = str(args.pg_workers)
+        databases["postgres"] = cluster.create_database("store")
+        databases["postmaster"] = (cluster.data / "postmaster.pid").read_text().split()[0]
     for name, server in servers.items():
         url = started(stack, server, 120).health_url.removesuffix("/health")
         experiment = MlflowClient(tracking_uri=url).create_experiment("aiml-traces")
         sinks[name] = (f"{url}/v1/traces", {"x-mlflow-experiment-id": experiment})
     print(f"(work folder {work})")
-    return sinks, list(servers.values())
+    return sinks, servers, databases
 
 
 def started(stack: contextlib.ExitStack, process: Process, timeout_s: float = 60) -> Process:
@@ -216,23 +244,6 @@ def exporter_counts(http: httpx.Client) -> dict[str, float]:
     found = re.findall(r"^aiml_traces_(\w+?)(?:_total)?(?:{.*})? (\S+)$", text, re.M)
     return {key: sum(float(v) for k, v in found if k == key)
             for key in ("exported", "dropped", "failed", "queued")}  # fmt: skip
-
-
-def group_cpu(process: Process) -> float:
-    """CPU seconds of a process group's live members (an MLflow server and its workers)."""
-    pgid, total = str(process.proc.pid if process.proc else -1), 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[2] == pgid:
-                total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
-
-
-def machine_cpu() -> float:
-    """Busy CPU seconds of the whole machine, every core (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
 
 
 def settled(clients: Clients, servers: list[Process]) -> None:
@@ -319,80 +330,6 @@ def load(fronts: Fronts, clients: Clients, servers: list[Process], args: Namespa
               f"{med['p50_ms']:6.2f} ms  cpu {med['cpu_ms']:.3f} ms/req  traces exported "
               f"{med['exported'] / args.load_seconds:.0f}/s, dropped "
               f"{med['dropped'] / (med['rps'] * args.load_seconds):.0%}")  # fmt: skip
-
-
-def export(sinks: Sinks, servers: list[Process], args: Namespace) -> None:
-    print(f"\nexport: a TraceExporter alone, batches of {args.batch}: a burst of {args.burst}"
-          f" (the sink: {args.burst * 5}), then {args.rate:.0f}/s offered for "
-          f"{args.seconds:.0f} s, queue 10,000")  # fmt: skip
-    for round_ in range(args.export_rounds):
-        for index, (name, (url, headers)) in enumerate(sinks.items()):
-            settled({}, servers)
-            mlflow = MlflowClient(tracking_uri=url.removesuffix("/v1/traces"))
-            if name != "sink":  # each burst in an experiment of its own, counted there
-                experiment = mlflow.create_experiment(f"{name}-{round_}")
-                headers = {"x-mlflow-experiment-id": experiment}
-            destination = Destination(name, url, lambda h=headers: h)  # type: ignore[misc]
-            count = args.burst * 5 if name == "sink" else args.burst
-            server = servers[index - 1] if name != "sink" else None
-            line = burst(destination, count, args.batch, server)
-            if name != "sink":
-                line += f", {stored(url, experiment)} of {count + 10} in MLflow"
-            print(f"  round {round_ + 1} {name:<8} burst: {line}", flush=True)
-            print(f"  round {round_ + 1} {name:<8} paced: {paced(destination, args)}", flush=True)
-
-
-def stored(url: str, experiment: str) -> int:
-    """How many traces an experiment holds (MLflow's search, all its pages)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(url.removesuffix("/v1/traces"))
-    found = mlflow.search_traces(locations=[experiment], return_type="list", include_spans=False)
-    return len(found)
-
-
-def burst(destination: Destination, count: int, batch: int, server: Process | None) -> str:
-    exporter = TraceExporter([destination], resource=RESOURCE, capacity=count + 100, batch=batch)
-    for trace in synthetic(10):  # the connection up (and MLflow's first write done)
-        exporter.submit(trace)
-    exporter.flush(60)
-    traces, before = synthetic(count), exporter.exported[destination.name]
-    cpu, server_cpu = machine_cpu(), group_cpu(server) if server else 0.0
-    started_at = time.perf_counter()
-    for trace in traces:
-        exporter.submit(trace)
-    flushed = exporter.flush(600)
-    elapsed = time.perf_counter() - started_at
-    taken = exporter.exported[destination.name] - before
-    cpu, server_cpu = machine_cpu() - cpu, (group_cpu(server) - server_cpu if server else 0)
-    exporter.close()
-    lost = exporter.dropped + exporter.failed[destination.name]
-    return (f"{taken / elapsed:6.0f} traces/s, {elapsed:5.1f} s; CPU a trace: machine "
-            f"{cpu / count * 1e3:.2f} ms, MLflow server {server_cpu / count * 1e3:.2f} ms; "
-            f"dropped+failed {lost}{'' if flushed else ', not flushed'}")  # fmt: skip
-
-
-def paced(destination: Destination, args: Namespace) -> str:
-    """``--rate`` traces a second offered for ``--seconds``, queue 10,000 (the default)."""
-    exporter = TraceExporter([destination], resource=RESOURCE, batch=args.batch)
-    traces = synthetic(int(args.rate * args.seconds) + 1)
-    exporter.submit(traces.pop())
-    exporter.flush(60)
-    offered, started_at = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started_at) < args.seconds:
-        due = min(int(elapsed * args.rate), len(traces))
-        for trace in traces[offered:due]:
-            exporter.submit(trace)
-        offered = max(offered, due)
-        time.sleep(0.005)
-    taken = exporter.exported[destination.name] - 1
-    with exporter._idle:  # what is left is not the window's: not posted after it
-        left = len(exporter._queue)
-        exporter._queue.clear()
-    exporter.close(60)
-    return (f"offered {offered / args.seconds:.0f}/s, taken {taken / args.seconds:.0f}/s "
-            f"during the window, dropped {exporter.dropped} ({exporter.dropped / offered:.0%}),"
-            f" failed {exporter.failed[destination.name]}, left queued {left}")  # fmt: skip
 
 
 if __name__ == "__main__":
