@@ -2,18 +2,22 @@
 token authentication, all on loopback (which rests on a pinned Ray internal: see the
 script's ``loopback_env``), kept out of what ``env`` exports; a front started by ``front``
 joins it, and once it has deployed the replicas every socket is still on loopback but each
-replica's gRPC server, which refuses a call without the token; ``start`` brings back a part
-that is down, ``status`` says which, ``stop`` leaves a Ray that is not the stack's running.
+replica's gRPC server, which refuses a call without the token; the front traces what it
+serves into the stack's MLflow on PostgreSQL (each request a trace with its registry version
+and token counts, read back with MLflow's search); ``start`` brings back a part that is
+down, ``status`` says which, ``stop`` leaves a Ray that is not the stack's running.
 
 One test, its own state folder and free ports, and a second Ray head started beside it the
 way the cluster tests start theirs. It took 62 s and 117 s on 2 shared, busy cores (MLflow
 starting twice dominates), 42 s with the front's join added on a quieter run, and 51 s with
-the front's deploy and the replica's token checked; the suite has room for it (9.5 minutes
-without it on a fresh clone), so it runs in CI with the other slow tests.
+the front's deploy and the replica's token checked, 54 s with its traces read back from
+MLflow (8 s of it); the suite has room for it (9.5 minutes without it on a fresh clone),
+so it runs in CI with the other slow tests.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,11 +28,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
+from mlflow import MlflowClient
 
+from tests.conftest import RunningOllama
 from tests.fakes.postgres import postgres_bin
 from tests.fakes.ray_nodes import marked_processes, start_ray_node, stop_ray
 from tests.fakes.servers import free_port
@@ -47,6 +53,8 @@ EVERY_INTERFACE = {"*", "0.0.0.0", "[::]"}
 # interceptors); the test dials it to see a call without the token refused.
 REPLICA = "ray::ServeRepli"  # the process title, as /proc/PID/comm cuts it (15 characters)
 REPLICA_SERVICE = "/ray.serve.ASGIService/HandleRequest"
+CHAT = [{"role": "user", "content": "hello there"}]
+TRACE_HEADER = "x-aiml-trace-id"
 
 
 class Socket(NamedTuple):
@@ -121,11 +129,12 @@ def _replica_call(port: int, token: str | None) -> str:
 
 
 @contextmanager
-def _front(stack: Stack, within_s: float = 240.0) -> Iterator[None]:
-    """``team-stack front``, serving (the test fails if it does not); ended on exit."""
+def _front(stack: Stack, extra: dict[str, str], within_s: float = 240.0) -> Iterator[str]:
+    """``team-stack front`` with ``extra`` settings, serving (the test fails if it does
+    not): its URL; ended on exit."""
     port = free_port()
     log = stack.folder / "front.log"
-    env = {**stack.env, "AIML_API_KEYS": "", "AIML_HOME": str(stack.folder / "front")}
+    env = {**stack.env, "AIML_API_KEYS": "", "AIML_HOME": str(stack.folder / "front"), **extra}
     with log.open("w") as out:
         front = subprocess.Popen(
             [str(SCRIPT), "front", "--port", str(port)], env=env,
@@ -137,7 +146,7 @@ def _front(stack: Stack, within_s: float = 240.0) -> Iterator[None]:
             assert front.poll() is None, f"the front exited: {log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, f"not serving: {log.read_text()[-2000:]}"
             time.sleep(0.5)  # polling a process that is starting; no event to wait on
-        yield
+        yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(front.pid, signal.SIGTERM)
         try:
@@ -167,6 +176,55 @@ def _deployed_sockets(stack: Stack, within_s: float = 120.0) -> list[Socket]:
         time.sleep(0.5)  # polling processes that are starting; no event to wait on
 
 
+def _served_and_traced(front: str, mlflow: MlflowClient) -> None:
+    """Requests the front serves become traces in the stack's MLflow (PostgreSQL), with the
+    version that served them and the tokens the response counted."""
+    with httpx.Client(base_url=front, timeout=60) as client:
+        created = client.post("/models/register_ollama", json={
+            "local_model_name": "llama2:7b", "registered_name": "stacked", "task": "chat",
+            "alias": "production"})  # fmt: skip
+        assert created.status_code == 201, created.text
+        body = {"model": "stacked@production", "messages": CHAT}
+        answers = [client.post("/v1/chat/completions", json=body) for _ in range(3)]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    usage = {a.headers[TRACE_HEADER]: a.json()["usage"] for a in answers}
+    traces = _traces_in(mlflow, set(usage))
+    for trace_id, trace in traces.items():
+        assert trace.info.tags["aiml.model_version"] == "stacked/1"
+        root = next(s for s in trace.data.spans if s.parent_id is None)
+        assert root.attributes["gen_ai.usage.input_tokens"] == usage[trace_id]["prompt_tokens"]
+        assert root.attributes["gen_ai.usage.output_tokens"] == usage[trace_id][
+            "completion_tokens"]  # fmt: skip
+        stored = json.loads(trace.info.trace_metadata["mlflow.trace.tokenUsage"])
+        assert stored["input_tokens"] == usage[trace_id]["prompt_tokens"]
+        assert stored["output_tokens"] == usage[trace_id]["completion_tokens"] > 0
+    version = mlflow.search_traces(
+        locations=[_experiment(mlflow)], filter_string="tags.`aiml.model_version` = 'stacked/1'"
+    )
+    assert set(usage) <= {t.info.trace_id for t in version}
+
+
+def _experiment(mlflow: MlflowClient) -> str:
+    found = mlflow.get_experiment_by_name("aiml-traces")  # AIML_TRACE_EXPERIMENT's default
+    assert found is not None
+    return str(found.experiment_id)
+
+
+def _traces_in(mlflow: MlflowClient, ids: set[str], within_s: float = 30.0) -> dict[str, Any]:
+    """The traces ``ids`` once all are in MLflow: the front's exporter posts them from its
+    own process, so the test can only look until they are there."""
+    deadline = time.monotonic() + within_s
+    while True:
+        found = {}
+        if mlflow.get_experiment_by_name("aiml-traces") is not None:
+            traces = mlflow.search_traces(locations=[_experiment(mlflow)], max_results=100)
+            found = {t.info.trace_id: t for t in traces if t.info.trace_id in ids}
+        if set(found) == ids:
+            return found
+        assert time.monotonic() < deadline, f"traces in MLflow: {sorted(found)} of {sorted(ids)}"
+        time.sleep(0.5)  # the front's exporter posts every 0.5 s; nothing here to wait on
+
+
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     if postgres_bin() is None or shutil.which("ss") is None:
@@ -184,7 +242,7 @@ def stack() -> Iterator[Stack]:
 
 @pytest.mark.timeout(600)
 def test_the_team_stack_listens_on_loopback_restarts_what_is_down_and_stops_only_itself(
-    stack: Stack,
+    stack: Stack, ollama: RunningOllama
 ) -> None:
     # Someone else's Ray on this machine, on other ports and in its own folder.
     other = Path(tempfile.mkdtemp(prefix="aiml-other-ray-"))
@@ -225,7 +283,9 @@ def test_the_team_stack_listens_on_loopback_restarts_what_is_down_and_stops_only
         # A front started by the stack joins its Ray on loopback (from the user's shell with
         # only `env`'s settings, Ray would dial the machine's outward address instead).
         token = (stack.folder / "ray/auth_token").read_text().strip()
-        with _front(stack):
+        mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{stack.ports['MLFLOW']}")
+        traced = {"AIML_TRACE_SAMPLE": "1.0", "OLLAMA_HOST": ollama.url}
+        with _front(stack, traced) as front:
             sockets = _deployed_sockets(stack)
             # Every socket is on loopback but the replicas' gRPC servers (see REPLICA), one
             # each, and these refuse a call without the token or with another.
@@ -236,6 +296,7 @@ def test_the_team_stack_listens_on_loopback_restarts_what_is_down_and_stops_only
                 assert _replica_call(socket.port, None) == "UNAUTHENTICATED"
                 assert _replica_call(socket.port, "0" * 64) == "UNAUTHENTICATED"
                 assert _replica_call(socket.port, token) not in ("UNAUTHENTICATED", "UNAVAILABLE")
+            _served_and_traced(front, mlflow)
 
         os.killpg(int((stack.folder / "mlflow.pid").read_text()), signal.SIGKILL)  # a crash
         status = stack.run("status")
