@@ -17,8 +17,13 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from aiml.errors import NotFound, RegistryUnavailable
+from aiml.observability.trace_export import Destination, TraceExporter
+from aiml.observability.tracing import RequestTrace
+from aiml.registry.feedback import TraceFeedback
 from tests.conftest import Registry, RunningAiml, RunningOllama, launch_aiml
 from tests.fakes.processes import Process, mlflow_server
+from tests.test_trace_export import Slow
 
 pytestmark = pytest.mark.slow
 
@@ -168,8 +173,13 @@ def test_feedback_lands_on_the_trace_as_the_keys(
         answer = client.post("/v1/chat/completions", json={"model": "rated@production",
                                                             "messages": CHAT})  # fmt: skip
         trace_id = answer.headers[HEADER]
-        given = client.post("/v1/feedback", json={
-            "trace_id": trace_id, "value": False, "comment": "made up an answer"})  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:  # a cold MLflow may take its first batch in more than the route waits
+            given = client.post("/v1/feedback", json={
+                "trace_id": trace_id, "value": False, "comment": "made up an answer"})  # fmt: skip
+            if given.status_code != 503 or time.monotonic() > deadline:
+                break
+            assert "on its way" in given.text
         assert given.status_code == 200, given.text
         assert given.json()["source"] == "anonymous"  # no keys here
         unknown = client.post("/v1/feedback", json={"trace_id": "tr-" + "0" * 32, "value": 1})
@@ -184,6 +194,27 @@ def test_feedback_lands_on_the_trace_as_the_keys(
     assert assessment.rationale == "made up an answer"
     assert assessment.source.source_type == "HUMAN"
     assert assessment.source.source_id == given.json()["source"]
+
+
+def test_feedback_on_a_trace_still_on_its_way_is_a_503_to_retry(mlflow: MlflowClient) -> None:
+    """A cold MLflow takes its first batch in more than the feedback's wait: a trace it does
+    not know yet is then a 503 (retry), not the 404 of a trace that is not coming."""
+    sink = Slow()  # holds every post: the queued trace stays on its way
+    exporter = TraceExporter([Destination("held", sink.url, dict)], resource={}, every_s=0.05)
+    try:
+        exporter.submit(RequestTrace("chat"))
+        assert sink.wait_posts(1)
+        on_its_way = TraceFeedback(mlflow.tracking_uri, exporter, wait_s=0.2)
+        with pytest.raises(RegistryUnavailable, match="on its way"):
+            on_its_way.record("tr-" + "1" * 32, name="f", value=1, comment=None, source="k")
+        sink.release.set()
+        assert exporter.flush()
+        with pytest.raises(NotFound):  # everything arrived: it is not coming
+            on_its_way.record("tr-" + "1" * 32, name="f", value=1, comment=None, source="k")
+    finally:
+        sink.release.set()
+        exporter.close()
+        sink.server.shutdown()
 
 
 def test_an_mlflow_server_stopped_under_load_loses_no_request(

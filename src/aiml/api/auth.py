@@ -146,6 +146,12 @@ class Caller:
     admin: bool
 
     @property
+    def name(self) -> str | None:
+        """The key's name where aiml shows who asked (traces, feedback, logs): ``key-`` and
+        the digest's first 12 hex digits, never the key; ``None`` without a key."""
+        return f"key-{self.key[:12]}" if self.key else None
+
+    @property
     def access(self) -> Literal["open", "admin", "user", "anonymous"]:
         if self.key is None:
             return "open" if self.admin else "anonymous"

@@ -204,7 +204,7 @@ class Authentication:
         set_caller(scope, caller)
         token = request_affinity.set(_affinity(scope, caller))
         # A key's name until keys are named: its digest's first 12 hex digits.
-        name = request_caller.set(f"key-{caller.key[:12]}" if caller.key else None)
+        name = request_caller.set(caller.name)
         try:
             await self.app(scope, receive, send)
         finally:

@@ -28,7 +28,7 @@ async def feedback(body: FeedbackBody, services: ServicesDep, caller: CallerDep)
         raise NotFound(
             "tracing is off here (AIML_TRACE_SAMPLE, an MLflow server)", param="trace_id"
         )
-    source = f"key-{caller.key[:12]}" if caller.key else "anonymous"
+    source = caller.name or "anonymous"
     assessment = await asyncio.to_thread(
         services.feedback.record,
         body.trace_id,

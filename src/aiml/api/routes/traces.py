@@ -46,7 +46,7 @@ async def traces(
         )
     # A key's name as the trace holds it (api/middleware.py); without a key and not an
     # admin, no trace is the caller's.
-    own = None if caller.admin else f"key-{caller.key[:12]}" if caller.key else "anonymous"
+    own = None if caller.admin else caller.name or "anonymous"
     experiment, found = await records.recent(model_version, max_results=max_results, key_name=own)
     return JSONResponse({
         "success": True,
