@@ -27,15 +27,26 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from aiml.observability.trace_export import Destination, TraceExporter, encode
 from aiml.observability.tracing import RequestTrace
+from aiml.registry.trace_links import TraceLinks
 from tests.fakes.processes import Process
 
 Sinks = dict[str, tuple[str, dict[str, str]]]  # name -> (OTLP traces URL, headers)
 Synthetic = Callable[[int], list[RequestTrace]]
 
 
-def configs(text: str) -> list[tuple[int, int]]:
-    """``256x1,1024x2``: (batch, posting threads) pairs."""
-    return [(int(b), int(p)) for b, _, p in (item.partition("x") for item in text.split(","))]
+def configs(text: str) -> list[tuple[int, int, bool]]:
+    """``256x1,1024x2,256x2L``: (batch, posting threads, linked) triples; ``L``: every trace
+    of a version with a logged model, so each gets MLflow's link too (trace_links.py)."""
+    found = []
+    for item in text.split(","):
+        batch, _, posters = item.partition("x")
+        found.append((int(batch), int(posters.removesuffix("L")), posters.endswith("L")))
+    return found
+
+
+def label(config: tuple[int, int, bool]) -> str:
+    batch, posters, linked = config
+    return f"{batch}x{posters}{'L' if linked else ''}"
 
 
 def export(
@@ -52,22 +63,27 @@ def export(
           f"destination and batch x posters, {args.export_rounds} rounds, the order rotating; "
           "traces/s taken, the CPU ms a trace of MLflow's server (all its processes) and of "
           "PostgreSQL")  # fmt: skip
-    rates: dict[tuple[str, tuple[int, int]], list[float]] = {pair: [] for pair in pairs}
-    cpus: dict[tuple[str, tuple[int, int]], list[float]] = {pair: [] for pair in pairs}
+    rates: dict[tuple[str, tuple[int, int, bool]], list[float]] = {pair: [] for pair in pairs}
+    cpus: dict[tuple[str, tuple[int, int, bool]], list[float]] = {pair: [] for pair in pairs}
     for round_ in range(args.export_rounds):
         shift = round_ * len(pairs) // max(1, args.export_rounds)
-        for name, (batch, posters) in pairs[shift:] + pairs[:shift]:
+        for name, (batch, posters, linked) in pairs[shift:] + pairs[:shift]:
             settled()
             url, headers = sinks[name]
             server = servers.get(name)
             if server is not None:  # each burst in an experiment of its own, counted there
                 mlflow = MlflowClient(tracking_uri=url.removesuffix("/v1/traces"))
-                experiment = mlflow.create_experiment(f"{name}-{batch}x{posters}-{round_}")
+                experiment = mlflow.create_experiment(
+                    f"{name}-{label((batch, posters, linked))}-{round_}"
+                )
                 headers = {"x-mlflow-experiment-id": experiment}
-            destination = Destination(name, url, lambda h=headers: h)  # type: ignore[misc]
+            links, made = None, synthetic
+            if linked and server is not None:
+                links, made = _linked(url, mlflow, experiment, synthetic)
+            destination = Destination(name, url, lambda h=headers: h, first=links)  # type: ignore[misc]
             count = args.burst * 5 if server is None else args.burst
             cpu_at = database_cpu()
-            took = burst(destination, count, batch, posters, server, synthetic, resource)
+            took = burst(destination, count, batch, posters, server, made, resource)
             took["db_ms"] = (database_cpu() - cpu_at) / count * 1e3
             line = (f"{took['rate']:6.0f} traces/s, {took['seconds']:5.1f} s, server CPU "
                     f"{took['server_ms']:.2f} ms a trace, PostgreSQL {took['db_ms']:.2f} ms, "
@@ -75,18 +91,34 @@ def export(
                     f"dropped+failed {took['lost']:.0f}")  # fmt: skip
             if server is not None:
                 line += f"; {stored(url, experiment)} of {count + 10} in MLflow"
-            rates[(name, (batch, posters))].append(took["rate"])
-            cpus[(name, (batch, posters))].append(took["server_ms"] + took["db_ms"])
-            print(f"  round {round_ + 1} {name:<12} {batch:5}x{posters}: {line}", flush=True)
+            config = (batch, posters, linked)
+            rates[(name, config)].append(took["rate"])
+            cpus[(name, config)].append(took["server_ms"] + took["db_ms"])
+            print(f"  round {round_ + 1} {name:<12} {label(config):>7}: {line}", flush=True)
     print(
         f"medians of {args.export_rounds} rounds (traces/s; CPU ms a trace, MLflow's "
         "server and PostgreSQL's):"
     )
     for name in sinks:
-        cells = [f"{b}x{p} {statistics.median(rates[(name, (b, p))]):5.0f}/s "
-                 f"{statistics.median(cpus[(name, (b, p))]):5.2f}ms"
-                 for b, p in configs(args.configs)]  # fmt: skip
+        cells = [f"{label(c)} {statistics.median(rates[(name, c)]):5.0f}/s "
+                 f"{statistics.median(cpus[(name, c)]):5.2f}ms"
+                 for c in configs(args.configs)]  # fmt: skip
         print(f"  {name:<12} " + "  ".join(cells))
+
+
+def _linked(
+    url: str, mlflow: MlflowClient, experiment: str, synthetic: Synthetic
+) -> tuple[TraceLinks, Synthetic]:
+    """MLflow's link follow-up, and traces of a version with a logged model (a real one)."""
+    model = mlflow.create_logged_model(experiment, name="bench").model_id
+
+    def made(count: int) -> list[RequestTrace]:
+        traces = synthetic(count)
+        for trace in traces:
+            trace.logged_model = model
+        return traces
+
+    return TraceLinks(url.removesuffix("/v1/traces"), lambda: experiment), made
 
 
 def burst(
@@ -158,7 +190,7 @@ def store(
     batch, interleaved across databases and batch sizes."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    batches = sorted({b for b, _ in configs(args.configs)})
+    batches = sorted({b for b, _, _ in configs(args.configs)})
     print(f"\nstore: MLflow's SqlAlchemyStore.log_spans in this process, {args.burst} traces "
           f"per database and batch, {args.export_rounds} rounds; parsing (protobuf, "
           "Span.from_otel_proto) timed apart, as the server does it before the store")  # fmt: skip

@@ -79,6 +79,11 @@ class LifecycleSettings(BaseModel):
         description="Traces per post to MLflow (and the collector): MLflow stores a post in "
         "one transaction, and its cost a trace falls with fuller posts.",
     )
+    trace_link_models: bool = Field(
+        default=True,
+        description="Link each trace to its version's MLflow 3 logged model (one more MLflow "
+        "call a trace: MLflow then takes about a third as many traces a second).",
+    )
     trace_posters: int = Field(
         default=2,
         ge=1,

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 
 from mlflow import MlflowClient
 
-from aiml.lifecycle_settings import LifecycleSettings
 from aiml.observability.trace_export import Destination, TraceExporter
 from aiml.observability.tracing import Tracer
+from aiml.settings import Settings
 
+from .calls import apply_http_bounds
 from .trace_links import TraceLinks
 
 __all__ = ["build_tracer"]
@@ -29,17 +30,22 @@ log = logging.getLogger("aiml.traces")
 
 
 def build_tracer(
-    settings: LifecycleSettings, tracking_uri: str, *, replica: str
+    settings: Settings, tracking_uri: str, *, replica: str
 ) -> tuple[Tracer, TraceExporter] | None:
     """The tracer and its exporter, or ``None`` when nothing is traced."""
     if settings.trace_sample <= 0:
         return None
     destinations = []
     if tracking_uri.startswith(("http://", "https://")):
+        # The links and the experiment's lookup are MLflow client calls in the exporter's
+        # threads: bounded as the registry's are, or a server gone waits out minutes of
+        # MLflow's retries in each.
+        apply_http_bounds(settings)
         experiment = _Experiment(tracking_uri, settings.trace_experiment)
         links = TraceLinks(tracking_uri, experiment.experiment_id)
         url = tracking_uri.rstrip("/") + "/v1/traces"
-        destinations.append(Destination("mlflow", url, experiment.headers, then=links))
+        first = links if settings.trace_link_models else None
+        destinations.append(Destination("mlflow", url, experiment.headers, first=first))
     collector = settings.otlp_traces_url
     if collector:
         headers = _otel_headers(settings.otel_exporter_otlp_headers)

@@ -3,10 +3,14 @@ a model's traffic on its page (and ``search_traces(model_id=...)`` finds it).
 
 MLflow links a trace to a logged model by the trace's metadata ``mlflow.modelId``, and
 its OTLP endpoint writes no metadata from spans (MLflow 3.17's ``log_spans`` takes tags,
-token usage, session and user from them, nothing else). So after a batch's spans are in,
-each trace of a version that has a logged model gets one ``start_trace`` call, the call
-MLflow's own tracer makes with an active model: MLflow merges it into the trace its spans
-made (or makes the trace the spans then fill, whichever arrives first).
+token usage, session and user from them, nothing else). So before a batch's spans are
+posted, each trace of a version that has a logged model gets one ``start_trace`` call, the
+call MLflow's own tracer makes with an active model: MLflow creates the trace, and the spans
+then fill it. Created first, not merged after: MLflow's merge of a ``start_trace`` into an
+existing trace is a failed insert, a rollback and a row lock, three times the cost.
+
+It is one more MLflow call a trace (``AIML_TRACE_LINK_MODELS`` turns it off): measured in
+docs/benchmarks.md (bench.traces, configuration ``L``).
 """
 
 from __future__ import annotations
