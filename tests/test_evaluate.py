@@ -69,6 +69,8 @@ def test_a_candidate_is_evaluated_on_recorded_traffic(
             run_id = done.output.strip().split()[-1]
             runs[candidate] = mlflow.get_run(run_id)
         tags = mlflow.get_model_version("smol", "2").tags
+        models = {v: mlflow.get_model_version("smol", str(v)).source[len("models:/") :]
+                  for v in (1, 2)}  # fmt: skip
         args = ["evaluate", "smol", "--candidate", "3", "--shadow"]
         done = CliRunner().invoke(app, args, env=env)
         assert done.exit_code == 0, done.output
@@ -99,6 +101,8 @@ def test_a_candidate_is_evaluated_on_recorded_traffic(
         assert data.metrics["candidate_failed"] == data.metrics["baseline_failed"] == 0
         assert data.metrics["candidate_completion_tokens_mean"] > 0
     assert tags["aiml.evaluation.v1"] == runs[2].info.run_id
+    # Linked to both versions' logged models, as MLflow 3 links a run to the models it judged.
+    assert {m.model_id for m in runs[2].inputs.model_inputs} == set(models.values())
 
 
 def _until_compared(client: httpx.Client, key: str, count: int) -> None:

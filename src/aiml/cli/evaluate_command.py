@@ -113,6 +113,7 @@ async def _evaluate(
         recorded, sides = await _replayed(
             services, name, candidate, baseline, limit, since_ms, rate
         )
+    sides = [await _with_model(services, name, side) for side in sides]
     similarity = None
     if embedding_model is not None:
         similarity = await _similarity(services, embedding_model, sides)
@@ -121,6 +122,16 @@ async def _evaluate(
         name, recorded, sides[0], sides[1], similarity=similarity, extra=extra,
         source="shadow" if shadow else "recorded",
     )  # fmt: skip
+
+
+async def _with_model(services: Any, name: str, side: Any) -> Any:
+    """``side`` with its version's logged model, which the run is linked to."""
+    from dataclasses import replace
+
+    from aiml.types import ModelRef
+
+    found = await services.router.resolver.version(ModelRef(name, version=side.version))
+    return replace(side, logged_model=found.logged_model if found is not None else None)
 
 
 async def _replayed(

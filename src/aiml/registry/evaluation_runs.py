@@ -27,6 +27,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelInput
 from mlflow.genai.scorers import Scorer, scorer
 
 from aiml.errors import InvalidRequest, NotFound
@@ -51,6 +52,7 @@ class Side:
     texts: Sequence[str | None]  # None: the request failed
     latencies_s: Sequence[float]
     tokens: Sequence[int | None]
+    logged_model: str | None = None  # the version's MLflow 3 logged model, where it has one
 
 
 def recorded_inputs(
@@ -189,7 +191,14 @@ def log_evaluation(
     }
     run_name = f"{name} v{candidate.version} vs v{baseline.version}"
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
-        result = mlflow.genai.evaluate(data=rows, scorers=scorers)
+        # The run is the candidate's evaluation in MLflow's terms (its logged model's page
+        # lists it) and has both versions' models as inputs.
+        models = [s.logged_model for s in (baseline, candidate) if s.logged_model is not None]
+        if models:
+            MlflowClient(tracking_uri=tracking_uri).log_inputs(
+                run.info.run_id, models=[LoggedModelInput(m) for m in models]
+            )
+        result = mlflow.genai.evaluate(data=rows, scorers=scorers, model_id=candidate.logged_model)
         metrics = {k: float(v) for k, v in result.metrics.items()}
         metrics |= _side_metrics("baseline", baseline) | _side_metrics("candidate", candidate)
         metrics["recorded_inputs"] = float(len(rows))
