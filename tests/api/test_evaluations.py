@@ -33,18 +33,11 @@ INPUTS = [
 
 
 def log(uri: str, baseline: Side, candidate: Side) -> str:
-    """An evaluation run as ``aiml evaluate`` logs it; MLflow's process-wide tracking URI
-    and experiment, which the logging sets (its command's process is its own), are put back
-    after."""
-    fluent, tracking = mlflow.tracking.fluent, mlflow.tracking._tracking_service.utils
-    before = tracking._tracking_uri, fluent._active_experiment_id
-    with pytest.MonkeyPatch.context() as env:
-        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
-            env.setenv(variable, os.environ.get(variable, ""))  # restored, or unset, after
-        run_id, _ = log_evaluation(
-            uri, experiment_name(EXPERIMENT), MODEL, INPUTS, baseline, candidate
-        )
-    tracking._tracking_uri, fluent._active_experiment_id = before
+    """An evaluation run as ``aiml evaluate`` logs it (MLflow's process-wide tracking URI
+    and environment are put back after: checked here)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.is_tracking_uri_set()
+    run_id, _ = log_evaluation(uri, experiment_name(EXPERIMENT), MODEL, INPUTS, baseline, candidate)
+    assert (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.is_tracking_uri_set()) == before
     return run_id
 
 

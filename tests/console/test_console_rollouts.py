@@ -8,13 +8,11 @@ nothing."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -184,20 +182,13 @@ INPUTS = [
 
 
 def log(aiml: RunningAiml, baseline: Side, candidate: Side) -> str:
-    """An evaluation run of ``JUDGED`` as ``aiml evaluate`` logs it, in this aiml's MLflow;
-    MLflow's process-wide tracking URI and experiment, which the logging sets (the command's
-    process is its own), are put back after."""
+    """An evaluation run of ``JUDGED`` as ``aiml evaluate`` logs it, in this aiml's MLflow
+    (which puts MLflow's process-wide tracking URI and environment back after)."""
     settings = aiml.services.settings
-    fluent, tracking = mlflow.tracking.fluent, mlflow.tracking._tracking_service.utils
-    before = tracking._tracking_uri, fluent._active_experiment_id
-    with pytest.MonkeyPatch.context() as env:
-        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
-            env.setenv(variable, os.environ.get(variable, ""))  # restored, or unset, after
-        run_id, _ = log_evaluation(
-            settings.tracking_uri, experiment_name(settings.trace_experiment), JUDGED, INPUTS,
-            baseline, candidate,
-        )  # fmt: skip
-    tracking._tracking_uri, fluent._active_experiment_id = before
+    run_id, _ = log_evaluation(
+        settings.tracking_uri, experiment_name(settings.trace_experiment), JUDGED, INPUTS,
+        baseline, candidate,
+    )  # fmt: skip
     return run_id
 
 

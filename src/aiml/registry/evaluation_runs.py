@@ -11,17 +11,21 @@ the version to its evaluation. Latency and token counts of both sides are the ru
 A shadow's comparisons are logged the same way (``aiml.evaluation`` = ``shadow``), from the
 traces of its copies, each holding the input and both answers (:func:`shadow_pairs`).
 
-``mlflow.genai.evaluate`` reads the process's tracking URI, so :func:`log_evaluation` sets
-it: it is for the ``aiml evaluate`` command's own process, not the service's.
+``mlflow.genai.evaluate`` reads the process's tracking URI and experiment, so
+:func:`log_evaluation` sets them for its run and puts the URI and MLflow's environment
+variables back after (the active experiment stays: MLflow has no public way to clear it);
+it is for the ``aiml evaluate`` command's own process, not the service's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
+import os
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,9 @@ from mlflow.entities import LoggedModelInput
 from mlflow.genai.scorers import Scorer, scorer
 
 from aiml.errors import InvalidRequest, NotFound
+
+#: What MLflow's fluent API writes into the environment (for child processes).
+_MLFLOW_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 
 __all__ = [
     "Recorded", "Side", "log_evaluation", "recorded_inputs", "shadow_pairs", "user_scorer",
@@ -170,8 +177,44 @@ def log_evaluation(
 ) -> tuple[str, dict[str, float]]:
     """Log the comparison; the run's id and its metrics. ``source``: how the answers were
     had, ``recorded`` (inputs replayed on both) or ``shadow`` (both recorded as served)."""
+    with _process_wide(tracking_uri, experiment):
+        return _log(
+            tracking_uri, name, recorded, baseline, candidate,
+            similarity=similarity, extra=extra, source=source,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _process_wide(tracking_uri: str, experiment: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI and experiment for the run, the URI and the
+    environment put back after."""
+    saved = {name: os.environ.get(name) for name in _MLFLOW_ENVIRONMENT}
+    set_before = mlflow.is_tracking_uri_set()  # type: ignore[no-untyped-call]  # untyped in 3.17
+    previous = mlflow.get_tracking_uri() if set_before else None
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets, as MLflow does
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _log(
+    tracking_uri: str,
+    name: str,
+    recorded: Sequence[Recorded],
+    baseline: Side,
+    candidate: Side,
+    *,
+    similarity: Callable[[str, str], float] | None,
+    extra: Sequence[Scorer],
+    source: str,
+) -> tuple[str, dict[str, float]]:
     rows = [
         {
             "inputs": dict(r.input),
