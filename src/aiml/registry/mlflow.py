@@ -208,16 +208,11 @@ class MlflowRegistry:
         description: str | None,
         log: Callable[[str], None],
     ) -> RegistryVersion:
-        """A new version of ``name``: an MLflow 3 logged model, made by a finished run, whose
-        files ``log`` wrote.
-
-        On an MLflow server the version's source is ``models:/<model id>``, MLflow's link
-        from a version to its logged model (served traces are linked to it too,
-        request_traces.py). A local store is given the model's artifact location instead:
-        MLflow's SQL registry looks a ``models:/`` source up through the process-wide
-        tracking URI, not the client's, and fails for any other (its own TODO); traces,
-        which need a server, are not linked there anyway.
-        """
+        """A new version of ``name``: an MLflow 3 logged model (made by a finished run)
+        whose files ``log`` wrote. On a server its source is ``models:/<id>``, MLflow's link
+        to the model (traces link to it too); a local store gets the model's folder: its SQL
+        registry looks ``models:/`` up through the process-wide tracking URI, not the
+        client's (MLflow's TODO), and traces need a server anyway."""
         experiment_id = self._registration_experiment()
         run = self._call(self._client.create_run, experiment_id, run_name=f"register-{name}")
         run_id = run.info.run_id
