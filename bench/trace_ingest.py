@@ -80,7 +80,7 @@ def export(
             links, made = None, synthetic
             if linked and server is not None:
                 links, made = _linked(url, mlflow, experiment, synthetic)
-            destination = Destination(name, url, lambda h=headers: h, first=links)  # type: ignore[misc]
+            destination = Destination(name, url, lambda h=headers: h, then=links)  # type: ignore[misc]
             count = args.burst * 5 if server is None else args.burst
             cpu_at = database_cpu()
             took = burst(destination, count, batch, posters, server, made, resource)

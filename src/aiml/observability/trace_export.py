@@ -40,16 +40,17 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from .tracing import AttributeValue, RequestTrace
 
-__all__ = ["Destination", "FirstCall", "TraceExporter", "encode"]
+__all__ = ["Destination", "FollowUp", "TraceExporter", "encode"]
 
 log = logging.getLogger("aiml.traces")
 
 
-class FirstCall(Protocol):
-    """What a destination is told of a batch's traces before their spans are posted, that
-    OTLP cannot say (MLflow's link from a trace to its logged model: trace_links.py);
-    counted under its own ``name``. Before, not after: MLflow creates a trace from it at a
-    third of the cost of merging it into the trace the spans made (bench.traces, ``L``)."""
+class FollowUp(Protocol):
+    """What a destination does with the traces of a batch it took, that OTLP cannot say
+    (MLflow's link from a trace to its logged model: registry/trace_links.py); counted
+    under its own ``name``. After the post, not before: a trace MLflow knows before its
+    spans reads as one whose spans are elsewhere (MLflow's client fails to fetch them), and
+    stays so if the post fails; a link made after costs MLflow more (docs/benchmarks.md)."""
 
     name: str
 
@@ -61,12 +62,12 @@ class FirstCall(Protocol):
 @dataclass(frozen=True, slots=True)
 class Destination:
     """An OTLP/HTTP traces endpoint; ``headers`` is called before each post (MLflow's needs
-    the experiment's id, found once the server answers); ``first`` is told each batch first."""
+    the experiment's id, found once the server answers); ``then`` follows a batch it took."""
 
     name: str
     url: str
     headers: Callable[[], Mapping[str, str]]
-    first: FirstCall | None = None
+    then: FollowUp | None = None
 
 
 class TraceExporter:
@@ -190,8 +191,6 @@ class TraceExporter:
                     self.failed[destination.name] += len(batch)
             return
         for destination in self.destinations:
-            if destination.first is not None:
-                self._tell(destination.first, batch)
             try:
                 headers = {"content-type": "application/x-protobuf", **destination.headers()}
                 answer = self._http.post(destination.url, content=body, headers=headers)
@@ -206,20 +205,22 @@ class TraceExporter:
             else:
                 with self._idle:
                     self.exported[destination.name] += len(batch)
+                if destination.then is not None:
+                    self._follow(destination.then, batch)
 
-    def _tell(self, first: FirstCall, batch: list[RequestTrace]) -> None:
-        wanted = [trace for trace in batch if first.wanted(trace)]
+    def _follow(self, then: FollowUp, batch: list[RequestTrace]) -> None:
+        wanted = [trace for trace in batch if then.wanted(trace)]
         if not wanted:
             return
         try:
-            first.send(wanted)
+            then.send(wanted)
         except Exception as exc:
             with self._idle:
-                self.failed[first.name] += len(wanted)
-            log.warning("%d traces not sent to %s (%s)", len(wanted), first.name, exc)
+                self.failed[then.name] += len(wanted)
+            log.warning("%d traces not followed up by %s (%s)", len(wanted), then.name, exc)
         else:
             with self._idle:
-                self.exported[first.name] += len(wanted)
+                self.exported[then.name] += len(wanted)
 
 
 def encode(traces: Iterable[RequestTrace], resource: Resource) -> ExportTraceServiceRequest:

@@ -44,8 +44,8 @@ def build_tracer(
         experiment = _Experiment(tracking_uri, settings.trace_experiment)
         links = TraceLinks(tracking_uri, experiment.experiment_id)
         url = tracking_uri.rstrip("/") + "/v1/traces"
-        first = links if settings.trace_link_models else None
-        destinations.append(Destination("mlflow", url, experiment.headers, first=first))
+        then = links if settings.trace_link_models else None
+        destinations.append(Destination("mlflow", url, experiment.headers, then=then))
     collector = settings.otlp_traces_url
     if collector:
         headers = _otel_headers(settings.otel_exporter_otlp_headers)

@@ -3,11 +3,13 @@ a model's traffic on its page (and ``search_traces(model_id=...)`` finds it).
 
 MLflow links a trace to a logged model by the trace's metadata ``mlflow.modelId``, and
 its OTLP endpoint writes no metadata from spans (MLflow 3.17's ``log_spans`` takes tags,
-token usage, session and user from them, nothing else). So before a batch's spans are
-posted, each trace of a version that has a logged model gets one ``start_trace`` call, the
-call MLflow's own tracer makes with an active model: MLflow creates the trace, and the spans
-then fill it. Created first, not merged after: MLflow's merge of a ``start_trace`` into an
-existing trace is a failed insert, a rollback and a row lock, three times the cost.
+token usage, session and user from them, nothing else). So once a batch's spans are in,
+each trace of a version that has a logged model gets one ``start_trace`` call, the call
+MLflow's own tracer makes with an active model, which MLflow merges into the trace the
+spans made. Not before the spans, though that is cheaper for MLflow (its merge is a failed
+insert, a rollback and a row lock): until they arrive such a trace reads as one whose spans
+are in artifacts (MLflow 3.18's client then fails to fetch them), and stays so if the post
+fails.
 
 It is one more MLflow call a trace (``AIML_TRACE_LINK_MODELS`` turns it off): measured in
 docs/benchmarks.md (bench.traces, configuration ``L``).

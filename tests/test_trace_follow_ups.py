@@ -1,7 +1,7 @@
-"""A destination's first call (MLflow's link from a trace to its logged model) gets only the
-traces it wants of each batch, before the batch's spans are posted, counted under its own
-name, exported or failed; one that fails changes nothing of the batch's own post. (Against a
-real MLflow: tests/test_traces.py.)"""
+"""A destination's follow-up (MLflow's link from a trace to its logged model) gets only the
+traces it wants of a batch the destination took, counted under its own name, exported or
+failed; one that fails changes nothing of the batch's own count. (Against a real MLflow:
+tests/test_traces.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from aiml.observability.trace_export import Destination, TraceExporter
 from aiml.observability.tracing import RequestTrace
+from tests.fakes.servers import free_port
 from tests.test_trace_export import Slow
 
 
@@ -48,7 +49,7 @@ def _traces(linked: int, plain: int) -> list[RequestTrace]:
 
 def _export(sink: Slow, links: Links, traces: list[RequestTrace]) -> TraceExporter:
     exporter = TraceExporter(
-        [Destination("mlflow", sink.url, dict, first=links)], resource={}, every_s=0.05
+        [Destination("mlflow", sink.url, dict, then=links)], resource={}, every_s=0.05
     )
     for trace in traces:
         exporter.submit(trace)
@@ -57,7 +58,7 @@ def _export(sink: Slow, links: Links, traces: list[RequestTrace]) -> TraceExport
     return exporter
 
 
-def test_only_the_traces_it_wants_are_sent_first(sink: Slow) -> None:
+def test_only_the_traces_it_wants_are_followed_up(sink: Slow) -> None:
     links = Links()
     traces = _traces(linked=3, plain=2)
     exporter = _export(sink, links, traces)
@@ -66,7 +67,23 @@ def test_only_the_traces_it_wants_are_sent_first(sink: Slow) -> None:
     assert not exporter.failed
 
 
-def test_a_failed_first_call_is_counted_as_its_own(sink: Slow) -> None:
+def test_a_failed_follow_up_is_counted_as_its_own(sink: Slow) -> None:
     exporter = _export(sink, Links(fails=True), _traces(linked=2, plain=1))
     assert exporter.exported == {"mlflow": 3}
     assert exporter.failed == {"links": 2}
+
+
+def test_a_batch_the_destination_did_not_take_is_not_followed_up() -> None:
+    """A link made for a trace whose spans never arrived would leave MLflow a trace that
+    reads as having its spans elsewhere."""
+    links = Links()
+    refused = f"http://127.0.0.1:{free_port()}/v1/traces"  # nothing listens there
+    exporter = TraceExporter(
+        [Destination("mlflow", refused, dict, then=links)], resource={}, every_s=0.05
+    )
+    for trace in _traces(linked=2, plain=0):
+        exporter.submit(trace)
+    assert exporter.flush()
+    exporter.close()
+    assert links.sent == []
+    assert exporter.failed == {"mlflow": 2}
