@@ -82,7 +82,7 @@ class LifecycleSettings(BaseModel):
     trace_link_models: bool = Field(
         default=True,
         description="Link each trace to its version's MLflow 3 logged model (one more MLflow "
-        "call a trace: MLflow then takes about a third as many traces a second).",
+        "call a trace: MLflow then takes a quarter to a third as many traces a second).",
     )
     trace_posters: int = Field(
         default=2,
