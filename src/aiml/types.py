@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "ChatMessage",
@@ -167,6 +167,11 @@ class ToolCall:
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Engine-neutral generation options; each engine maps them to its own names."""
+
+    #: A temperature below this decodes greedily: it samples as greedy decoding does, and a
+    #: far smaller one overflows float32 logits divided by it into inf (a fuzzed 1.2e-38
+    #: made transformers' sampling raise: a 500).
+    GREEDY_BELOW: ClassVar[float] = 1e-4
 
     max_tokens: int | None = None
     temperature: float | None = None

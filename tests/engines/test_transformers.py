@@ -70,6 +70,13 @@ async def test_tiny_lm_generates_chats_and_streams(
         model, [ChatMessage("user", "hi")], SamplingParams(max_tokens=4, temperature=0.8, seed=1)
     )
     assert chat.completion_tokens == 4
+    # A temperature so small that logits divided by it overflow decodes greedily (a 500).
+    tiny = SamplingParams(max_tokens=4, temperature=1.175494351e-38, top_p=1e-05)
+    greedy = SamplingParams(max_tokens=4)
+    prompt = [ChatMessage("user", "hi")]
+    assert (await engine.chat(model, prompt, tiny)).text == (
+        await engine.chat(model, prompt, greedy)
+    ).text
     pieces = [
         c async for c in engine.stream_generate(model, "the cat", SamplingParams(max_tokens=5))
     ]

@@ -23,6 +23,8 @@ from typing import Any
 import llama_cpp as llama
 import numpy as np
 
+from aiml.types import SamplingParams
+
 __all__ = [
     "NativeModel",
     "ParsedGrammar",
@@ -117,7 +119,7 @@ class SamplerChain:
             )
         )
         seed = default_seed if sampling.seed is None else sampling.seed & 0xFFFFFFFF
-        if sampling.temperature == 0.0:
+        if sampling.temperature < SamplingParams.GREEDY_BELOW:  # tiny ones overflow: greedy
             add(llama.llama_sampler_init_greedy())
         else:
             add(llama.llama_sampler_init_top_k(sampling.top_k))

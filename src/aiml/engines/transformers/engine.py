@@ -291,7 +291,7 @@ def _generate(
     streamer = transformers.TextIteratorStreamer(
         m.tokenizer, skip_prompt=True, skip_special_tokens=True
     )
-    sampling = params.temperature is not None and params.temperature > 0
+    sampling = params.temperature is not None and params.temperature >= params.GREEDY_BELOW
     kwargs: dict[str, Any] = {
         **inputs,
         "max_new_tokens": max_new,
