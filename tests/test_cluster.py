@@ -429,8 +429,11 @@ def test_a_lost_worker_node_fails_what_it_held_and_the_rest_serve(cluster: Clust
     worker = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and WORKER in n["Resources"])
     on_worker = None
     # Models the module's tests loaded (any the worker's replica holds will do); Ray sends
-    # one that no replica holds to the replica holding the fewest, so some land there.
-    for model in ("model-a", "model-b", "model-c", "model-b@prod", "model-g@prod"):
+    # one that no replica holds to the replica holding the fewest, so some land there. Each
+    # loaded version by its number: which a name or an alias reached depended on the
+    # earlier tests (a canary's arm, an alias moved), and the worker's could be missed.
+    loaded = ("model-a/1", "model-b/1", "model-b/2", "model-c/1", "model-g/1", "model-g/2")
+    for model in loaded:
         answer = infer(cluster.url(0), model, max_tokens=1)
         assert answer.status_code == 200, answer.text
         resolved = answer.json()["resolved"]
