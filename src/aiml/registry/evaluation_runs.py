@@ -67,17 +67,8 @@ def recorded_inputs(
 ) -> list[Recorded]:
     """The inputs of ``name``'s last ``limit`` traced requests (since ``since_ms``), oldest
     first; traces that kept no input (AIML_TRACE_CONTENT=none) are skipped."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise NotFound(f"no trace experiment {experiment!r}: nothing was recorded", param="name")
     where = f"tags.`aiml.registered_model` = '{name}'"
-    if since_ms is not None:
-        where += f" AND timestamp_ms > {since_ms}"
-    traces = client.search_traces(
-        locations=[found.experiment_id], filter_string=where, max_results=limit,
-        order_by=["timestamp_ms DESC"],
-    )  # fmt: skip
+    traces = _newest_traces(tracking_uri, experiment, where, limit, since_ms)
     recorded = []
     for trace in reversed(traces):
         request = trace.data.request
@@ -97,20 +88,11 @@ def shadow_pairs(
     (since ``since_ms``; request_traces.shadow_recorder), oldest first, with the caller's
     answers as the baseline side; only copies made beside the newest copy's version, so a
     run compares two versions. Nothing is asked again: both answers were recorded."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise NotFound(f"no trace experiment {experiment!r}: nothing was recorded", param="name")
     where = (
         f"tags.`aiml.shadowed_model` = '{name}' AND "
         f"tags.`aiml.model_version` = '{name}/{candidate}'"
     )
-    if since_ms is not None:
-        where += f" AND timestamp_ms > {since_ms}"
-    traces = client.search_traces(
-        locations=[found.experiment_id], filter_string=where, max_results=limit,
-        order_by=["timestamp_ms DESC"],
-    )  # fmt: skip
+    traces = _newest_traces(tracking_uri, experiment, where, limit, since_ms)
     pairs = [(trace, _root_attributes(trace)) for trace in traces if trace.data.request]
     baseline = next((int(a["aiml.primary.version"]) for _, a in pairs), 0)
     pairs = [(t, a) for t, a in reversed(pairs) if a.get("aiml.primary.version") == baseline]
@@ -132,6 +114,22 @@ def shadow_pairs(
         [a.get("gen_ai.usage.output_tokens") for _, a in pairs],
     )  # fmt: skip
     return recorded, primary, copies
+
+
+def _newest_traces(
+    tracking_uri: str, experiment: str, where: str, limit: int, since_ms: int | None
+) -> list[Any]:
+    """The newest ``limit`` traces of ``experiment`` matching ``where`` (since ``since_ms``)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise NotFound(f"no trace experiment {experiment!r}: nothing was recorded", param="name")
+    if since_ms is not None:
+        where += f" AND timestamp_ms > {since_ms}"
+    return list(client.search_traces(
+        locations=[found.experiment_id], filter_string=where, max_results=limit,
+        order_by=["timestamp_ms DESC"],
+    ))  # fmt: skip
 
 
 def _root_attributes(trace: Any) -> dict[str, Any]:
