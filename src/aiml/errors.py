@@ -19,11 +19,14 @@ API layer never has to guess a status from an arbitrary exception.
     ├── ModelLoadFailed         500 model_load_failed
     ├── ModelBusy               409 model_in_use
     ├── UnsafeAliasMove         409 unsafe_alias_move    (the target lacks what the alias serves)
+    ├── Conflict                409 conflict             (a key or team of that name exists)
     ├── Unauthorized            401 unauthorized         (no or malformed credentials)
     ├── Forbidden               403 forbidden            (credentials without the scope)
     ├── PoolExhausted           503 pool_exhausted       (no room to load; retry later)
     ├── PayloadTooLarge         413 payload_too_large    (body, prompt, batch or image)
     ├── Overloaded              429 overloaded           (queue full; Retry-After)
+    ├── RateLimited             429 rate_limited         (a key's or team's limit; Retry-After)
+    ├── BudgetExceeded          429 budget_exceeded      (a key's or team's budget; Retry-After)
     ├── Draining                503 draining             (shutting down; Retry-After)
     └── DeadlineExceeded        504 deadline_exceeded    (the request's deadline passed)
 """
@@ -35,6 +38,8 @@ from typing import Any
 
 __all__ = [
     "AimlError",
+    "BudgetExceeded",
+    "Conflict",
     "DeadlineExceeded",
     "Draining",
     "EngineError",
@@ -52,6 +57,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PoolExhausted",
+    "RateLimited",
     "RegistryError",
     "RegistryUnavailable",
     "Unauthorized",
@@ -236,6 +242,37 @@ class Forbidden(AimlError):
 
     status_code = 403
     code = "forbidden"
+
+
+class Conflict(AimlError):
+    """Something of that name exists already (a key, a team)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class RateLimited(AimlError):
+    """A key's or its team's per-minute or concurrency limit: retry after ``retry_after``."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: int, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+        self.limit_headers = dict(headers or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {**self.limit_headers, "retry-after": str(self.retry_after)}
+
+
+class BudgetExceeded(RateLimited):
+    """A key's or its team's token or money budget for the day or month is spent."""
+
+    code = "budget_exceeded"
 
 
 class PayloadTooLarge(AimlError):

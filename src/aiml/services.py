@@ -36,6 +36,9 @@ from aiml.registry.trace_destinations import build_tracer
 from aiml.registry.trace_records import TraceRecords
 from aiml.registry.webhooks import DeliveryVerifier
 from aiml.settings import Settings
+from aiml.teams.directory import environment_keys
+from aiml.teams.service import Teams, open_teams
+from aiml.teams.usage import UsageRow
 
 if TYPE_CHECKING:
     from aiml.cluster.changes import ChangeFeed
@@ -73,6 +76,8 @@ class Services:
     #: rounds also step staged canaries (``planner``).
     guard: CanaryGuard
     planner: RolloutPlanner
+    #: Keys, teams, limits, usage and the audit log (aiml's own database).
+    teams: Teams
     unavailable: Mapping[str, str] = field(default_factory=dict)
     #: In cluster mode, the feed of registry changes made through other fronts.
     changes: ChangeFeed | None = None
@@ -107,6 +112,7 @@ class Services:
         self.guard.start()
 
     async def aclose(self) -> None:
+        await self.teams.aclose()  # after the drain: the usage of every answer is written
         await self.guard.aclose()
         await self.manager.gate.shadow.aclose()
         if self.router.resolver.holds is not None:
@@ -203,7 +209,11 @@ def build_services(
     if settings.ray:
         from aiml.cluster.changes import ChangeFeed
 
-        changes = ChangeFeed(settings.ray_app, on_change=lambda name: services.forget(name))
+        changes = ChangeFeed(
+            settings.ray_app,
+            on_change=lambda name: services.forget(name),
+            on_keys=lambda: services.teams.directory.changed(),
+        )
         from aiml.cluster.holdings import model_holders
 
         holders = model_holders(settings.ray_app)
@@ -237,6 +247,15 @@ def build_services(
     )
     planner = RolloutPlanner(stats.versions, guard, router.resolver.canaries, rollouts.advance)
     guard.then(planner.check)
+    teams = open_teams(
+        settings.database,
+        environment=environment_keys(settings.api_keys, settings.admin_keys),
+        refresh_s=settings.keys_refresh_s,
+        flush_s=settings.usage_flush_s,
+        on_record=lambda row: _count_usage(metrics, row),
+    )
+    if changes is not None:
+        teams.on_change = changes.publish_keys
 
     services = Services(
         settings=settings,
@@ -274,5 +293,13 @@ def build_services(
         rollouts=rollouts,
         guard=guard,
         planner=planner,
+        teams=teams,
     )
     return services
+
+
+def _count_usage(metrics: Metrics, row: UsageRow) -> None:
+    metrics.key_usage.count(
+        row.key, row.team, requests=row.requests, errors=row.errors,
+        input_tokens=row.input_tokens, output_tokens=row.output_tokens, cost=row.cost,
+    )  # fmt: skip

@@ -185,6 +185,20 @@ class Settings(BaseSettings, LifecycleSettings):
         default="",
         description="Comma-separated admin keys: register, aliases, cache, load, unload, pull.",
     )
+    database_url: str | None = Field(
+        default=None,
+        description="aiml's own database (keys, teams, usage, audit), a SQLAlchemy URL; "
+        "default: sqlite aiml.db in AIML_HOME. Fronts of one cluster share one.",
+    )
+    keys_refresh_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often a front checks the keys for changes."
+    )
+    usage_flush_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often counted usage is written (a crash loses at most this much of it).",
+    )
     max_body_bytes: PositiveInt = Field(
         default=16 << 20, description="Largest request body (uploads to /admin excepted)."
     )
@@ -327,6 +341,11 @@ class Settings(BaseSettings, LifecycleSettings):
     @property
     def registry_uri(self) -> str:
         return self.mlflow_registry_uri or self.tracking_uri
+
+    @property
+    def database(self) -> str:
+        """aiml's own database in effect (sqlite in AIML_HOME when none is configured)."""
+        return self.database_url or f"sqlite:///{(self.home_dir / 'aiml.db').as_posix()}"
 
     @property
     def home_dir(self) -> Path:

@@ -14,7 +14,9 @@ import pytest
 from starlette.routing import Route
 
 from aiml.api.app import create_app
-from aiml.api.auth import ROUTE_ACCESS, Access, KeyRing, access_of
+from aiml.api.auth import ROUTE_ACCESS, Access, access_of
+from aiml.teams.directory import KeyDirectory, environment_keys
+from aiml.teams.keys import secret_digest
 from aiml.observability.logging import JsonFormatter
 from aiml.server import safe_host
 from aiml.settings import Settings
@@ -77,13 +79,14 @@ def test_admin_routes_need_an_admin_key(aiml: RunningAiml) -> None:
         assert client.get("/models/registered_in_mlflow", headers=USER).status_code == 200
 
 
-def test_keys_are_kept_as_digests_only() -> None:
-    ring = KeyRing.from_setting("alpha-secret, beta-secret")
-    assert ring.accepts("alpha-secret")
-    assert ring.accepts("beta-secret")
-    assert not ring.accepts("alpha-secre")
-    assert "alpha-secret" not in repr(vars(ring))
-    assert not KeyRing.from_setting(" , ")
+def test_environment_keys_are_kept_as_digests_only() -> None:
+    keys = environment_keys("alpha-secret, beta-secret", "")
+    directory = KeyDirectory(None, keys)
+    assert directory.lookup(secret_digest("alpha-secret")).key is not None  # type: ignore[union-attr]
+    assert directory.lookup(secret_digest("beta-secret")).key is not None  # type: ignore[union-attr]
+    assert directory.lookup(secret_digest("alpha-secre")) is None
+    assert "alpha-secret" not in repr(keys) + repr(vars(directory))
+    assert not environment_keys(" , ", "")
 
 
 def test_without_keys_aiml_binds_loopback_only(caplog: pytest.LogCaptureFixture) -> None:

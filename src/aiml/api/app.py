@@ -15,12 +15,15 @@ from aiml import __version__
 from aiml.observability.history import TrafficHistory
 from aiml.services import Services, build_services
 from aiml.settings import Settings
+from aiml.teams.service import Teams
 
-from .auth import KeyRing
+from .audit_trail import AuditTrail
+from .authentication import Authentication
 from .disconnect import CancelOnDisconnect
 from .errors import install_error_handlers
-from .middleware import Authentication, BodyLimit, RequestContext, Traffic
+from .middleware import BodyLimit, RequestContext, Traffic
 from .openapi import build_openapi
+from .quotas import Quotas
 from .responses import JSONResponse
 from .routes import (
     admin,
@@ -31,6 +34,7 @@ from .routes import (
     health,
     hooks,
     inference,
+    keys,
     models,
     ollama,
     openai,
@@ -51,8 +55,6 @@ def create_app(
     """Build the ASGI app. ``services_factory`` lets tests inject instrumented parts."""
     settings = settings or Settings()
     traffic = Traffic()
-    api_keys = KeyRing.from_setting(settings.api_keys)
-    admin_keys = KeyRing.from_setting(settings.admin_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +63,7 @@ def create_app(
         if settings.embedded_registry:
             await services.registry.ping()  # creates the sqlite schema before the first request
         app.state.services = services
+        await services.teams.open()  # the keys, read before the first request
         services.start()
         # The console's traffic charts: the last 15 minutes of the counters, in memory.
         history = TrafficHistory(
@@ -85,8 +88,8 @@ def create_app(
             services.registry.uri,
             ", ".join(f"{name} ({engine.location})" for name, engine in services.engines.items()),
         )
-        if not api_keys and not admin_keys:
-            log.warning("no API keys configured (AIML_API_KEYS): every route is open")
+        if not services.teams.directory.enabled:
+            log.warning("no API keys configured (AIML_API_KEYS, aiml keys): every route is open")
         try:
             yield
         finally:
@@ -113,6 +116,7 @@ def create_app(
             responses.router,
             ollama.router,
             admin.router,
+            keys.router,
             health.router,
             health.metrics_router,
             console.router,
@@ -122,17 +126,24 @@ def create_app(
             evaluations.router,
         ),
     )
-    # Outermost last: the request id wraps everything, then the keys, then the body limit.
-    # Keys come before anything reads the body: a client without one never gets aiml to
-    # read (let alone hold) a byte of it.
+
+    # Outermost last: the request id wraps everything, then the audit of admin actions
+    # (refused ones too), the keys, their limits, then the body limit. Keys and limits come
+    # before anything reads the body: a client without one never gets aiml to read (let
+    # alone hold) a byte of it.
     # Innermost: a request whose client hung up is cancelled, streaming or not.
+    def teams() -> Teams:
+        return services_of(app).teams
+
     app.add_middleware(CancelOnDisconnect)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes
     )
-    app.add_middleware(Authentication, api_keys=api_keys, admin_keys=admin_keys)
+    app.add_middleware(Quotas, teams=teams)
+    app.add_middleware(Authentication, directory=lambda: teams().directory)
+    app.add_middleware(AuditTrail, audit=lambda: teams().audit)
     app.add_middleware(RequestContext, traffic=traffic, replica=settings.replica_name)
-    _document(app, keyed=bool(api_keys) or bool(admin_keys))
+    _document(app, keyed=lambda: teams().directory.enabled)
     return app
 
 
@@ -146,6 +157,11 @@ _HOT_PATHS = (
     "/v1/embeddings",
     "/api/embed",
 )
+
+
+def services_of(app: FastAPI) -> Services:
+    services: Services = app.state.services  # set in the lifespan, before any request
+    return services
 
 
 def _add_routes(app: FastAPI, routers: tuple[APIRouter, ...]) -> None:
@@ -163,13 +179,13 @@ def _add_routes(app: FastAPI, routers: tuple[APIRouter, ...]) -> None:
     app.router.routes.extend(route for route in routes if route not in hot)
 
 
-def _document(app: FastAPI, *, keyed: bool) -> None:
+def _document(app: FastAPI, *, keyed: Callable[[], bool]) -> None:
     """The OpenAPI schema with every answer each route can give and, where keys are
     configured, which key it needs (clients and fuzzers read it); built once, on first use."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build_openapi(app, keyed=keyed)
+            app.openapi_schema = build_openapi(app, keyed=keyed())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

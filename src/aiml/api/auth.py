@@ -3,22 +3,22 @@
 * :data:`ROUTE_ACCESS`: the one path table of open, user and admin routes
   (:func:`access_of`), which the Authentication middleware enforces and the OpenAPI
   schema's security is drawn from.
-* :class:`KeyRing`: bearer keys, kept only as SHA-256 digests, compared in constant time.
-* :class:`Caller`: who sent a request (its key's digest, admin or not), left by the
-  middleware in the request's ASGI scope state; routes that decide by key (stored
-  responses, Ollama's load and unload) read it with :func:`caller_of`.
+* :class:`Caller`: who sent a request (its key, admin or not), left by the middleware in
+  the request's ASGI scope state; routes that decide by key (stored responses, Ollama's
+  load and unload, listings) read it with :func:`caller_of`. The keys themselves, from the
+  environment and the database, are :mod:`aiml.teams`'s (``KeyDirectory``).
+* :func:`surface_of`: which surface a path is on (what a key's ``surfaces`` rule names).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
 from starlette.types import Scope
+
+from aiml.teams.keys import ApiKey
 
 __all__ = [
     "ANONYMOUS",
@@ -26,39 +26,13 @@ __all__ = [
     "ROUTE_ACCESS",
     "Access",
     "Caller",
-    "KeyRing",
     "RouteRule",
     "access_of",
     "caller_of",
-    "key_digest",
+    "found_caller",
     "set_caller",
+    "surface_of",
 ]
-
-
-class KeyRing:
-    """A set of keys; the plain keys are dropped as soon as they are hashed."""
-
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = [key_digest(key) for key in keys if key]
-
-    @classmethod
-    def from_setting(cls, value: str) -> KeyRing:
-        return cls(part.strip() for part in value.split(","))
-
-    def __bool__(self) -> bool:
-        return bool(self._digests)
-
-    def accepts(self, key: str) -> bool:
-        return self.holds(key_digest(key))
-
-    def holds(self, digest: bytes) -> bool:
-        # Every digest is compared, match or not, so timing says nothing about which key.
-        matches = [hmac.compare_digest(digest, known) for known in self._digests]
-        return any(matches)
-
-
-def key_digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 class Access(StrEnum):
@@ -136,20 +110,31 @@ def access_of(method: str, path: str) -> Access:
 class Caller:
     """Who sent a request, as the Authentication middleware found it.
 
-    ``key``: the hex SHA-256 digest of the caller's bearer key (what owns its stored
-    responses); ``None`` when no keys are configured, or on an open route, where no key is
-    asked for. ``admin``: may do what admin keys may: true for admin keys, and for everyone
-    when no keys are configured (then every route is open).
+    ``key``: the caller's key; ``None`` when no keys are configured, or on an open route,
+    where no key is asked for. ``admin``: may do what admin keys may: true for admin keys,
+    and for everyone when no keys are configured (then every route is open).
     """
 
-    key: str | None
+    key: ApiKey | None
     admin: bool
 
     @property
     def name(self) -> str | None:
-        """The key's name where aiml shows who asked (traces, feedback, logs): ``key-`` and
-        the digest's first 12 hex digits, never the key; ``None`` without a key."""
-        return f"key-{self.key[:12]}" if self.key else None
+        """The key's name where aiml shows who asked (traces, usage, audit, logs); an
+        environment key's is ``key-`` and its digest's first 12 hex digits, never the key."""
+        return self.key.name if self.key is not None else None
+
+    @property
+    def owner(self) -> str | None:
+        """What owns the caller's stored responses and sticky choices: an environment key's
+        digest, a database key's name (which outlives rotations of its secret)."""
+        if self.key is None:
+            return None
+        return self.key.digest if self.key.from_environment else "key:" + self.key.name
+
+    def may_list(self, name: str, alias: str | None) -> bool:
+        """Whether a listing shows this key ``name`` (its latest) or ``name@alias``."""
+        return self.key is None or self.key.rules.allows(name, alias)
 
     @property
     def access(self) -> Literal["open", "admin", "user", "anonymous"]:
@@ -171,8 +156,25 @@ def set_caller(scope: Scope, caller: Caller) -> None:
     scope.setdefault("state", {})[_STATE_KEY] = caller
 
 
+def found_caller(scope: Scope) -> Caller | None:
+    """The caller, if the Authentication middleware let the request through."""
+    caller = scope.get("state", {}).get(_STATE_KEY)
+    return caller if isinstance(caller, Caller) else None
+
+
 def caller_of(scope: Scope) -> Caller:
     caller = scope.get("state", {}).get(_STATE_KEY)
     if not isinstance(caller, Caller):  # fail closed: never guess who is asking
         raise RuntimeError("the Authentication middleware did not run for this request")
     return caller
+
+
+#: Path prefixes and the surface each is (a key's ``surfaces`` rule names them).
+_SURFACES = (("/inference/", "inference"), ("/v1/", "openai"), ("/api/", "ollama"))
+
+
+def surface_of(path: str) -> str | None:
+    for prefix, surface in _SURFACES:
+        if path.startswith(prefix):
+            return surface
+    return None

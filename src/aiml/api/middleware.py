@@ -4,10 +4,7 @@
   one) returned in the response header and put on every log line; the client's
   ``X-Request-Timeout`` (seconds, only ever shortening the deadline); one access log line;
   the count of requests in flight that a graceful shutdown waits for.
-* :class:`Authentication`: bearer keys, by the one path table (``aiml.api.auth``'s
-  ``ROUTE_ACCESS``: open, user or admin routes); it leaves the caller (its key's digest,
-  admin or not) in the scope's state. It runs before anything reads the body, so a refused
-  client's body is never read (and the connection is closed rather than drained).
+* :class:`~aiml.api.authentication.Authentication` (its own module): bearer keys.
 * :class:`BodyLimit`: request bodies are counted as they stream through to the app, never
   buffered here; past the route's limit, 413.
 """
@@ -26,8 +23,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiml.observability.context import (
-    request_affinity,
-    request_caller,
     request_deadline,
     request_id,
     request_path,
@@ -35,16 +30,13 @@ from aiml.observability.context import (
     response_headers,
 )
 
-from .auth import ANONYMOUS, NO_KEYS, Access, Caller, KeyRing, access_of, key_digest, set_caller
 from .errors import render_error
 
-__all__ = ["Authentication", "BodyLimit", "RequestContext", "Traffic"]
+__all__ = ["BodyLimit", "RequestContext", "Traffic", "close_if_body"]
 
 log = logging.getLogger("aiml.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,64}")
 _QUIET = ("/health/", "/metrics")
-#: A longer x-aiml-session header is no session (it would only cost hashing).
-_MAX_SESSION_BYTES = 256
 _UPLOAD_PATH = "/admin/models/register"  # the one route with AIML_MAX_UPLOAD_BYTES
 
 
@@ -156,76 +148,6 @@ class RequestContext:
             request_id.reset(id_token)
 
 
-class Authentication:
-    """Refuses what a request's key does not grant (``ROUTE_ACCESS``); for the rest,
-    leaves the :class:`~aiml.api.auth.Caller` in the scope's state for the routes."""
-
-    def __init__(self, app: ASGIApp, *, api_keys: KeyRing, admin_keys: KeyRing) -> None:
-        self.app = app
-        self.api_keys = api_keys
-        self.admin_keys = admin_keys
-        self.enabled = bool(api_keys) or bool(admin_keys)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if not self.enabled:
-            await self._pass(scope, receive, send, NO_KEYS)
-            return
-        path = scope["path"]
-        need = access_of(scope["method"], path)
-        if need is Access.OPEN:
-            await self._pass(scope, receive, send, ANONYMOUS)
-            return
-        token = _bearer(scope)
-        if token is None:
-            refusal = (401, "unauthorized", "this route needs 'Authorization: Bearer <key>'")
-        else:
-            digest = key_digest(token)
-            admin = self.admin_keys.holds(digest)
-            user = self.api_keys.holds(digest)
-            if admin or (user and need is Access.USER):
-                await self._pass(scope, receive, send, Caller(key=digest.hex(), admin=admin))
-                return
-            if user:
-                refusal = (403, "forbidden", "this route needs an admin key (AIML_ADMIN_KEYS)")
-            else:
-                refusal = (401, "unauthorized", "the key is not valid")
-        status, code, message = refusal
-        headers = {"www-authenticate": "Bearer"} if status == 401 else {}
-        await render_error(path, status, code, message, headers=headers | _close_if_body(scope))(
-            scope, receive, send
-        )
-
-    async def _pass(self, scope: Scope, receive: Receive, send: Send, caller: Caller) -> None:
-        """On to the app, with the caller in the scope and its affinity (whose choices stick
-        to it: a canary's version) in the request's context."""
-        set_caller(scope, caller)
-        token = request_affinity.set(_affinity(scope, caller))
-        # A key's name until keys are named: its digest's first 12 hex digits.
-        name = request_caller.set(caller.name)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            request_caller.reset(name)
-            request_affinity.reset(token)
-
-
-def _affinity(scope: Scope, caller: Caller) -> str | None:
-    """The caller as sticky choices know it: its session header, else its key, else its
-    address (a route may narrow it further: the OpenAI ``user`` field)."""
-    name: bytes
-    value: bytes
-    for name, value in scope["headers"]:
-        if name == b"x-aiml-session" and 0 < len(value) <= _MAX_SESSION_BYTES:
-            return "session:" + value.decode("latin-1")
-    if caller.key is not None:
-        return "key:" + caller.key
-    client = scope.get("client")
-    return f"client:{client[0]}" if client else None
-
-
 class BodyLimit:
     """Counts a request body as it streams through to the app; past the limit, 413.
 
@@ -306,7 +228,7 @@ def _too_large(path: str, limit: int) -> Any:
     )
 
 
-def _close_if_body(scope: Scope) -> dict[str, str]:
+def close_if_body(scope: Scope) -> dict[str, str]:
     """``Connection: close`` for an answer given without reading the request's body.
 
     Otherwise the server would go on reading (and dropping) the whole body to reach the next
@@ -316,15 +238,6 @@ def _close_if_body(scope: Scope) -> dict[str, str]:
         if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             return {"connection": "close"}
     return {}
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
-    return None
 
 
 def _seconds(value: bytes | None) -> float | None:

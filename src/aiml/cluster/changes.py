@@ -1,4 +1,4 @@
-"""Registry changes made through one front, seen by every front at once.
+"""Registry changes (and changes of keys) made through one front, seen by every front at once.
 
 A change made through aiml's admin routes (register, alias, delete) invalidates that
 front's cached resolutions synchronously. The other fronts learn of it through a small
@@ -26,6 +26,8 @@ log = logging.getLogger("aiml.cluster")
 
 #: How long one long-poll waits for news before asking again (seconds).
 _POLL_S = 30.0
+#: The entry saying keys changed: never a registry name (MLflow's have no ':').
+_KEYS = "aiml:keys"
 #: How many recent changes the log keeps (a front further behind invalidates everything).
 _KEEP = 1000
 
@@ -59,15 +61,25 @@ class ChangeLog:
 class ChangeFeed:
     """A front's side of the change log: publish its changes, apply the others'."""
 
-    def __init__(self, app: str, on_change: Callable[[str | None], None]) -> None:
+    def __init__(
+        self,
+        app: str,
+        on_change: Callable[[str | None], None],
+        on_keys: Callable[[], None] = lambda: None,
+    ) -> None:
         self._log: Any = ChangeLog.options(  # type: ignore[attr-defined]
             name=f"{app}-changes", namespace="aiml", lifetime="detached", get_if_exists=True
         ).remote()
         self._on_change = on_change
+        self._on_keys = on_keys
         self._task: asyncio.Task[None] | None = None
 
     def publish(self, name: str) -> None:
         self._log.publish.remote(name)  # fire and forget; the feed applies it here too
+
+    def publish_keys(self) -> None:
+        """Keys or teams changed through this front: every front reads them again."""
+        self._log.publish.remote(_KEYS)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._follow())
@@ -98,4 +110,7 @@ class ChangeFeed:
                 await asyncio.sleep(1.0)
                 continue
             for name in names if names is not None else [None]:
-                self._on_change(name)
+                if name == _KEYS or name is None:
+                    self._on_keys()
+                if name != _KEYS:
+                    self._on_change(name)

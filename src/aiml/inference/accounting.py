@@ -19,6 +19,7 @@ from aiml.errors import AimlError, DeadlineExceeded
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.observability.tracing import RequestTrace, Tracer
+from aiml.teams.context import request_usage
 from aiml.types import Generation
 
 from .admission import Admission
@@ -63,6 +64,8 @@ class Accounting:
         self.threads = RunningThreads()
         self.version: str | None = None  # until a registry version answers it
         self.first_token_s: float | None = None
+        #: The request's usage, where its key's is counted (the Quotas middleware's).
+        self._usage = request_usage.get()
 
     @contextlib.contextmanager
     def owning_threads(self) -> Iterator[None]:
@@ -78,6 +81,8 @@ class Accounting:
     def located(self, engine: str, engines: Collection[str], model: str = "-") -> None:
         self.engine = engine if engine in engines else "unknown"
         self.model = model
+        if self._usage is not None:
+            self._usage.model = model
         self._mark("locate")
 
     def admitted(self, gate: Admission) -> None:
@@ -92,9 +97,13 @@ class Accounting:
         if self.trace is not None:
             self._marks[step] = time.perf_counter()
 
-    def served_by(self, version: str) -> None:
-        """The registry version (``name/3``) answering the call: its health counts it."""
+    def served_by(self, version: str, prices: tuple[float, float] = (0.0, 0.0)) -> None:
+        """The registry version (``name/3``) answering the call: its health counts it, and
+        its prices (per million input and output tokens) its usage."""
         self.version = version
+        if self._usage is not None:
+            self._usage.version = version.rpartition("/")[2]
+            self._usage.input_price, self._usage.output_price = prices
 
     def first_token(self) -> float:
         """The call's first generated text is out now: seconds since it arrived."""
@@ -112,6 +121,9 @@ class Accounting:
         stats.by_model[(self.model if status != 404 else "-", status)] += 1
         if generation is not None and generation.completion_tokens:
             stats.tokens[(self.task, self.engine)] += generation.completion_tokens
+        if generation is not None and self._usage is not None:
+            self._usage.input_tokens += generation.prompt_tokens or 0
+            self._usage.output_tokens += generation.completion_tokens or 0
         elapsed = time.perf_counter() - self.started
         self._metrics.request_duration.labels(self.task, self.engine).observe(elapsed)
         if self.version is not None:

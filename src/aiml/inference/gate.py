@@ -2,7 +2,8 @@
 bottom in :class:`RequestGate`, its steps below the paths and the helpers below them.
 
 A whole answer (:meth:`~RequestGate.run`) or a stream (:meth:`~RequestGate.open`): begin
-accounting -> refuse while draining -> check limits -> locate -> route to (task spec, engine)
+accounting -> refuse while draining -> check limits -> locate -> the key's models -> route to
+(task spec, engine)
 -> admit -> check options, resolve the model, choose its handler, check capabilities -> run
 -> account. Lookups and admin loads (:meth:`~RequestGate.gated`) take the same path with their own
 work. From ``locate`` on it all runs within the request's deadline (504, the work cancelled);
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
-from aiml.errors import AimlError, Draining, InvalidRequest, ModelNotFound
+from aiml.errors import AimlError, Draining, Forbidden, InvalidRequest, ModelNotFound
 from aiml.observability.context import (
     note_response_header,
     request_affinity,
@@ -30,6 +31,7 @@ from aiml.observability.context import (
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.observability.tracing import RequestTrace, Tracer
+from aiml.teams.context import prices_of, request_key
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
 
 from .accounting import Accounting, deadline_error
@@ -111,6 +113,7 @@ class RequestGate:
                 self._check_limits(call.input)
                 engine, ref = await _within(call.locate(), deadline_at)
                 account.located(engine, self.router.engines, ref.name)
+                _check_key(ref, call.task)
                 route = self.router.route(call.task, engine)
                 await self._admit(engine, account, deadline_at)
                 async with _until(deadline_at):  # resolving may fetch the model's files
@@ -141,6 +144,7 @@ class RequestGate:
                 self._check_limits(call.input)
                 engine, ref = await _within(call.locate(), deadline_at)
                 account.located(engine, self.router.engines, ref.name)
+                _check_key(ref, call.task)
                 route = self.router.route(call.task, engine)
                 await self._admit(engine, account, deadline_at)
                 if not route.spec.streams:
@@ -176,6 +180,7 @@ class RequestGate:
                 self._refuse_while_draining()
                 engine, ref = await _within(locate(), deadline_at)
                 account.located(engine, self.router.engines, ref.name)
+                _check_key(ref, None)
                 if admit:
                     await self._admit(engine, account, deadline_at)
                 result = await _within(work(engine, ref), deadline_at)
@@ -257,7 +262,7 @@ class RequestGate:
         if resolved.registry_name is not None and resolved.registry_version is not None:
             version = f"{resolved.registry_name}/{resolved.registry_version}"
             note_response_header(SERVED_VERSION_HEADER, version)
-            account.served_by(version)
+            account.served_by(version, prices_of(resolved.tags))
             if account.trace is not None:  # which arm of a canary: the alias's own version?
                 stable = await self.router.resolver.version(ref) if ref.alias else None
                 served(account.trace, ref, resolved, stable)
@@ -357,6 +362,13 @@ def _answer_of(result: dict[str, Any], generation: Generation | None) -> Answer:
     if isinstance(vectors, list):
         return Answer("", vectors)
     return Answer(json.dumps(result, sort_keys=True, default=str))
+
+
+def _check_key(ref: ModelRef, task: str | None) -> None:
+    """Refuse, naming the rule, a model or task the request's key may not use."""
+    key = request_key.get()
+    if key is not None and (why := key.rules.model_refusal(ref, task)) is not None:
+        raise Forbidden(f"key {key.name!r} may not: {why}")
 
 
 def _check_options(engine: Engine, request: Any) -> None:

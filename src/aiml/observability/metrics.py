@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .key_usage import KeyUsageMetrics
 from .sources import AdmissionGauges, PoolGauges
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
+        #: Requests, errors, tokens and cost per key and team (bounded labels).
+        self.key_usage = KeyUsageMetrics(self.registry)
 
     def watch(
         self,

@@ -71,13 +71,15 @@ async def version() -> JSONResponse:
 
 
 @router.get("/tags")
-async def tags(services: ServicesDep) -> JSONResponse:
-    """Every registered model as ``name:latest``, and each alias as ``name:alias``."""
+async def tags(services: ServicesDep, caller: CallerDep) -> JSONResponse:
+    """Every registered model the key may use as ``name:latest``, and each alias as
+    ``name:alias``."""
     models: list[dict[str, Any]] = []
     for info in await services.catalog.all_models():
         modified = _rfc3339(info.created_s)
         for tag in ("latest", *sorted(info.aliases)):
-            models.append(_listing(f"{info.name}:{tag}", modified))
+            if caller.may_list(info.name, None if tag == "latest" else tag):
+                models.append(_listing(f"{info.name}:{tag}", modified))
     return JSONResponse({"models": models})
 
 

@@ -28,7 +28,7 @@ from aiml.observability.context import stick_to_user
 from aiml.services import Services
 from aiml.types import Generation
 
-from ..deps import ServicesDep
+from ..deps import CallerDep, ServicesDep
 from ..errors import openai_error_body
 from ..openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from ..responses import JSONResponse
@@ -41,17 +41,22 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=ThreadedJsonRoute)
 
 
 @router.get("/models")
-async def list_models(services: ServicesDep) -> JSONResponse:
-    """Every registered model, and each of its aliases as ``name@alias``.
+async def list_models(services: ServicesDep, caller: CallerDep) -> JSONResponse:
+    """Every registered model the key may use, and each of its aliases as ``name@alias``.
 
     Not OpenAI's field: ``capabilities`` of the version an entry names, once aiml has read
     them (the version was used, loaded or shown); ``GET /v1/models/{model}`` reads them."""
     book = services.router.capabilities
     data: list[dict[str, Any]] = []
     for info in await services.catalog.all_models():
-        versions = {info.name: info.latest_version}
-        versions.update({f"{info.name}@{a}": v for a, v in sorted(info.aliases.items())})
-        for name, version in versions.items():
+        versions: dict[tuple[str, str | None], int | None] = {
+            (info.name, None): info.latest_version
+        }
+        versions.update({(info.name, a): v for a, v in sorted(info.aliases.items())})
+        for (name, alias), version in versions.items():
+            if not caller.may_list(name, alias):
+                continue
+            name = f"{name}@{alias}" if alias else name
             entry = _model(name, info.created_s)
             details = book.of_version(info.name, version)
             if details is not None:

@@ -66,7 +66,7 @@ async def create_response(
         lambda: openai_target(services.router, body.model),
         ChatInput(tuple(messages), params),
     )
-    reply = _Reply(body, services, conversation, owner=caller.key)
+    reply = _Reply(body, services, conversation, owner=caller.owner)
     if body.stream:
         return streaming_response(reply.events(await services.manager.open(call)), SSE)
     outcome = await services.manager.run(call)
@@ -93,7 +93,7 @@ async def delete_response(
 
 def _viewer(caller: Caller) -> Viewer:
     """The stored responses a caller sees: its key's own; an admin's (or without keys), all."""
-    return EVERY_OWNER if caller.admin else Viewer(owner=caller.key)
+    return EVERY_OWNER if caller.admin else Viewer(owner=caller.owner)
 
 
 class _Reply:

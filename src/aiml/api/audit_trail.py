@@ -1,0 +1,85 @@
+"""The AuditTrail middleware: every admin action written to the audit log.
+
+An admin action is a request to an admin route (``ROUTE_ACCESS``) other than a read:
+keys and teams, aliases, canaries, registering, loading, unloading, pulling, the cache.
+Written once its answer is sent (refused ones too, a bad key's included: who tried
+matters; this middleware runs outside Authentication), by the key's name,
+with the client's address and what the route noted (:func:`note_audit`: the key made, the
+alias moved). Reads and the serving routes are counted as usage, not audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aiml.teams.audit import AuditEntry, AuditLog
+
+from .auth import Access, Caller, access_of, found_caller
+
+__all__ = ["AuditTrail", "note_audit"]
+
+log = logging.getLogger("aiml.audit")
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_detail: ContextVar[dict[str, Any] | None] = ContextVar("aiml_audit_detail", default=None)
+
+
+def note_audit(**detail: Any) -> None:
+    """What an admin route did, for its audit entry (shared by reference, as headers are)."""
+    noted = _detail.get()
+    if noted is not None:
+        noted.update(detail)
+
+
+class AuditTrail:
+    def __init__(self, app: ASGIApp, *, audit: Callable[[], AuditLog]) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] in _READS
+            or access_of(scope["method"], scope["path"]) is not Access.ADMIN
+        ):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_noting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        detail: dict[str, Any] = {}
+        token = _detail.set(detail)
+        try:
+            await self.app(scope, receive, send_noting)
+        finally:
+            _detail.reset(token)
+            caller = found_caller(scope)  # None: refused by Authentication (no or a bad key)
+            client = scope.get("client")
+            entry = AuditEntry(
+                actor=_actor(caller),
+                action=f"{scope['method']} {scope['path']}",
+                target=str(detail.pop("target", scope["path"])),
+                status=status,
+                client=client[0] if client else "-",
+                detail=detail,
+            )
+            try:
+                await asyncio.shield(asyncio.to_thread(self.audit().append, entry))
+            except Exception:  # the action is done; its record failing must be loud
+                log.exception("audit entry not written: %s", entry)
+
+
+def _actor(caller: Caller | None) -> str:
+    if caller is None:
+        return "unauthenticated"
+    return caller.name or "anonymous"  # anonymous: no keys are configured
