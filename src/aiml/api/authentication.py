@@ -56,6 +56,7 @@ class Authentication:
             return
         token = _bearer(scope)
         refusal: tuple[int, str, str]
+        key = None
         if token is None:
             refusal = (401, "unauthorized", "this route needs 'Authorization: Bearer <key>'")
         else:
@@ -72,6 +73,8 @@ class Authentication:
                 await self._pass(scope, receive, send, Caller(key=key, admin=key.admin))
                 return
         status, code, message = refusal
+        if status == 403:  # a valid key without the right: the audit names who tried
+            set_caller(scope, Caller(key=key, admin=False))
         headers = {"www-authenticate": "Bearer"} if status == 401 else {}
         await render_error(path, status, code, message, headers=headers | close_if_body(scope))(
             scope, receive, send

@@ -102,8 +102,9 @@ class RateLimiter:
         self.store = store
         self._clock = clock
         self._leases: dict[tuple[str, str], _Lease] = {}
-        #: Charges on their way to the shared counter (kept so they are not collected).
-        self._charges: set[asyncio.Future[None]] = set()
+        #: Charges on their way to the shared counter, per subject: a new lease waits for
+        #: them, so the counter it reads includes them.
+        self._charges: dict[str, set[asyncio.Future[None]]] = {}
 
     async def take(self, subject: str, kind: str, limit: int) -> Standing | None:
         """Take one request (or, for tokens, make sure one is left) of the minute's
@@ -116,6 +117,9 @@ class RateLimiter:
             async with lease.lock:  # one lease at a time per subject
                 lease = self._lease(subject, kind, window)
                 if lease.left <= 0:
+                    charges = self._charges.get(subject)
+                    if charges:
+                        await asyncio.gather(*charges, return_exceptions=True)
                     want = max(1, limit // _LEASE_DIVISOR)
                     granted, used = await asyncio.to_thread(
                         self.store.lease, subject, kind, window, want, limit
@@ -141,13 +145,15 @@ class RateLimiter:
             charge = asyncio.ensure_future(
                 asyncio.to_thread(self.store.charge, subject, TOKENS, window, debt)
             )
-            self._charges.add(charge)
-            charge.add_done_callback(self._charges.discard)
+            charges = self._charges.setdefault(subject, set())
+            charges.add(charge)
+            charge.add_done_callback(charges.discard)
 
     async def aclose(self) -> None:
         """Wait for the charges on their way (at shutdown)."""
-        if self._charges:
-            await asyncio.gather(*self._charges, return_exceptions=True)
+        charges = [c for pending in self._charges.values() for c in pending]
+        if charges:
+            await asyncio.gather(*charges, return_exceptions=True)
 
     def reset_in(self) -> float:
         """Seconds left in the current minute."""
