@@ -3,7 +3,8 @@
 ``serve`` runs the HTTP service; ``infer`` talks to a running service; ``models``,
 ``register-ollama`` and the registry commands (``alias``, ``rollout``, ``webhook``:
 registry_commands.py) work on the registry directly (no service needed), with the
-service's settings (``MLFLOW_TRACKING_URI``, ``OLLAMA_HOST``, ``AIML_*``).
+service's settings (``MLFLOW_TRACKING_URI``, ``OLLAMA_HOST``, ``AIML_*``); ``keys``, ``teams``,
+``usage`` and ``audit`` (keys_commands.py) on aiml's own database directly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiml.settings import Settings
 
 from .common import console, err, run
 from .evaluate_command import evaluate
+from .keys_commands import register as register_keys
 from .registry_commands import alias_app, rollout_app, webhook_app
 
 __all__ = ["app"]
@@ -34,6 +36,7 @@ app.add_typer(alias_app, name="alias")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(webhook_app, name="webhook")
 app.command()(evaluate)
+register_keys(app)
 
 
 @app.command()
