@@ -1,9 +1,11 @@
-// The console's shell: asks for a key when aiml needs one, then the four pages.
+// The console's shell: asks for a key when aiml needs one, then the pages.
 import { ApiError, get, getKey, setKey } from "./api.js";
+import { KeysPage } from "./keys.js";
 import { ModelsPage } from "./models.js";
 import { PlaygroundPage } from "./playground.js";
 import { RolloutsPage } from "./rollouts.js";
 import { TrafficPage } from "./traffic.js";
+import { UsagePage } from "./usage.js";
 import { html, mark, Notice, render, useEffect, useState } from "./ui.js";
 
 const PAGES = {
@@ -11,6 +13,8 @@ const PAGES = {
   traffic: { title: "Traffic", component: TrafficPage },
   rollouts: { title: "Rollouts", component: RolloutsPage },
   playground: { title: "Playground", component: PlaygroundPage },
+  keys: { title: "Keys", component: KeysPage },
+  usage: { title: "Usage", component: UsagePage },
 };
 
 function currentPage() {
@@ -102,7 +106,7 @@ function App() {
     </header>
     <main id="main" tabindex="-1">
       <h1>${PAGES[page].title}</h1>
-      <${Page} admin=${admin} />
+      <${Page} admin=${admin} access=${access} />
     </main>`;
 }
 
