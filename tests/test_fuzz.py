@@ -188,7 +188,9 @@ def test_answers_are_documented_in_each_surfaces_error_body(tmp_path: Path) -> N
             answers["503"]["content"]["application/json"]["schema"]["anyOf"]] == [
         "OpenAIError", "ErrorResponse"]  # fmt: skip
     assert "401" in paths["/inference/stats"]["get"]["responses"]
-    assert "403" not in paths["/inference/stats"]["get"]["responses"]
+    # A key's rules (its surfaces, models) and limits hold on every keyed route.
+    assert {"403", "429"} <= set(paths["/inference/stats"]["get"]["responses"])
+    assert "403" not in paths["/health/live"]["get"]["responses"]
     assert {"401", "403", "409", "413"} <= set(paths["/admin/models/unload"]["post"]["responses"])
     assert body_of("/v1/chat/completions", "post", "400") == "OpenAIError"
     assert "422" not in paths["/v1/chat/completions"]["post"]["responses"]

@@ -26,18 +26,22 @@ from aiml.api.app import create_app
 from aiml.edge.connection_guard import ConnectionGuard
 from aiml.observability.logging import configure_logging
 from aiml.settings import Settings
+from aiml.teams.database import has_keys
 
 __all__ = ["run", "safe_host", "uvicorn_config"]
 
 log = logging.getLogger("aiml")
 
 
-def safe_host(settings: Settings) -> str:
-    """The address to bind: loopback only unless API keys protect the service."""
-    if settings.api_keys.strip() or _is_loopback(settings.host):
+def safe_host(settings: Settings, *, stored_keys: bool = False) -> str:
+    """The address to bind: loopback only unless API keys (the environment's, or
+    ``stored_keys`` in aiml's database) protect the service."""
+    keyed = settings.api_keys.strip() or settings.admin_keys.strip() or stored_keys
+    if keyed or _is_loopback(settings.host):
         return settings.host
     log.warning(
-        "no API keys configured (AIML_API_KEYS): binding 127.0.0.1 instead of %s, so only "
+        "no API keys configured (AIML_API_KEYS, aiml keys): binding 127.0.0.1 instead of %s, "
+        "so only "
         "this machine can reach aiml",
         settings.host,
     )
@@ -46,7 +50,7 @@ def safe_host(settings: Settings) -> str:
 
 def run(settings: Settings) -> None:
     configure_logging(settings.log_format, settings.log_level)
-    host = safe_host(settings)
+    host = safe_host(settings, stored_keys=has_keys(settings.database))
     app = create_app(settings)
     config = uvicorn_config(settings, app, host=host)
     _DrainingServer(config, app, settings.drain_timeout_s).run()

@@ -6,11 +6,16 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from aiml.server import safe_host
+from aiml.settings import Settings
+from aiml.teams.database import has_keys, open_database
+from aiml.teams.key_store import KeyStore
 from tests.conftest import Registry, RunningAiml
 
 ADMIN = {"authorization": "Bearer admin-key"}
@@ -258,3 +263,11 @@ def test_every_admin_action_is_audited_with_who_what_and_from_where(aiml: Runnin
         (admin_name, "DELETE /admin/keys/auditee", "auditee", 200),
     ]  # fmt: skip
     assert {e["client"] for e in entries} == {"127.0.0.1"}
+
+
+def test_keys_in_the_database_let_aiml_serve_bind_beyond_loopback(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aiml.db'}"
+    assert not has_keys(url)
+    KeyStore(open_database(url)).create_key("someone")
+    assert has_keys(url)
+    assert safe_host(Settings(host="0.0.0.0"), stored_keys=has_keys(url)) == "0.0.0.0"

@@ -15,11 +15,11 @@ from starlette.routing import Route
 
 from aiml.api.app import create_app
 from aiml.api.auth import ROUTE_ACCESS, Access, access_of
-from aiml.teams.directory import KeyDirectory, environment_keys
-from aiml.teams.keys import secret_digest
 from aiml.observability.logging import JsonFormatter
 from aiml.server import safe_host
 from aiml.settings import Settings
+from aiml.teams.directory import KeyDirectory, environment_keys
+from aiml.teams.keys import secret_digest
 from tests.conftest import Registry, RunningAiml, RunningOllama
 
 USER = {"authorization": "Bearer user-key"}
@@ -94,6 +94,8 @@ def test_without_keys_aiml_binds_loopback_only(caplog: pytest.LogCaptureFixture)
         assert safe_host(Settings(host="0.0.0.0")) == "127.0.0.1"
     assert "binding 127.0.0.1 instead of 0.0.0.0" in caplog.text
     assert safe_host(Settings(host="0.0.0.0", api_keys="k")) == "0.0.0.0"
+    assert safe_host(Settings(host="0.0.0.0", admin_keys="k")) == "0.0.0.0"
+    assert safe_host(Settings(host="0.0.0.0"), stored_keys=True) == "0.0.0.0"
     assert safe_host(Settings(host="::1")) == "::1"
 
 

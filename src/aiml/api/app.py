@@ -15,6 +15,7 @@ from aiml import __version__
 from aiml.observability.history import TrafficHistory
 from aiml.services import Services, build_services
 from aiml.settings import Settings
+from aiml.teams.directory import KeyDirectory, environment_keys
 from aiml.teams.service import Teams
 
 from .audit_trail import AuditTrail
@@ -132,18 +133,28 @@ def create_app(
     # before anything reads the body: a client without one never gets aiml to read (let
     # alone hold) a byte of it.
     # Innermost: a request whose client hung up is cancelled, streaming or not.
-    def teams() -> Teams:
-        return services_of(app).teams
+    # The keys are the lifespan's (the database's and the environment's); an app whose
+    # lifespan has not run (a tool reading the schema, a test refusing bodies) knows only
+    # the environment's, and counts nothing.
+    environment = KeyDirectory(None, environment_keys(settings.api_keys, settings.admin_keys))
+
+    def teams() -> Teams | None:
+        services: Services | None = getattr(app.state, "services", None)
+        return services.teams if services is not None else None
+
+    def directory() -> KeyDirectory:
+        found = teams()
+        return found.directory if found is not None else environment
 
     app.add_middleware(CancelOnDisconnect)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes
     )
     app.add_middleware(Quotas, teams=teams)
-    app.add_middleware(Authentication, directory=lambda: teams().directory)
-    app.add_middleware(AuditTrail, audit=lambda: teams().audit)
+    app.add_middleware(Authentication, directory=directory)
+    app.add_middleware(AuditTrail, teams=teams)
     app.add_middleware(RequestContext, traffic=traffic, replica=settings.replica_name)
-    _document(app, keyed=lambda: teams().directory.enabled)
+    _document(app, keyed=lambda: directory().enabled)
     return app
 
 
@@ -157,11 +168,6 @@ _HOT_PATHS = (
     "/v1/embeddings",
     "/api/embed",
 )
-
-
-def services_of(app: FastAPI) -> Services:
-    services: Services = app.state.services  # set in the lifespan, before any request
-    return services
 
 
 def _add_routes(app: FastAPI, routers: tuple[APIRouter, ...]) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aiml.teams.audit import AuditEntry, AuditLog
+from aiml.teams.audit import AuditEntry
+from aiml.teams.service import Teams
 
 from .auth import Access, Caller, access_of, found_caller
 
@@ -37,13 +38,15 @@ def note_audit(**detail: Any) -> None:
 
 
 class AuditTrail:
-    def __init__(self, app: ASGIApp, *, audit: Callable[[], AuditLog]) -> None:
+    def __init__(self, app: ASGIApp, *, teams: Callable[[], Teams | None]) -> None:
         self.app = app
-        self.audit = audit
+        self.teams = teams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        teams = self.teams()
         if (
-            scope["type"] != "http"
+            teams is None  # no lifespan ran: no database to write to
+            or scope["type"] != "http"
             or scope["method"] in _READS
             or access_of(scope["method"], scope["path"]) is not Access.ADMIN
         ):
@@ -74,7 +77,7 @@ class AuditTrail:
                 detail=detail,
             )
             try:
-                await asyncio.shield(asyncio.to_thread(self.audit().append, entry))
+                await asyncio.shield(asyncio.to_thread(teams.audit.append, entry))
             except Exception:  # the action is done; its record failing must be loud
                 log.exception("audit entry not written: %s", entry)
 

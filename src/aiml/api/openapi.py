@@ -136,6 +136,12 @@ _RAISES: dict[tuple[str, str], tuple[type[AimlError], ...]] = {
         webhooks.ReplayedDelivery,
         errors.Overloaded,  # the delivery-id memory is full: MLflow retries
     ),
+    ("POST", "/admin/keys"): (errors.Conflict, errors.InvalidRequest),
+    ("GET", "/admin/keys/{name}"): (errors.NotFound,),
+    ("PATCH", "/admin/keys/{name}"): (errors.NotFound, errors.InvalidRequest),
+    ("DELETE", "/admin/keys/{name}"): (errors.NotFound,),
+    ("POST", "/admin/keys/{name}/rotate"): (errors.NotFound, errors.Conflict),
+    ("DELETE", "/admin/teams/{name}"): (errors.InvalidRequest, errors.Conflict),
     ("POST", "/admin/models/load"): (*_RESOLVE, *_ENGINE),
     ("POST", "/admin/models/unload"): (*_RESOLVE, errors.ModelBusy),
     ("POST", "/admin/models/register"): (
@@ -168,13 +174,16 @@ _OTHER_MEDIA: dict[tuple[str, str], tuple[str, ...]] = {
 _DESCRIPTIONS = {
     400: "The request is malformed (error.param names the field), or the engine refused it",
     401: "No key, or not a valid one (Authorization: Bearer <key>)",
-    403: "The key does not grant this (an admin key is needed)",
+    403: "The key does not grant this (an admin key is needed, or the key's models, tasks "
+    "or surfaces do not include it: error.message names the rule)",
     404: "Not there: the model, in the registry or on the engine, or the stored response",
-    409: "A conflict: the model is in use, or an alias move the version cannot serve "
-    "(error.missing lists what it lacks; ?force=true moves it anyway)",
+    409: "A conflict: the model is in use, an alias move the version cannot serve "
+    "(error.missing lists what it lacks; ?force=true moves it anyway), or a key or team "
+    "of that name",
     413: "The body (AIML_MAX_BODY_BYTES), a prompt, a batch, an image or audio is too large",
     422: "The request is malformed; error.param names the field",
-    429: "Too many requests now: retry after Retry-After seconds",
+    429: "Too many requests now, or the key's (or its team's) limit or budget is reached: "
+    "retry after Retry-After seconds",
     500: "The model's files could not be loaded",
     502: "The registry or the engine answered with an error",
     503: "The registry or the engine is unreachable, no room to load, or shutting down",
@@ -235,10 +244,9 @@ def build_openapi(app: FastAPI, *, keyed: bool) -> dict[str, Any]:
 
 def _failures(method: str, path: str, access: Access) -> list[_Failure]:
     found: list[_Failure] = [_BAD_INPUT]  # X-Request-Timeout, and the route's own input
-    if access is not Access.OPEN:
-        found.append((401, "unauthorized"))
-    if access is Access.ADMIN:
-        found.append((403, "forbidden"))
+    if access is not Access.OPEN:  # a key's rules (403) and limits (429) hold on every route
+        found += [(401, "unauthorized"), (403, "forbidden")]
+        found += [(429, errors.RateLimited.code), (429, errors.BudgetExceeded.code)]
     if method in _BODY_METHODS:
         found.append((413, "payload_too_large"))
     found += [(kind.status_code, kind.code) for kind in _RAISES.get((method, path), ())]

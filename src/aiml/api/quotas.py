@@ -33,7 +33,11 @@ __all__ = ["Quotas"]
 
 class Quotas:
     def __init__(
-        self, app: ASGIApp, *, teams: Callable[[], Teams], clock: Callable[[], float] = time.time
+        self,
+        app: ASGIApp,
+        *,
+        teams: Callable[[], Teams | None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.teams = teams
@@ -42,10 +46,14 @@ class Quotas:
         self._running: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or access_of(scope["method"], scope["path"]) is Access.OPEN:
+        teams = self.teams()
+        if (
+            teams is None
+            or scope["type"] != "http"
+            or access_of(scope["method"], scope["path"]) is Access.OPEN
+        ):
             await self.app(scope, receive, send)
             return
-        teams = self.teams()
         key = caller_of(scope).key
         subjects = _subjects(key, teams)
         note = UsageNote()

@@ -18,7 +18,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-__all__ = ["MIGRATIONS", "open_database"]
+from .tables import keys
+
+__all__ = ["MIGRATIONS", "has_keys", "open_database"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: PostgreSQL's advisory lock for migrating (any constant both fronts agree on).
@@ -39,6 +41,16 @@ def open_database(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     upgrade(engine)
     return engine
+
+
+def has_keys(url: str) -> bool:
+    """Whether the database holds any key (then keys protect the service; blocking)."""
+    engine = open_database(url)
+    try:
+        with engine.connect() as db:
+            return db.execute(sa.select(keys.c.name).limit(1)).first() is not None
+    finally:
+        engine.dispose()
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
