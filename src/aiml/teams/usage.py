@@ -210,7 +210,10 @@ class UsageLedger:
     async def aclose(self) -> None:
         """Stop, and flush what was counted (after the drain: nothing answered is lost)."""
         if self._task is not None:
-            self._task.cancel()
+            # Not in the middle of the follower's flush: its write would go on in its thread
+            # after the cancel, and the rows it put back be written twice below.
+            async with self._lock:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
