@@ -154,8 +154,11 @@ class KeyDirectory:
                 await self.refresh()
             except Exception as exc:  # the database is away: keep what is known, say so
                 log.warning("keys not refreshed: %s", exc)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the
+            # wake does, and aclose would wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.refresh_s)
+                async with asyncio.timeout(self.refresh_s):
+                    await self._wake.wait()
 
     def put(self, key: ApiKey) -> None:
         """A key as it is now (changed through this front): in force here at once, before
