@@ -58,7 +58,7 @@ class AuditLog:
         if actor is not None:
             query = query.where(a.actor == actor)
         if action is not None:
-            query = query.where(a.action.startswith(action))
+            query = query.where(a.action.startswith(action, autoescape=True))
         if since is not None:
             query = query.where(a.at >= since)
         with self.engine.connect() as db:
