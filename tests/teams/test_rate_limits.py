@@ -299,3 +299,15 @@ async def test_postgres_two_fronts_admit_exactly_the_limit(
     fronts = [RateLimiter(WindowStore(e), clock=clock) for e in pg_engines]
     taken = await asyncio.gather(*(fronts[i % 2].take("key:pg", REQUESTS, 60) for i in range(200)))
     assert sum(t is not None for t in taken) == 60
+
+
+async def test_once_a_minute_is_spent_refusals_ask_the_database_no_more(
+    windows: CountingWindows, clock: Clock
+) -> None:
+    limiter = RateLimiter(windows, clock=clock)
+    assert [await limiter.take(SUBJECT, REQUESTS, 2) is not None for _ in range(2)] == [True] * 2
+    asked = windows.calls["lease"]
+    for _ in range(50):
+        assert await limiter.take(SUBJECT, REQUESTS, 2) is None
+    assert windows.calls["lease"] == asked + 1  # the one that found the minute spent
+    assert await limiter.take(SUBJECT, REQUESTS, 3) is not None  # a raised limit asks again

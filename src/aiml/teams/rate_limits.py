@@ -8,10 +8,10 @@ passes the limit, so **requests per minute never overshoot**; the price is that 
 ``limit // 50 - 1`` requests a front leased but did not use are lost to the others at the
 end of a minute (2% per front). Tokens are known only after the answer: a request needs
 one token left in the lease to start, and what it used is charged after; **tokens per
-minute overshoot by at most the tokens of the requests in flight when the minute's
-allowance ran out**. Windows are fixed UTC minutes (``x-ratelimit-reset-*``: the seconds
-left in the minute): a client may spend two allowances in the two seconds around a
-minute's turn, as with any fixed window.
+minute overshoot by at most the tokens of the requests in flight, and of other fronts'
+charges not yet written, when the minute's allowance ran out**. Windows are fixed UTC
+minutes (``x-ratelimit-reset-*``: the seconds left in the minute): a client may spend two
+allowances in the two seconds around a minute's turn, as with any fixed window.
 
 Chosen by measurement over a counter call per request (bench/keys.py): a lease is one
 database transaction (~1 ms on sqlite, ~2 ms on PostgreSQL here), which, per request,
@@ -95,6 +95,8 @@ class _Lease:
     #: The window's counter as last seen (every front's leases, ours included).
     used: int = 0
     lock: asyncio.Lock | None = None
+    #: The limit at which the minute's allowance was found spent (a higher one asks again).
+    spent_at: int | None = None
 
 
 class RateLimiter:
@@ -112,6 +114,8 @@ class RateLimiter:
         now = self._clock()
         window = int(now // _WINDOW_S)
         lease = self._lease(subject, kind, window)
+        if lease.left <= 0 and lease.spent_at is not None and limit <= lease.spent_at:
+            return None  # the counter never goes down within its minute: no need to ask
         if lease.left <= 0:
             assert lease.lock is not None
             async with lease.lock:  # one lease at a time per subject
@@ -126,6 +130,8 @@ class RateLimiter:
                     )
                     lease.left += granted
                     lease.used = used
+                    if not granted:
+                        lease.spent_at = limit
             if lease.left <= 0:
                 return None
         if kind == REQUESTS:

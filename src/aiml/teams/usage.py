@@ -189,6 +189,9 @@ class UsageLedger:
                     self.record_back(row)
                 self._flushing = []
                 raise
+            # Only today's and this month's totals are asked for (older watches go).
+            today = day_of(self._clock())
+            self._watched = {w for w in self._watched if w[2] in (today, today[:8] + "01")}
             totals = await asyncio.to_thread(self._totals, list(self._watched))
             self._flushed.update(totals)
             self._flushing = []
