@@ -190,7 +190,6 @@ def test_a_key_for_chat_production_is_refused_the_rest_by_its_rule_and_lists_onl
         assert {"chat-a", "chat-a@staging", "other@production"} <= {m["id"] for m in everything}
 
 
-@pytest.mark.xfail(strict=True, reason="the registry is asked before the key's rules: 404")
 def test_a_name_the_registry_lacks_is_refused_by_the_rule_too(fronts: Fronts) -> None:
     """A key's rules answer first: a 404 for what it may not use would tell it which names
     and aliases the registry holds outside its rules (and the registry's address)."""

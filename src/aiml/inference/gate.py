@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiml.engines.base import Engine
-from aiml.errors import AimlError, Draining, Forbidden, InvalidRequest, ModelNotFound
+from aiml.errors import AimlError, Draining, InvalidRequest, ModelNotFound
 from aiml.observability.context import (
     note_response_header,
     request_affinity,
@@ -31,11 +31,12 @@ from aiml.observability.context import (
 from aiml.observability.metrics import Metrics
 from aiml.observability.stats import Stats
 from aiml.observability.tracing import RequestTrace, Tracer
-from aiml.teams.context import prices_of, request_key
+from aiml.teams.context import prices_of
 from aiml.types import Generation, GenerationChunk, ModelRef, ResolvedModel, SamplingParams
 
 from .accounting import Accounting, deadline_error
 from .admission import Admission
+from .key_rules import check_key
 from .limits import Limits
 from .request_traces import begin, output_text, served, shadow_recorder
 from .router import Route, TaskRouter
@@ -113,7 +114,7 @@ class RequestGate:
                 self._check_limits(call.input)
                 engine, ref = await _within(call.locate(), deadline_at)
                 account.located(engine, self.router.engines, ref.name)
-                _check_key(ref, call.task)
+                check_key(ref, call.task)
                 route = self.router.route(call.task, engine)
                 await self._admit(engine, account, deadline_at)
                 async with _until(deadline_at):  # resolving may fetch the model's files
@@ -144,7 +145,7 @@ class RequestGate:
                 self._check_limits(call.input)
                 engine, ref = await _within(call.locate(), deadline_at)
                 account.located(engine, self.router.engines, ref.name)
-                _check_key(ref, call.task)
+                check_key(ref, call.task)
                 route = self.router.route(call.task, engine)
                 await self._admit(engine, account, deadline_at)
                 if not route.spec.streams:
@@ -180,7 +181,7 @@ class RequestGate:
                 self._refuse_while_draining()
                 engine, ref = await _within(locate(), deadline_at)
                 account.located(engine, self.router.engines, ref.name)
-                _check_key(ref, None)
+                check_key(ref)
                 if admit:
                     await self._admit(engine, account, deadline_at)
                 result = await _within(work(engine, ref), deadline_at)
@@ -362,13 +363,6 @@ def _answer_of(result: dict[str, Any], generation: Generation | None) -> Answer:
     if isinstance(vectors, list):
         return Answer("", vectors)
     return Answer(json.dumps(result, sort_keys=True, default=str))
-
-
-def _check_key(ref: ModelRef, task: str | None) -> None:
-    """Refuse, naming the rule, a model or task the request's key may not use."""
-    key = request_key.get()
-    if key is not None and (why := key.rules.model_refusal(ref, task)) is not None:
-        raise Forbidden(f"key {key.name!r} may not: {why}")
 
 
 def _check_options(engine: Engine, request: Any) -> None:

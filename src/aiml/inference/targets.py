@@ -13,6 +13,7 @@ from aiml.errors import InvalidRequest, ModelNotFound
 from aiml.registry.references import parse_reference, validate_alias
 from aiml.types import ModelRef
 
+from .key_rules import check_key, key_refusal
 from .router import TaskRouter
 
 __all__ = ["ollama_target", "openai_target"]
@@ -24,6 +25,7 @@ async def openai_target(router: TaskRouter, model: str) -> tuple[str, ModelRef]:
     if direct is not None:
         return direct
     ref = parse_reference(model, param="model")
+    check_key(ref)  # before the registry is asked: no 404 for a name outside the key's rules
     return await router.resolver.engine_for(ref), ref
 
 
@@ -34,8 +36,10 @@ async def ollama_target(router: TaskRouter, name: str) -> tuple[str, ModelRef]:
         return direct
     ref = parse_reference(name, param="model")
     if ref.version is not None or ref.alias is not None:  # aiml's own forms work here too
+        check_key(ref)
         return await router.resolver.engine_for(ref), ref
     base, _, tag = name.partition(":")
+    _check_key_before_lookups(ref, base, tag)
     plain = ModelRef(base)
     if plain.registry_eligible and await router.resolver.version(plain) is not None:
         tagged = _tagged(base, tag)
@@ -45,12 +49,25 @@ async def ollama_target(router: TaskRouter, name: str) -> tuple[str, ModelRef]:
     return "ollama", ref
 
 
+def _check_key_before_lookups(ref: ModelRef, base: str, tag: str) -> None:
+    """``name:tag`` is the registry's ``name@tag`` (or ``name/3``), or else the engine's own
+    model of that name: refused if the key may use neither."""
+    try:
+        tagged: ModelRef | None = _tagged(base, tag)
+    except InvalidRequest:  # not a registry tag: only the engine's own name is meant
+        tagged = None
+    if key_refusal(ref) is not None and (tagged is None or key_refusal(tagged) is not None):
+        check_key(tagged or ref)
+
+
 def _engine_prefixed(router: TaskRouter, name: str) -> tuple[str, ModelRef] | None:
     engine, sep, rest = name.partition("/")
     if not sep or engine not in (*router.engines, *router.unavailable):
         return None
     router.engine(engine)  # 422 when configured but not installed
-    return engine, parse_reference(rest, param="model")
+    ref = parse_reference(rest, param="model")
+    check_key(ref)
+    return engine, ref
 
 
 def _tagged(name: str, tag: str) -> ModelRef:
