@@ -414,63 +414,6 @@ def _refused_within(url: str, headers: dict[str, str], within_s: float) -> float
     return time.monotonic() - started
 
 
-def test_keys_made_through_one_front_work_on_the_other_and_stop_there_at_once(
-    cluster: Cluster,
-) -> None:
-    """aiml's database on PostgreSQL (migrations, the shared rate windows, usage flushes),
-    keys changed through front 0 in force on front 1 at once: the change feed, as its poll
-    of the keys runs only every KEYS_REFRESH_S. Ends as it began, with no keys. Before the
-    lost worker node: the feed's actor may live there, and the feed ends with it."""
-    from aiml.cluster.changes import ChangeFeed  # imports Ray (skipped above without it)
-
-    models = [f"{cluster.url(n)}/v1/models" for n in range(2)]
-    database = sa.create_engine(cluster.postgres.uri("aiml"))
-    try:
-        made = httpx.post(f"{cluster.url(0)}/admin/keys", timeout=30,
-                          json={"name": "cluster-admin", "role": "admin"})  # fmt: skip
-        assert made.status_code == 201, made.text  # the first key: open routes until now
-        admin = {"authorization": f"Bearer {made.json()['key']}"}
-        assert _refused_within(models[1], {}, within_s=5) < 2  # keys are asked for now
-
-        made = httpx.post(f"{cluster.url(0)}/admin/keys", headers=admin, timeout=30,
-                          json={"name": "cluster-user", "limits": {"rpm": 5}})  # fmt: skip
-        assert made.status_code == 201, made.text
-        user = {"authorization": f"Bearer {made.json()['key']}"}
-        while 60 - time.time() % 60 < 5:  # the seven requests below fit in one UTC minute
-            time.sleep(0.1)  # the clock is the condition: the next minute starts soon
-        answers = [httpx.get(models[(n + 1) % 2], headers=user, timeout=30) for n in range(7)]
-        # The first request on front 1 took the key; both fronts share one counter.
-        assert [a.status_code for a in answers] == [200] * 5 + [429] * 2, answers
-        assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == [
-            "4", "3", "2", "1", "0", "0", "0"]  # fmt: skip
-
-        revoked = httpx.delete(f"{cluster.url(0)}/admin/keys/cluster-user", headers=admin)
-        assert revoked.status_code == 200, revoked.text
-        assert httpx.get(models[0], headers=user, timeout=30).status_code == 401
-        assert _refused_within(models[1], user, within_s=5) < 2
-
-        # Usage on PostgreSQL: front 0's written by the read, front 1's by its next flush.
-        deadline = time.monotonic() + 10
-        while True:
-            usage = httpx.get(f"{cluster.url(0)}/admin/usage?key=cluster-user", headers=admin)
-            rows = usage.json()["usage"]
-            if sum(r["requests"] for r in rows) == 7:  # the 401s are no key's usage
-                break
-            assert time.monotonic() < deadline, rows
-            time.sleep(0.2)  # front 1 flushes every second; nothing here to wait on
-        assert sum(r["errors"] for r in rows) == 2
-    finally:  # no keys again, for any test after this one: the feed tells both fronts
-        with database.begin() as db:
-            db.execute(sa.text("DELETE FROM aiml_keys"))
-            db.execute(sa.text("UPDATE aiml_revision SET value = value + 1"))
-        database.dispose()
-        ChangeFeed("aiml-models", on_change=lambda name: None).publish_keys()  # AIML_RAY_APP
-        deadline = time.monotonic() + 10
-        for url in models:
-            while httpx.get(url, timeout=30).status_code != 200:
-                assert time.monotonic() < deadline, "a front still asks for keys"
-
-
 def processes() -> dict[int, tuple[int, str]]:
     """Every process: pid -> (parent pid, command line), from /proc."""
     found = {}
@@ -531,3 +474,61 @@ def test_a_lost_worker_node_fails_what_it_held_and_the_rest_serve(cluster: Clust
     resolved = answer.json()["resolved"]
     held = cluster.stats(f"{resolved['registry_name']}/{resolved['registry_version']}")
     assert held["node"] != worker
+
+
+def test_keys_made_through_one_front_work_on_the_other_and_stop_there_at_once(
+    cluster: Cluster,
+) -> None:
+    """aiml's database on PostgreSQL (migrations, the shared rate windows, usage flushes),
+    keys changed through front 0 in force on front 1 at once: the change feed, as its poll
+    of the keys runs only every KEYS_REFRESH_S. Ends as it began, with no keys. After the
+    lost worker node: the feed's actor lives on the head, and outlives a worker (it was
+    made wherever Ray placed it, and a lost worker took it, and the feed, with it)."""
+    from aiml.cluster.changes import ChangeFeed  # imports Ray (skipped above without it)
+
+    models = [f"{cluster.url(n)}/v1/models" for n in range(2)]
+    database = sa.create_engine(cluster.postgres.uri("aiml"))
+    try:
+        made = httpx.post(f"{cluster.url(0)}/admin/keys", timeout=30,
+                          json={"name": "cluster-admin", "role": "admin"})  # fmt: skip
+        assert made.status_code == 201, made.text  # the first key: open routes until now
+        admin = {"authorization": f"Bearer {made.json()['key']}"}
+        assert _refused_within(models[1], {}, within_s=5) < 2  # keys are asked for now
+
+        made = httpx.post(f"{cluster.url(0)}/admin/keys", headers=admin, timeout=30,
+                          json={"name": "cluster-user", "limits": {"rpm": 5}})  # fmt: skip
+        assert made.status_code == 201, made.text
+        user = {"authorization": f"Bearer {made.json()['key']}"}
+        while 60 - time.time() % 60 < 5:  # the seven requests below fit in one UTC minute
+            time.sleep(0.1)  # the clock is the condition: the next minute starts soon
+        answers = [httpx.get(models[(n + 1) % 2], headers=user, timeout=30) for n in range(7)]
+        # The first request on front 1 took the key; both fronts share one counter.
+        assert [a.status_code for a in answers] == [200] * 5 + [429] * 2, answers
+        assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == [
+            "4", "3", "2", "1", "0", "0", "0"]  # fmt: skip
+
+        revoked = httpx.delete(f"{cluster.url(0)}/admin/keys/cluster-user", headers=admin)
+        assert revoked.status_code == 200, revoked.text
+        assert httpx.get(models[0], headers=user, timeout=30).status_code == 401
+        assert _refused_within(models[1], user, within_s=5) < 2
+
+        # Usage on PostgreSQL: front 0's written by the read, front 1's by its next flush.
+        deadline = time.monotonic() + 10
+        while True:
+            usage = httpx.get(f"{cluster.url(0)}/admin/usage?key=cluster-user", headers=admin)
+            rows = usage.json()["usage"]
+            if sum(r["requests"] for r in rows) == 7:  # the 401s are no key's usage
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.2)  # front 1 flushes every second; nothing here to wait on
+        assert sum(r["errors"] for r in rows) == 2
+    finally:  # no keys again, for any test after this one: the feed tells both fronts
+        with database.begin() as db:
+            db.execute(sa.text("DELETE FROM aiml_keys"))
+            db.execute(sa.text("UPDATE aiml_revision SET value = value + 1"))
+        database.dispose()
+        ChangeFeed("aiml-models", on_change=lambda name: None).publish_keys()  # AIML_RAY_APP
+        deadline = time.monotonic() + 10
+        for url in models:
+            while httpx.get(url, timeout=30).status_code != 200:
+                assert time.monotonic() < deadline, "a front still asks for keys"

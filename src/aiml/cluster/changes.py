@@ -67,12 +67,22 @@ class ChangeFeed:
         on_change: Callable[[str | None], None],
         on_keys: Callable[[], None] = lambda: None,
     ) -> None:
-        self._log: Any = ChangeLog.options(  # type: ignore[attr-defined]
-            name=f"{app}-changes", namespace="aiml", lifetime="detached", get_if_exists=True
-        ).remote()
+        self._app = app
+        self._log: Any = self._join()
         self._on_change = on_change
         self._on_keys = on_keys
         self._task: asyncio.Task[None] | None = None
+
+    def _join(self) -> Any:
+        """The cluster's change log, made if no front made it yet (or it was lost). On the
+        head node: a worker node's loss must not take the log with it (blocking)."""
+        return ChangeLog.options(  # type: ignore[attr-defined]
+            name=f"{self._app}-changes",
+            namespace="aiml",
+            lifetime="detached",
+            get_if_exists=True,
+            resources={"node:__internal_head__": 0.001},
+        ).remote()
 
     def publish(self, name: str) -> None:
         self._log.publish.remote(name)  # fire and forget; the feed applies it here too
@@ -102,12 +112,14 @@ class ChangeFeed:
                         broken = False
                     continue
                 seq, names = await self._log.since.remote(seq, _POLL_S)
-            except ray.exceptions.RayError as exc:  # the actor restarted or the head is away
+            except ray.exceptions.RayError as exc:  # the actor died or the head is away
                 if not broken:
                     log.warning("registry change feed interrupted: %s", exc)
                 broken = True
                 seq = None
                 await asyncio.sleep(1.0)
+                with contextlib.suppress(ray.exceptions.RayError):  # join it again, or make it
+                    self._log = await asyncio.to_thread(self._join)
                 continue
             for name in names if names is not None else [None]:
                 if name == _KEYS or name is None:
