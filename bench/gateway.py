@@ -187,28 +187,7 @@ def _targets(work: Path, backend: str, args: argparse.Namespace) -> list[Target]
         env = {**aiml_env, "PYTHONPATH": str(Path(source).resolve() / "src")}
         targets += _aiml_targets(name, work / f"aiml-{name}.log", env)
     if Path(args.litellm).exists():
-        config = work / "litellm.yaml"
-        config.write_text(
-            "model_list:\n  - model_name: llama2-7b-chat\n    litellm_params:\n"
-            f"      model: ollama_chat/llama2:7b\n      api_base: {backend}\n"
-        )
-        port = free_port()
-        litellm = Process(
-            [
-                args.litellm,
-                "--config",
-                str(config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--num_workers",
-                "1",
-            ],
-            env={**os.environ, "LITELLM_MASTER_KEY": "sk-bench", "LITELLM_LOG": "ERROR"},
-            log=work / "litellm.log",
-            health_url=f"http://127.0.0.1:{port}/health/liveliness",
-        )
+        litellm = _litellm(args.litellm, work, backend)
         targets.append(
             Target(
                 "litellm",
@@ -219,6 +198,35 @@ def _targets(work: Path, backend: str, args: argparse.Namespace) -> list[Target]
             )
         )
     return targets
+
+
+def _litellm(
+    binary: str, work: Path, backend: str, env: dict[str, str] | None = None, name: str = "litellm"
+) -> Process:
+    """LiteLLM's proxy (one worker) serving ``llama2-7b-chat`` from the stub, master key
+    ``sk-bench``; ``env``: more of its environment (``DATABASE_URL`` for virtual keys)."""
+    config = work / f"{name}.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: llama2-7b-chat\n    litellm_params:\n"
+        f"      model: ollama_chat/llama2:7b\n      api_base: {backend}\n"
+    )
+    port = free_port()
+    return Process(
+        [
+            binary,
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        env={**os.environ, "LITELLM_MASTER_KEY": "sk-bench", "LITELLM_LOG": "ERROR", **(env or {})},
+        log=work / f"{name}.log",
+        health_url=f"http://127.0.0.1:{port}/health/liveliness",
+    )
 
 
 def _aiml_targets(name: str, log: Path, env: dict[str, str]) -> list[Target]:
@@ -313,10 +321,12 @@ def _wrk(target: Target, concurrency: int, seconds: int) -> dict[str, float]:
         errors = int(match.group(1))
     return {
         "p50_ms": _latency(out, "50%"),
+        "p90_ms": _latency(out, "90%"),
         "p99_ms": _latency(out, "99%"),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "cpu_ms": used / max(requests, 1) * 1000,
         "errors": errors,
+        "requests": requests,
     }
 
 
