@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from aiml.server import safe_host
 from aiml.settings import Settings
 from aiml.teams.database import has_keys, open_database
 from aiml.teams.key_store import KeyStore
-from tests.conftest import Registry, RunningAiml
+from tests.conftest import Registry, RunningAiml, RunningOllama
 
 ADMIN = {"authorization": "Bearer admin-key"}
 CHAT = {"role": "user", "content": "hi there"}
@@ -271,3 +273,25 @@ def test_keys_in_the_database_let_aiml_serve_bind_beyond_loopback(tmp_path: Path
     KeyStore(open_database(url)).create_key("someone")
     assert has_keys(url)
     assert safe_host(Settings(host="0.0.0.0"), stored_keys=has_keys(url)) == "0.0.0.0"
+
+
+def test_concurrent_requests_past_a_keys_limit_are_refused_until_one_ends(
+    aiml: RunningAiml, ollama: RunningOllama
+) -> None:
+    secret = make_key(aiml, name="one-at-a-time", limits={"concurrent": 1})
+    ollama.state.delay_s = 1.5  # the stand-in answers the first request after this
+    seen = ollama.state.counts["POST /api/chat"]
+    with as_key(aiml, secret) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(chat, client)
+        deadline = time.monotonic() + 10
+        while ollama.state.counts["POST /api/chat"] == seen:  # the first is at the engine
+            assert time.monotonic() < deadline, "the first request never reached the engine"
+            time.sleep(0.005)
+        second = chat(client)
+        assert first.result().status_code == 200
+        ollama.state.delay_s = 0.0
+        third = chat(client)
+    assert second.status_code == 429, second.text
+    assert "1 request(s) running" in second.json()["error"]["message"]
+    assert second.headers["retry-after"] == "1"
+    assert third.status_code == 200  # the first's slot came back as it ended

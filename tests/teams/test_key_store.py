@@ -57,14 +57,14 @@ def test_a_name_is_taken_once(store: KeyStore) -> None:
     store.create_key("ci-bot")
     with pytest.raises(Conflict):
         store.create_key("ci-bot")
-    assert [k.name for k in store.keys()] == ["ci-bot"]  # noqa: SIM118 (a method)
+    assert [k.name for k in store.all_keys()] == ["ci-bot"]
 
 
 def test_a_key_of_an_unknown_team_is_refused(store: KeyStore) -> None:
     with pytest.raises(InvalidRequest) as refused:
         store.create_key("ci-bot", team="nobody")
     assert refused.value.param == "team"
-    assert store.keys() == []
+    assert store.all_keys() == []
     with pytest.raises(NotFound):
         store.key("ci-bot")
 

@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 
 from aiml.teams import tables
 from aiml.teams.database import MIGRATIONS, open_database, upgrade
+from aiml.teams.key_store import KeyStore
 from tests.teams.conftest import Postgres
 
 VERSION_TABLE = "aiml_alembic_version"
@@ -78,6 +79,10 @@ def revision(engine: sa.Engine) -> str | None:
         ).get_current_revision()
 
 
+#: The newest migration.
+HEAD = "0002"
+
+
 def downgrade(engine: sa.Engine, to: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -89,7 +94,7 @@ def downgrade(engine: sa.Engine, to: str) -> None:
 def test_a_fresh_database_has_exactly_the_declared_tables(engine: sa.Engine) -> None:
     assert schema(engine) == declared()
     assert differences(engine) == []
-    assert revision(engine) == "0001"
+    assert revision(engine) == HEAD
     with engine.connect() as db:  # the one revision row the fronts poll
         assert db.execute(sa.select(tables.revision)).all() == [(1, 0)]
 
@@ -101,7 +106,7 @@ def test_opening_again_changes_nothing(db_url: str) -> None:
     first.dispose()
     second = open_database(db_url)
     try:
-        assert revision(second) == "0001"
+        assert revision(second) == HEAD
         assert schema(second) == declared()
         with second.connect() as db:  # not migrated again: the row is as it was left
             assert db.execute(sa.select(tables.revision)).all() == [(1, 7)]
@@ -133,7 +138,7 @@ def test_two_threads_opening_a_fresh_file_at_once_both_succeed(db_url: str) -> N
         with engines[0].connect() as db:  # migrated once: one revision row, one version
             assert db.execute(sa.select(tables.revision)).all() == [(1, 0)]
             assert db.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0001",)
+                (HEAD,)
             ]
     finally:
         for engine in engines:
@@ -179,7 +184,7 @@ def test_downgrade_to_base_and_up_again(engine: sa.Engine) -> None:
     assert sa.inspect(engine).get_table_names() == [VERSION_TABLE]
     assert revision(engine) is None
     upgrade(engine)
-    assert revision(engine) == "0001"
+    assert revision(engine) == HEAD
     assert schema(engine) == declared()
     assert differences(engine) == []
 
@@ -216,3 +221,20 @@ def test_postgres_fronts_starting_together_migrate_once(postgres: Postgres) -> N
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_a_database_of_the_first_schema_is_migrated_with_its_keys_kept(db_url: str) -> None:
+    """An aiml from before the shared concurrency slots (revision 0001) left keys behind:
+    the next start adds the slots' table and keeps them."""
+    engine = sa.create_engine(db_url)
+    upgrade(engine, "0001")
+    KeyStore(engine).create_key("from-before")
+    assert "aiml_slots" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+    migrated = open_database(db_url)
+    try:
+        assert revision(migrated) == HEAD
+        assert schema(migrated) == declared()
+        assert [k.name for k in KeyStore(migrated).all_keys()] == ["from-before"]
+    finally:
+        migrated.dispose()

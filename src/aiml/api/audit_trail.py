@@ -2,8 +2,8 @@
 
 An admin action is a request to an admin route (``ROUTE_ACCESS``) other than a read:
 keys and teams, aliases, canaries, registering, loading, unloading, pulling, the cache.
-Written once its answer is sent (refused ones too, a bad key's included: who tried
-matters; this middleware runs outside Authentication), by the key's name,
+Written as its answer starts, before it is sent (refused ones too, a bad key's included:
+who tried matters; this middleware runs outside Authentication), by the key's name,
 with the client's address and what the route noted (:func:`note_audit`: the key made, the
 alias moved). Reads and the serving routes are counted as usage, not audited.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -52,20 +53,12 @@ class AuditTrail:
         ):
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_noting(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        written = False
         detail: dict[str, Any] = {}
-        token = _detail.set(detail)
-        try:
-            await self.app(scope, receive, send_noting)
-        finally:
-            _detail.reset(token)
+
+        async def write(status: int) -> None:
+            nonlocal written
+            written = True
             caller = found_caller(scope)  # None: refused by Authentication (no or a bad key)
             client = scope.get("client")
             entry = AuditEntry(
@@ -81,8 +74,29 @@ class AuditTrail:
             except Exception:  # the action is done; its record failing must be loud
                 log.exception("audit entry not written: %s", entry)
 
+        async def send_noting(message: Message) -> None:
+            # Written before the answer goes: an action its client saw answered is in the
+            # log, in the order the answers went.
+            if message["type"] == "http.response.start":
+                await write(message["status"])
+            await send(message)
+
+        token = _detail.set(detail)
+        try:
+            await self.app(scope, receive, send_noting)
+        finally:
+            _detail.reset(token)
+            if not written:  # no answer: a crash (500) or the client hung up (499)
+                await write(500 if _crashed() else 499)
+
 
 def _actor(caller: Caller | None) -> str:
     if caller is None:
         return "unauthenticated"
     return caller.name or "anonymous"  # anonymous: no keys are configured
+
+
+def _crashed() -> bool:
+    return sys.exc_info()[0] is not None and not isinstance(
+        sys.exc_info()[1], asyncio.CancelledError
+    )

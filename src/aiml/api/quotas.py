@@ -1,8 +1,8 @@
 """The Quotas middleware: a key's (and its team's) limits and budgets before a request,
 its usage counted after.
 
-Before: concurrent requests (this front's), requests and tokens per minute (shared by every
-front: :mod:`aiml.teams.rate_limits`), token and money budgets per UTC day and month
+Before: requests and tokens per minute (:mod:`aiml.teams.rate_limits`), concurrent requests
+(:mod:`aiml.teams.slots`), both shared by every front, token and money budgets per UTC day and month
 (:mod:`aiml.teams.usage`); past one, 429 with ``Retry-After`` naming the limit. Every
 answer to a key with per-minute limits carries OpenAI's ``x-ratelimit-*`` headers. After:
 the request's usage (the model, version and tokens the gate noted) is counted in memory
@@ -13,7 +13,6 @@ unless a lease of the minute's allowance ran out.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,8 +41,6 @@ class Quotas:
         self.app = app
         self.teams = teams
         self._clock = clock
-        #: Requests in flight per subject, on this front.
-        self._running: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         teams = self.teams()
@@ -57,9 +54,9 @@ class Quotas:
         key = caller_of(scope).key
         subjects = _subjects(key, teams)
         note = UsageNote()
-        status = 500
+        status = 499  # until an answer starts: no answer is a client that went away
         headers: list[tuple[bytes, bytes]] = []
-        held: list[str] = []
+        held: list[tuple[str, int]] = []
         try:
             headers = await self._admit(teams, subjects, held)
         except RateLimited as refusal:
@@ -81,10 +78,14 @@ class Quotas:
         token = request_usage.set(note)
         try:
             await self.app(scope, receive, send_with_limits)
+        except Exception:
+            if status == 499:  # a crash before any answer: the 500 the server sends
+                status = 500
+            raise
         finally:
             request_usage.reset(token)
-            for subject in held:
-                self._running[subject] -= 1
+            for subject, limit in held:
+                teams.slots.release(subject, limit)
             self._count(teams, key, note, status)
             if note.tokens:
                 for subject, limits in subjects:
@@ -92,17 +93,12 @@ class Quotas:
                         teams.limiter.charge(subject, note.tokens)
 
     async def _admit(
-        self, teams: Teams, subjects: list[tuple[str, KeyLimits]], held: list[str]
+        self, teams: Teams, subjects: list[tuple[str, KeyLimits]], held: list[tuple[str, int]]
     ) -> list[tuple[bytes, bytes]]:
         """Refuse (RateLimited, BudgetExceeded) or admit; the ``x-ratelimit-*`` headers of
         the tightest subject. Concurrency slots taken are appended to ``held``."""
         standings: dict[str, Standing] = {}
         for subject, limits in subjects:
-            if limits.concurrent is not None and self._running[subject] >= limits.concurrent:
-                raise RateLimited(
-                    f"{subject} has {limits.concurrent} request(s) running, its limit",
-                    retry_after=1,
-                )
             if limits.budgeted:
                 await self._check_budgets(teams, subject, limits)
             for kind, limit in ((REQUESTS, limits.rpm), (TOKENS, limits.tpm)):
@@ -118,10 +114,21 @@ class Quotas:
                     )
                 if kind not in standings or standing.remaining < standings[kind].remaining:
                     standings[kind] = standing
-        for subject, limits in subjects:
-            if limits.concurrent is not None:
-                self._running[subject] += 1
-                held.append(subject)
+        try:  # last: a refusal above holds no slot
+            for subject, limits in subjects:
+                if limits.concurrent is None:
+                    continue
+                if not await teams.slots.acquire(subject, limits.concurrent):
+                    raise RateLimited(
+                        f"{subject} has {limits.concurrent} request(s) running, its limit",
+                        retry_after=1,
+                    )
+                held.append((subject, limits.concurrent))
+        except BaseException:
+            for taken, limit in held:
+                teams.slots.release(taken, limit)
+            held.clear()
+            raise
         return [
             (name.encode(), value.encode())
             for kind, standing in standings.items()
@@ -159,7 +166,7 @@ class Quotas:
                 model=note.model,
                 version=note.version,
                 requests=1,
-                errors=1 if status >= 400 else 0,
+                errors=1 if status >= 400 and status != 499 else 0,
                 input_tokens=note.input_tokens,
                 output_tokens=note.output_tokens,
                 cost=note.cost,

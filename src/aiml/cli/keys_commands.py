@@ -152,7 +152,7 @@ def keys_list(
 
     settings = Settings()
     with database() as db:
-        keys = [*db.keys.keys(), *environment_keys(settings.api_keys, settings.admin_keys)]
+        keys = [*db.keys.all_keys(), *environment_keys(settings.api_keys, settings.admin_keys)]
     now = time.time()
     if as_json:
         typer.echo(json.dumps([key.as_dict(now) for key in keys], indent=2))
@@ -226,7 +226,7 @@ def teams_delete(name: TeamName) -> None:
 def teams_list() -> None:
     """Every team, its limits and how many keys (not revoked) it has."""
     with database() as db:
-        teams, keys = db.keys.teams(), db.keys.keys()
+        teams, keys = db.keys.teams(), db.keys.all_keys()
     table = Table("name", "limits", "keys", "metadata", "created")
     for t in teams:
         members = sum(1 for key in keys if key.team == t.name and key.revoked_at is None)

@@ -62,7 +62,7 @@ class KeyStore:
             _bump(db)
         return key, secret
 
-    def keys(self) -> list[ApiKey]:
+    def all_keys(self) -> list[ApiKey]:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(tables.keys).order_by(tables.keys.c.name)).mappings()
             return [_key(row) for row in rows]

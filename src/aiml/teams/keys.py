@@ -120,14 +120,21 @@ class KeyLimits:
     daily_cost: float | None = None
     monthly_cost: float | None = None
 
-    def __bool__(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in fields(self))
+    def __bool__(self) -> bool:  # asked on every request: no dataclasses.fields() here
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.concurrent is not None
+            or (self.budgeted)
+        )
 
     @property
     def budgeted(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.daily_tokens, self.monthly_tokens, self.daily_cost, self.monthly_cost)
+        return (
+            self.daily_tokens is not None
+            or self.monthly_tokens is not None
+            or self.daily_cost is not None
+            or self.monthly_cost is not None
         )
 
     def as_dict(self) -> dict[str, float | int | None]:

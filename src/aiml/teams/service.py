@@ -15,6 +15,7 @@ from .directory import KeyDirectory
 from .key_store import KeyStore
 from .keys import ApiKey, Team
 from .rate_limits import RateLimiter, WindowStore
+from .slots import ConcurrencySlots, SlotStore
 from .usage import UsageLedger, UsageRow, UsageStore
 
 __all__ = ["Teams", "open_teams"]
@@ -26,6 +27,7 @@ class Teams:
     keys: KeyStore
     directory: KeyDirectory
     limiter: RateLimiter
+    slots: ConcurrencySlots
     usage: UsageLedger
     usage_store: UsageStore
     audit: AuditLog
@@ -49,10 +51,12 @@ class Teams:
         await self.directory.refresh()
         self.directory.start()
         self.usage.start()
+        self.slots.start()
 
     async def aclose(self) -> None:
         await self.directory.aclose()
         await self.limiter.aclose()
+        await self.slots.aclose()
         await self.usage.aclose()  # after the drain: every answered request is counted
         await asyncio.to_thread(self.engine.dispose)
 
@@ -75,6 +79,7 @@ def open_teams(
         keys=keys,
         directory=KeyDirectory(keys, environment, refresh_s=refresh_s, clock=clock),
         limiter=RateLimiter(WindowStore(engine), clock=clock),
+        slots=ConcurrencySlots(SlotStore(engine), clock=clock),
         usage=UsageLedger(usage_store, flush_s=flush_s, clock=clock, on_record=on_record),
         usage_store=usage_store,
         audit=AuditLog(engine, clock=clock),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["audit", "keys", "metadata", "revision", "teams", "usage", "windows"]
+__all__ = ["audit", "keys", "metadata", "revision", "slots", "teams", "usage", "windows"]
 
 metadata = sa.MetaData()
 
@@ -80,6 +80,17 @@ windows = sa.Table(
     sa.Column("kind", sa.String(16), primary_key=True),
     sa.Column("window", sa.BigInteger, primary_key=True),
     sa.Column("used", sa.BigInteger, nullable=False),
+)
+
+#: Concurrency slots: how many of each subject's requests at once each front holds (a
+#: front's row counts while it is seen: its heartbeat keeps ``seen_at`` fresh).
+slots = sa.Table(
+    "aiml_slots",
+    metadata,
+    sa.Column("subject", sa.String(140), primary_key=True),
+    sa.Column("front", sa.String(64), primary_key=True),
+    sa.Column("held", sa.Integer, nullable=False),
+    sa.Column("seen_at", sa.Float, nullable=False),
 )
 
 audit = sa.Table(

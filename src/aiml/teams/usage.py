@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -31,18 +32,32 @@ __all__ = ["UsageLedger", "UsageRow", "UsageStore", "day_of", "next_day", "next_
 log = logging.getLogger("aiml.usage")
 
 
+# Asked on every request with a key (3-4 us each through datetime): per UTC day number
+# (epoch seconds count 86,400 a day, so a day starts at a multiple of it), computed once.
+_DAY_S = 86_400
+
+
 def day_of(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d")
+    return _day_name(int(at // _DAY_S))
 
 
 def next_day(at: float) -> float:
-    day = dt.datetime.fromtimestamp(at, dt.UTC).date() + dt.timedelta(days=1)
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+    return float((int(at // _DAY_S) + 1) * _DAY_S)
 
 
 def next_month(at: float) -> float:
-    day = dt.datetime.fromtimestamp(at, dt.UTC).date()
-    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    return _month_end(int(at // _DAY_S))
+
+
+@functools.lru_cache(maxsize=8)
+def _day_name(day: int) -> str:
+    return dt.datetime.fromtimestamp(day * _DAY_S, dt.UTC).strftime("%Y-%m-%d")
+
+
+@functools.lru_cache(maxsize=8)
+def _month_end(day: int) -> float:
+    date = dt.datetime.fromtimestamp(day * _DAY_S, dt.UTC).date()
+    year, month = (date.year + 1, 1) if date.month == 12 else (date.year, date.month + 1)
     return dt.datetime(year, month, 1, tzinfo=dt.UTC).timestamp()
 
 
@@ -124,6 +139,17 @@ class UsageStore:
             return [UsageRow(**row) for row in db.execute(query).mappings()]
 
 
+_Unwritten = dict[tuple[str, str], dict[str, list[float]]]
+
+
+def _add_spent(unwritten: _Unwritten, row: UsageRow) -> None:
+    for subject in (("key", row.key), ("team", row.team)):
+        if subject[1]:
+            day = unwritten.setdefault(subject, {}).setdefault(row.day, [0.0, 0.0])
+            day[0] += row.input_tokens + row.output_tokens
+            day[1] += row.cost
+
+
 @dataclass(frozen=True, slots=True)
 class Spent:
     tokens: int = 0
@@ -148,6 +174,10 @@ class UsageLedger:
         #: Budget totals read at the last flush: (subject, period start day) -> spent.
         self._flushed: dict[tuple[str, str], Spent] = {}
         self._watched: set[tuple[str, str, str]] = set()  # (column, name, since day)
+        #: What the last flush's totals lack: counted here, pending or being written, per
+        #: (column, name) and day: [tokens, cost] (a budget check reads a few entries).
+        self._pending_spent: _Unwritten = {}
+        self._flushing_spent: _Unwritten = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -159,6 +189,7 @@ class UsageLedger:
             self._pending[slot] = row
         else:
             pending.add(row)
+        _add_spent(self._pending_spent, row)
         if self._on_record is not None:
             self._on_record(row)
 
@@ -171,30 +202,32 @@ class UsageLedger:
             self._flushed[(f"{column}:{name}", since_day)] = Spent(tokens, cost)
             self._watched.add(watch)
         base = self._flushed.get((f"{column}:{name}", since_day), Spent())
-        tokens, cost = base.tokens, base.cost
-        for row in (*self._flushing, *self._pending.values()):
-            if getattr(row, column) == name and row.day >= since_day:
-                tokens += row.input_tokens + row.output_tokens
-                cost += row.cost
-        return Spent(tokens, cost)
+        total, money = float(base.tokens), base.cost
+        for unwritten in (self._flushing_spent, self._pending_spent):
+            for day, (day_tokens, day_cost) in unwritten.get((column, name), {}).items():
+                if day >= since_day:
+                    total += day_tokens
+                    money += day_cost
+        return Spent(int(total), money)
 
     async def flush(self) -> None:
         """Write what is pending, then read the watched budgets' totals back."""
         async with self._lock:
             self._flushing, self._pending = list(self._pending.values()), {}
+            self._flushing_spent, self._pending_spent = self._pending_spent, {}
             try:
                 await asyncio.to_thread(self.store.add, self._flushing)
             except BaseException:  # kept for the next flush
                 for row in self._flushing:
                     self.record_back(row)
-                self._flushing = []
+                self._flushing, self._flushing_spent = [], {}
                 raise
             # Only today's and this month's totals are asked for (older watches go).
             today = day_of(self._clock())
             self._watched = {w for w in self._watched if w[2] in (today, today[:8] + "01")}
             totals = await asyncio.to_thread(self._totals, list(self._watched))
             self._flushed.update(totals)
-            self._flushing = []
+            self._flushing, self._flushing_spent = [], {}
 
     def record_back(self, row: UsageRow) -> None:
         slot = (row.day, row.key, row.model, row.version)
@@ -203,6 +236,7 @@ class UsageLedger:
             self._pending[slot] = row
         else:
             pending.add(row)
+        _add_spent(self._pending_spent, row)
 
     def _totals(self, watched: list[tuple[str, str, str]]) -> dict[tuple[str, str], Spent]:
         return {(f"{c}:{n}", d): Spent(*self.store.spent(c, n, d)) for c, n, d in watched}

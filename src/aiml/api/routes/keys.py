@@ -126,7 +126,7 @@ async def create_key(body: NewKey, services: ServicesDep) -> JSONResponse:
 @router.get("/keys")
 async def list_keys(services: ServicesDep) -> JSONResponse:
     """Every key: the database's and the environment's (never a secret)."""
-    stored = await anyio.to_thread.run_sync(services.teams.keys.keys)
+    stored = await anyio.to_thread.run_sync(services.teams.keys.all_keys)
     environment = [k for k in services.teams.directory.known() if k.from_environment]
     now = time.time()
     return JSONResponse({"keys": [k.as_dict(now) for k in [*stored, *environment]]})
