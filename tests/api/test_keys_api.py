@@ -165,6 +165,7 @@ def test_requests_per_minute_refuse_with_retry_after_and_the_openai_headers(
     assert refused.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(refused.headers["retry-after"]) <= 61
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["connection"] == "close"  # its body was never read
 
 
 def test_a_team_shares_its_limit_between_its_keys(aiml: RunningAiml) -> None:

@@ -26,6 +26,7 @@ from aiml.teams.usage import UsageRow, day_of, next_day, next_month
 
 from .auth import Access, access_of, caller_of
 from .errors import render_error
+from .middleware import close_if_body
 
 __all__ = ["Quotas"]
 
@@ -55,14 +56,14 @@ class Quotas:
         subjects = _subjects(key, teams)
         note = UsageNote()
         status = 499  # until an answer starts: no answer is a client that went away
-        headers: list[tuple[bytes, bytes]] = []
         held: list[tuple[str, int]] = []
         try:
-            headers = await self._admit(teams, subjects, held)
+            limit_headers = await self._admit(teams, subjects, held)
         except RateLimited as refusal:
             status = refusal.status_code
+            headers = refusal.headers | close_if_body(scope)  # the body is never read
             await render_error(
-                scope["path"], status, refusal.code, refusal.message, headers=refusal.headers
+                scope["path"], status, refusal.code, refusal.message, headers=headers
             )(scope, receive, send)
             self._count(teams, key, note, status)
             return
@@ -71,8 +72,8 @@ class Quotas:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if headers:
-                    message["headers"] = [*message.get("headers", ()), *headers]
+                if limit_headers:
+                    message["headers"] = [*message.get("headers", ()), *limit_headers]
             await send(message)
 
         token = request_usage.set(note)
