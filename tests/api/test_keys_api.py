@@ -296,3 +296,24 @@ def test_concurrent_requests_past_a_keys_limit_are_refused_until_one_ends(
     assert "1 request(s) running" in second.json()["error"]["message"]
     assert second.headers["retry-after"] == "1"
     assert third.status_code == 200  # the first's slot came back as it ended
+
+
+def test_ollamas_load_and_unload_requests_are_audited_as_admin_actions(
+    aiml: RunningAiml,
+) -> None:
+    user = make_key(aiml, name="loader")
+    load = {"model": "chat-a:production"}  # a generate without a prompt: a load
+    with as_key(aiml, user) as client:
+        assert client.post("/api/generate", json=load).status_code == 403
+        assert chat(client).status_code == 200  # serving is no admin action: not audited
+    with admin(aiml) as client:
+        assert client.post("/api/generate", json=load).status_code == 200
+        assert client.post("/api/generate", json={**load, "keep_alive": 0}).status_code == 200
+        entries = client.get("/admin/audit", params={"action": "POST /api/"}).json()["entries"]
+    seen = [(e["actor"], e["target"], e["detail"]["operation"], e["status"]) for e in entries]
+    admin_name = entries[0]["actor"]
+    assert list(reversed(seen)) == [
+        ("loader", "chat-a:production", "load", 403),
+        (admin_name, "chat-a:production", "load", 200),
+        (admin_name, "chat-a:production", "unload", 200),
+    ]

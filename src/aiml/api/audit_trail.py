@@ -28,11 +28,15 @@ __all__ = ["AuditTrail", "note_audit"]
 
 log = logging.getLogger("aiml.audit")
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: User routes that may do an admin action (Ollama's load-only and unload requests); the
+#: route says so with note_audit, and only then is the request audited.
+_ADMIN_ACTIONS_INSIDE = frozenset({"/api/generate", "/api/chat"})
 _detail: ContextVar[dict[str, Any] | None] = ContextVar("aiml_audit_detail", default=None)
 
 
 def note_audit(**detail: Any) -> None:
-    """What an admin route did, for its audit entry (shared by reference, as headers are)."""
+    """What an admin route did, for its audit entry (shared by reference, as headers are);
+    on a user route that may do an admin action, that it does one."""
     noted = _detail.get()
     if noted is not None:
         noted.update(detail)
@@ -49,8 +53,11 @@ class AuditTrail:
             teams is None  # no lifespan ran: no database to write to
             or scope["type"] != "http"
             or scope["method"] in _READS
-            or access_of(scope["method"], scope["path"]) is not Access.ADMIN
         ):
+            await self.app(scope, receive, send)
+            return
+        admin_route = access_of(scope["method"], scope["path"]) is Access.ADMIN
+        if not admin_route and scope["path"] not in _ADMIN_ACTIONS_INSIDE:
             await self.app(scope, receive, send)
             return
         written = False
@@ -59,6 +66,8 @@ class AuditTrail:
         async def write(status: int) -> None:
             nonlocal written
             written = True
+            if not admin_route and not detail:  # a user route that did no admin action
+                return
             caller = found_caller(scope)  # None: refused by Authentication (no or a bad key)
             client = scope.get("client")
             entry = AuditEntry(

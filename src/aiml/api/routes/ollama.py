@@ -34,6 +34,7 @@ from aiml.inference.tasks.vlm import VlmInput
 from aiml.services import Services
 from aiml.types import ChatMessage, Generation, ModelDetails
 
+from ..audit_trail import note_audit
 from ..auth import Caller
 from ..deps import CallerDep, ServicesDep
 from ..ollama_schemas import (
@@ -315,6 +316,7 @@ async def _load_or_unload(
 ) -> JSONResponse:
     """What ``/admin/models/load`` and ``unload`` do, so only for what may call those."""
     unload = body.keep_alive == 0
+    note_audit(target=body.model, operation="unload" if unload else "load")  # refused too
     if not caller.admin:  # refused, not ignored: the client would believe it was done
         what = "unloading a model (keep_alive 0)" if unload else "loading a model without a prompt"
         raise Forbidden(f"{what} needs an admin key (AIML_ADMIN_KEYS)")
