@@ -191,6 +191,11 @@ def test_a_team_with_keys_not_revoked_is_not_deleted(store: KeyStore) -> None:
     store.revoke_key("b")
     store.delete_team("ml")
     assert store.teams() == []
+    # A revoked key of the deleted team can still be changed (its metadata, say); moving a
+    # key to a team that does not exist is still refused.
+    assert store.update_key("b", meta={"note": "left"}).meta == {"note": "left"}
+    with pytest.raises(InvalidRequest):
+        store.update_key("b", team="ml")
 
 
 def test_every_change_bumps_the_revision(store: KeyStore) -> None:

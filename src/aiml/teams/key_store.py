@@ -84,7 +84,7 @@ class KeyStore:
         or ``role``."""
         with self.engine.begin() as db:
             key = replace(self._key(db, name), **changes)
-            if key.team is not None:
+            if changes.get("team") is not None:  # a team deleted since may stay named
                 self._require_team(db, key.team)
             db.execute(tables.keys.update().where(tables.keys.c.name == name).values(**_row(key)))
             _bump(db)
