@@ -84,8 +84,8 @@ class KeyStore:
         or ``role``."""
         with self.engine.begin() as db:
             key = replace(self._key(db, name), **changes)
-            if changes.get("team") is not None:  # a team deleted since may stay named
-                self._require_team(db, key.team)
+            if (team := changes.get("team")) is not None:  # one deleted since may stay named
+                self._require_team(db, team)
             db.execute(tables.keys.update().where(tables.keys.c.name == name).values(**_row(key)))
             _bump(db)
         return key
