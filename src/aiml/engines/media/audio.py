@@ -10,6 +10,7 @@ limit a 413, found while decoding, so memory stays within ``max_seconds`` of sam
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,12 +24,17 @@ RATE = 16_000  # what whisper and silero-vad take
 
 
 def decode_chunks(
-    audio: bytes, *, max_seconds: float, chunk_s: float = 60.0, param: str = "audio"
+    audio: bytes | str | os.PathLike[str],
+    *,
+    max_seconds: float,
+    chunk_s: float = 60.0,
+    param: str = "audio",
 ) -> Iterator[np.ndarray[Any, Any]]:
     """The audio in pieces of about ``chunk_s`` seconds, each cut at the quietest 0.1 s of
     its last 10 s (its second half, for pieces under 20 s): between words, not through one;
     so a long recording is handled piece by piece in bounded memory. 400 for anything that
-    is not audio (found before the first piece), 413 once past ``max_seconds``."""
+    is not audio (found before the first piece), 413 once past ``max_seconds``. ``audio`` is
+    the file's bytes or its path (a video's audio track, from a large upload on disk)."""
     import av
 
     chunk = int(chunk_s * RATE)
@@ -36,7 +42,8 @@ def decode_chunks(
     pending: list[np.ndarray[Any, Any]] = []
     held = total = 0
     try:
-        with av.open(io.BytesIO(audio), mode="r", metadata_errors="ignore") as container:
+        source = io.BytesIO(audio) if isinstance(audio, bytes) else os.fspath(audio)
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise InvalidRequest("the upload has no audio stream", param=param)
             stated = container.duration  # from the header, when it says (None for streams)
