@@ -440,14 +440,26 @@ def kill_worker_node() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def running_replicas() -> int:
+    status = serve.status().applications["aiml-models"].deployments["ModelReplica"]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
 def test_a_lost_worker_node_fails_what_it_held_and_the_rest_serve(cluster: Cluster) -> None:
     worker = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and WORKER in n["Resources"])
     on_worker = None
+    # The replica the test before killed is back first: else every model lands on the one
+    # left, and none on the worker (it failed so in CI once this test came right after).
+    deadline = time.monotonic() + 120
+    while running_replicas() < 2:
+        assert time.monotonic() < deadline, "the killed replica was not replaced"
+        time.sleep(0.2)  # Ray Serve replaces it on its own time; nothing here to wait on
     # Models the module's tests loaded (any the worker's replica holds will do); Ray sends
     # one that no replica holds to the replica holding the fewest, so some land there. Each
     # loaded version by its number: which a name or an alias reached depended on the
     # earlier tests (a canary's arm, an alias moved), and the worker's could be missed.
-    loaded = ("model-a/1", "model-b/1", "model-b/2", "model-c/1", "model-g/1", "model-g/2")
+    # Not model-g/2: its chat template is broken on purpose (the guard's test), a 500.
+    loaded = ("model-a/1", "model-b/1", "model-b/2", "model-c/1", "model-g/1")
     for model in loaded:
         answer = infer(cluster.url(0), model, max_tokens=1)
         assert answer.status_code == 200, answer.text
