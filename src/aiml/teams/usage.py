@@ -183,13 +183,7 @@ class UsageLedger:
 
     def record(self, row: UsageRow) -> None:
         """Count one request's usage (no I/O)."""
-        slot = (row.day, row.key, row.model, row.version)
-        pending = self._pending.get(slot)
-        if pending is None:
-            self._pending[slot] = row
-        else:
-            pending.add(row)
-        _add_spent(self._pending_spent, row)
+        self._pend(row)
         if self._on_record is not None:
             self._on_record(row)
 
@@ -219,7 +213,7 @@ class UsageLedger:
                 await asyncio.to_thread(self.store.add, self._flushing)
             except BaseException:  # kept for the next flush
                 for row in self._flushing:
-                    self.record_back(row)
+                    self._pend(row)
                 self._flushing, self._flushing_spent = [], {}
                 raise
             # Only today's and this month's totals are asked for (older watches go).
@@ -229,7 +223,9 @@ class UsageLedger:
             self._flushed.update(totals)
             self._flushing, self._flushing_spent = [], {}
 
-    def record_back(self, row: UsageRow) -> None:
+    def _pend(self, row: UsageRow) -> None:
+        """Add ``row`` to what the next flush writes (a new count, or one a failed flush
+        gives back)."""
         slot = (row.day, row.key, row.model, row.version)
         pending = self._pending.get(slot)
         if pending is None:
